@@ -36,7 +36,9 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def sft_step_time(model_name: str, dtype: str, batch: int, length: int, steps: int) -> tuple[float, int]:
+def sft_step_time(
+    model_name: str, dtype: str, batch: int, length: int, steps: int
+) -> tuple[float, int]:
     from posttrain.models import load_model, load_tokenizer
     from posttrain.recipes.sft import nll_sum
     from posttrain.training import make_optimizer, optimizer_step
@@ -48,7 +50,11 @@ def sft_step_time(model_name: str, dtype: str, batch: int, length: int, steps: i
     opt = make_optimizer(model, lr=1e-5)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(tok), (batch, length), generator=gen)
-    batch_in = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": torch.ones_like(ids)}
+    batch_in = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "response_mask": torch.ones_like(ids),
+    }
     times = []
     for _ in range(steps + 1):  # the first step warms up
         t0 = time.perf_counter()
@@ -68,7 +74,9 @@ def cmd_mfu(args) -> None:
         tokens = args.batch * args.length
         mfu = 6 * params * tokens / step / peak
         rows.append((dtype, peak / 1e9, step, tokens / step, mfu))
-    print(f"model {args.model}: batch {args.batch} x {args.length} tokens, median of {args.steps} steps")
+    print(
+        f"model {args.model}: batch {args.batch} x {args.length} tokens, median of {args.steps} steps"
+    )
     print("| dtype | matmul GFLOP/s | s/step | tokens/s | MFU |")
     print("|---|---|---|---|---|")
     for dtype, gflops, step, tps, mfu in rows:
@@ -106,9 +114,28 @@ def cmd_vs_trl(args) -> None:
     data.write_text("".join(json.dumps(r) + "\n" for r in addition_rows(2000)))
     (work / "run_trl_sft.py").write_text(TRL_SCRIPT)
     common = dict(steps=str(args.steps), bs=str(args.batch), lr="3e-4", maxlen="128")
-    ours_cmd = [sys.executable, "-m", "posttrain.cli", "sft", "--model", str(work / "tiny"), "--train_data", str(data),
-                "--max_steps", common["steps"], "--batch_size", common["bs"], "--learning_rate", common["lr"],
-                "--max_length", common["maxlen"], "--logging_steps", "10", "--progress", "false"]
+    ours_cmd = [
+        sys.executable,
+        "-m",
+        "posttrain.cli",
+        "sft",
+        "--model",
+        str(work / "tiny"),
+        "--train_data",
+        str(data),
+        "--max_steps",
+        common["steps"],
+        "--batch_size",
+        common["bs"],
+        "--learning_rate",
+        common["lr"],
+        "--max_length",
+        common["maxlen"],
+        "--logging_steps",
+        "10",
+        "--progress",
+        "false",
+    ]
     results: dict[str, list[float]] = {"posttrain": [], "trl": []}
     for rep in range(args.repeats):
         for name in ("posttrain", "trl"):
@@ -116,14 +143,27 @@ def cmd_vs_trl(args) -> None:
             if name == "posttrain":
                 cmd = [*ours_cmd, "--output_dir", str(out)]
             else:
-                cmd = [args.trl_python, str(work / "run_trl_sft.py"), str(work / "tiny"), str(data), str(out),
-                       common["steps"], common["bs"], common["lr"], common["maxlen"]]
+                cmd = [
+                    args.trl_python,
+                    str(work / "run_trl_sft.py"),
+                    str(work / "tiny"),
+                    str(data),
+                    str(out),
+                    common["steps"],
+                    common["bs"],
+                    common["lr"],
+                    common["maxlen"],
+                ]
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             results[name].append(time.perf_counter() - t0)
             print(f"{name} run {rep}: {results[name][-1]:.1f}s", flush=True)
     ours, theirs = min(results["posttrain"]), min(results["trl"])
-    print(f"tiny-llama, {args.steps} steps x batch {args.batch}, whole process, best of {args.repeats}:")
+    print(
+        f"tiny-llama, {args.steps} steps x batch {args.batch}, whole process, best of {args.repeats}:"
+    )
     print(f"posttrain sft {ours:.1f}s | TRL SFTTrainer {theirs:.1f}s | ratio {theirs / ours:.2f}x")
 
 

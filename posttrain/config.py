@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import textwrap
 import types
 import typing
@@ -386,6 +387,11 @@ class TrainConfig:
     """Precision of weights and compute."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    bf16_autocast: bool = False
+    """Run forward passes under torch.autocast to bfloat16 (weights and AdamW stay in dtype)."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun with several processes: `ddp` (a full replica per process) or `fsdp`
+    (weights, gradients and AdamW states sharded across processes). Ignored for one process."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters."""
     progress: bool = True
@@ -405,6 +411,14 @@ class TrainConfig:
             "gradient_accumulation_steps",
             f"must divide batch_size={self.batch_size}",
             self.gradient_accumulation_steps,
+        )
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate
+        check(
+            self.batch_size % (processes * self.gradient_accumulation_steps) == 0,
+            "batch_size",
+            f"must be divisible by processes x gradient_accumulation_steps = {processes} x "
+            f"{self.gradient_accumulation_steps}",
+            self.batch_size,
         )
         check(self.learning_rate > 0, "learning_rate", "must be > 0", self.learning_rate)
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)

@@ -5,7 +5,9 @@ for each step: micro-batches (gradient accumulation), loss, clipped AdamW step -
 -> final/.
 
 The loss of a step is the mean NLL over all response tokens of the whole batch, so splitting a
-batch into micro-batches (``gradient_accumulation_steps``) changes memory, not the result.
+batch into micro-batches (``gradient_accumulation_steps``) changes memory, not the result. Under
+``torchrun`` each process takes its slice of the batch, still divides by the whole batch's token
+count, and the gradients are summed over processes: N processes give the one-process result.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from typing import Literal
 import torch
 
 from posttrain import metrics as M
-from posttrain.config import TrainConfig
+from posttrain.config import TrainConfig, check
 from posttrain.data import Encoded, Example, collate, encode_example, load_examples
 from posttrain.data.collate import collate_packed, pack
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.training import Run, distributed
 
 SUMMARY = "Supervised fine-tuning on prompt/completion or chat data (loss on responses only)."
 
@@ -39,6 +41,16 @@ class Config(TrainConfig):
     packing: bool = False
     """Pack several short examples into one row of max_length tokens (each attends only to
     itself; position ids restart per example)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(
+            not (self.packing and self.distributed == "fsdp"),
+            "packing",
+            "cannot be combined with --distributed fsdp (every process must make the same "
+            "number of forward passes)",
+            self.packing,
+        )
 
 
 GOOD, BAD = "[GOOD] ", "[BAD] "
@@ -122,7 +134,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     train, n_trunc = encode_all(tokenizer, train_ex, cfg.max_length)
     held_out, _ = encode_all(tokenizer, eval_ex, cfg.max_length)
     run_ = Run(cfg, flags, "sft")
-    if n_trunc:
+    if n_trunc and distributed.is_main():
         print(
             f"note: {n_trunc} of {len(train)} training examples truncated to max_length={cfg.max_length}"
         )
@@ -132,15 +144,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(
-        optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, kind=cfg.lr_schedule
-    )
-    order = DataOrder(len(train), cfg.seed)
-    modules = {"model": model}
-    state = run_.restore(modules=modules, optimizer=optimizer, scheduler=scheduler)
-    if state is not None:
-        order.load_state_dict(state["data"])
+    model = distributed.wrap(model, cfg.distributed)
+    train_state = run_.start_training(model, len(train))
+    order, scheduler = train_state.order, train_state.scheduler
     if run_.start_step == 0:  # step 0: the starting point, and how much truncation cost
         start = {M.TRAIN_TRUNCATED: n_trunc}
         if held_out:
@@ -149,24 +155,28 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             )
         run_.log(0, start)
 
-    micro = cfg.batch_size // cfg.gradient_accumulation_steps
+    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
     for step in run_.steps():
         t0 = time.time()
         batch_ex = [train[i] for i in order.next(cfg.batch_size)]
         n_tokens = sum(max(sum(e.response_mask[1:]), 0) for e in batch_ex)  # targets in the batch
+        mine = distributed.shard(batch_ex)  # this process's slice (all of it for one process)
         loss_total = 0.0
-        for k in range(0, cfg.batch_size, micro):
-            for batch in batches_of(
-                batch_ex[k : k + micro],
-                tokenizer.pad_token_id,
-                packing=cfg.packing,
-                max_length=cfg.max_length,
-            ):
-                nll, _ = nll_sum(model, batch)
-                loss = nll / max(n_tokens, 1)  # mean over the whole batch's tokens
-                loss.backward()
-                loss_total += loss.detach().item()
-        grad_norm = optimizer_step(model.parameters(), optimizer, scheduler, cfg.max_grad_norm)
+        with distributed.accumulate(model):
+            for k in range(0, len(mine), micro):
+                for batch in batches_of(
+                    mine[k : k + micro],
+                    tokenizer.pad_token_id,
+                    packing=cfg.packing,
+                    max_length=cfg.max_length,
+                ):
+                    with distributed.autocast(cfg.bf16_autocast):
+                        nll, _ = nll_sum(model, batch)
+                    loss = nll / max(n_tokens, 1)  # mean over the whole (global) batch's tokens
+                    loss.backward()
+                    loss_total += loss.detach().item()
+        loss_total = distributed.all_sum(loss_total)
+        grad_norm = train_state.step(cfg.max_grad_norm)
         if run_.should_log(step):
             values = {
                 M.TRAIN_LOSS: loss_total,
@@ -182,12 +192,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                     model, held_out, tokenizer.pad_token_id, cfg.batch_size
                 )
             run_.log(step, values)
-        run_.step_done(
-            step,
-            modules=modules,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"data": order.state_dict()},
-        )
+        run_.step_done(step, **train_state.checkpoint())
     final = run_.finish(model, tokenizer)
-    print(f"saved {final}")
+    if distributed.is_main():
+        print(f"saved {final}")

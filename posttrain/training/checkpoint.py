@@ -6,6 +6,12 @@ at any instant leaves either no ``checkpoint-STEP`` or a complete one; ``latest_
 ever returns complete ones. What goes in: model weights, optimizer, scheduler, every RNG state
 (python, numpy, torch and any named generators), the data position and whatever else the recipe
 hands over in ``state``.
+
+Under ``torchrun`` (see ``posttrain.training.distributed``) every rank calls both functions: the
+weights (gathered from their shards under FSDP) and every rank's RNG states are collected, rank 0
+alone writes, and every rank loads the same files, so all ranks restore the same model, optimizer
+and data position, and each its own RNG states. A checkpoint written by N processes is resumed
+by N (the number is stored in ``state.pt``; single-process checkpoints are unchanged).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from posttrain.errors import UserError
+from posttrain.training import distributed
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -73,19 +82,36 @@ def save_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     keep: int | None = None,
 ) -> Path:
-    """Write ``output_dir/checkpoint-STEP`` atomically; keep only the newest ``keep``."""
+    """Write ``output_dir/checkpoint-STEP`` atomically; keep only the newest ``keep``.
+
+    With several processes: call it on every rank (it gathers), rank 0 writes, all wait for it.
+    """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
+    many = distributed.is_initialized()
+    modules = {name: distributed.unwrap(m) for name, m in modules.items()}
+    if many:  # collectives first, on every rank
+        gathered = _gather(modules, optimizer, generators)
+        if not distributed.is_main():
+            distributed.barrier()
+            return final
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))
+        if many and name in gathered["weights"]:
+            save_file(gathered["weights"][name], str(tmp / f"{name}.safetensors"))
+        else:
+            save_model(module, str(tmp / f"{name}.safetensors"))
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        opt_state = gathered["optimizer"] if many else None
+        torch.save(opt_state or optimizer.state_dict(), tmp / "optimizer.pt")
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"step": step, "rng": rng_state(generators), **(state or {})}, tmp / "state.pt")
+    extra = {"world_size": distributed.world_size(), "rng_ranks": gathered["rng"]} if many else {}
+    torch.save(
+        {"step": step, "rng": rng_state(generators), **extra, **(state or {})}, tmp / "state.pt"
+    )
     (tmp / MARKER).write_text(str(step))
     _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step: replace it
@@ -95,7 +121,24 @@ def save_checkpoint(
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+    if many:
+        distributed.barrier()
     return final
+
+
+def _gather(modules, optimizer, generators) -> dict[str, Any]:
+    """What rank 0 needs from the others: every rank's RNG states; full weights and optimizer
+    state of FSDP-sharded modules (DDP replicas are identical: rank 0's own are complete)."""
+    sharded = {name: m for name, m in modules.items() if distributed.is_fsdp(m)}
+    weights = {name: distributed.full_state_dict(m) for name, m in sharded.items()}
+    opt_state = None
+    if sharded and optimizer is not None:
+        opt_state = distributed.optimizer_state_dict(torch.nn.ModuleDict(modules), optimizer)
+    return {
+        "rng": distributed.gather_objects(rng_state(generators)),
+        "weights": weights,
+        "optimizer": opt_state,
+    }
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -124,14 +167,36 @@ def load_checkpoint(
     scheduler: Any = None,
     generators: dict[str, torch.Generator] | None = None,
 ) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; returns the saved ``state`` dict."""
+    """Restore everything saved by :func:`save_checkpoint`; returns the saved ``state`` dict.
+
+    With several processes every rank calls it and reads the same files (a shared disk)."""
     path = Path(path)
+    state = torch.load(path / "state.pt", weights_only=False)
+    saved_by = state.pop("world_size", 1)
+    if saved_by != distributed.world_size():
+        raise UserError(
+            f"--resume: {path} was written by {saved_by} process(es); resume it with the same "
+            f"number (this run has {distributed.world_size()})"
+        )
+    modules = {name: distributed.unwrap(m) for name, m in modules.items()}
+    sharded = any(distributed.is_fsdp(m) for m in modules.values())
     for name, module in modules.items():
-        load_model(module, str(path / f"{name}.safetensors"))
+        file = str(path / f"{name}.safetensors")
+        if distributed.is_fsdp(module):
+            distributed.load_full_state_dict(module, load_file(file))
+        else:
+            load_model(module, file)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        opt_state = torch.load(path / "optimizer.pt", weights_only=False)
+        if sharded:
+            distributed.load_optimizer_state_dict(
+                torch.nn.ModuleDict(modules), optimizer, opt_state
+            )
+        else:
+            optimizer.load_state_dict(opt_state)
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    state = torch.load(path / "state.pt", weights_only=False)
-    set_rng_state(state.pop("rng"), generators)
+    rng = state.pop("rng")
+    per_rank = state.pop("rng_ranks", None)
+    set_rng_state(per_rank[distributed.rank()] if per_rank else rng, generators)
     return state

@@ -1,5 +1,9 @@
 """The pieces of a training run every recipe shares: output directory, data order, metrics,
 progress, checkpoints and the final model. Small objects a recipe calls, not a base class.
+
+Under ``torchrun`` every rank builds the same ``Run``: rank 0 alone prepares output_dir and writes
+config.yaml, metrics.jsonl (values averaged over ranks), checkpoints and final/; every rank
+restores the same checkpoint (see ``posttrain.training.distributed``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,9 @@ import torch
 from posttrain import config as cfglib
 from posttrain import metrics as M
 from posttrain.errors import UserError
+from posttrain.training import distributed
 from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from posttrain.training.optim import make_optimizer, make_scheduler, optimizer_step
 
 
 def prepare_output_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path | None:
@@ -124,6 +131,37 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+@dataclass
+class TrainState:
+    """AdamW, its schedule and the data order of an offline recipe, as one checkpointable unit."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    order: DataOrder
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, max_grad_norm: float) -> float:
+        """Gradients summed over ranks (several processes), clipped optimizer step + schedule;
+        returns the gradient norm."""
+        distributed.reduce_gradients(self.model)
+        return optimizer_step(
+            self.model.parameters(), self.optimizer, self.scheduler, max_grad_norm
+        )
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Keyword arguments of ``Run.step_done`` that save (and later restore) all of it."""
+        return {
+            "modules": {"model": self.model},
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "state": {"data": self.order.state_dict()},
+        }
+
+
 class Run:
     """One training run: output dir, config.yaml, metrics, progress bar, checkpoints, final/.
 
@@ -136,10 +174,24 @@ class Run:
         self.config = config
         self.recipe = recipe
         self.dir = Path(config.output_dir)
-        self.resume_from = prepare_output_dir(
-            self.dir, resume=flags.get("resume", False), overwrite=flags.get("overwrite", False)
-        )
-        cfglib.save_yaml(config, self.dir / "config.yaml")
+        distributed.init()  # a no-op without a launcher
+        if distributed.is_main():
+            try:
+                self.resume_from = prepare_output_dir(
+                    self.dir,
+                    resume=flags.get("resume", False),
+                    overwrite=flags.get("overwrite", False),
+                )
+                cfglib.save_yaml(config, self.dir / "config.yaml")
+            except Exception as exc:  # tell the other ranks, then fail like them
+                distributed.broadcast_object(("error", str(exc)))
+                raise
+            distributed.broadcast_object(("ok", self.resume_from))
+        else:
+            outcome, value = distributed.broadcast_object(None)
+            if outcome == "error":
+                raise UserError(value)
+            self.resume_from = value
         self.start_step = 0
         self.metrics: MetricsLog | None = None
         self._bar = None
@@ -158,7 +210,10 @@ class Run:
                 generators=generators,
             )
             self.start_step = state["step"]
-            print(f"resuming from {self.resume_from} (step {self.start_step})", file=sys.stderr)
+            if distributed.is_main():
+                print(f"resuming from {self.resume_from} (step {self.start_step})", file=sys.stderr)
+        if not distributed.is_main():
+            return state
         self.metrics = MetricsLog(self.dir / "metrics.jsonl", resume_step=self.start_step)
         if self.config.progress:
             from tqdm import tqdm
@@ -173,6 +228,23 @@ class Run:
             )
         return state
 
+    def start_training(self, model: torch.nn.Module, n_items: int) -> TrainState:
+        """AdamW + warm-up/decay schedule + shuffled data order for ``model`` over ``n_items``
+        examples, restored from the checkpoint when resuming (then ``run.start_step`` is set)."""
+        cfg = self.config
+        optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scheduler = make_scheduler(
+            optimizer,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.max_steps,
+            kind=cfg.lr_schedule,
+        )
+        train = TrainState(model, optimizer, scheduler, DataOrder(n_items, cfg.seed))
+        state = self.restore(modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
+        if state is not None:
+            train.order.load_state_dict(state["data"])
+        return train
+
     def steps(self) -> range:
         return range(self.start_step + 1, self.config.max_steps + 1)
 
@@ -180,6 +252,11 @@ class Run:
         return step % self.config.logging_steps == 0 or step == self.config.max_steps
 
     def log(self, step: int, values: dict[str, Any]) -> None:
+        """Append ``values`` to metrics.jsonl; with several processes call it on every rank: each
+        number is averaged over ranks (log a sum as its all-reduced value) and rank 0 writes."""
+        values = distributed.all_reduce_mean(values)
+        if not distributed.is_main():
+            return
         assert self.metrics is not None, "call run.restore() first"
         self.metrics.log(step, {**values, M.ELAPSED: round(time.time() - self._t0, 3)})
         if self._bar is not None:
@@ -219,17 +296,44 @@ class Run:
 
     def finish(self, model, tokenizer=None, *, save=None) -> Path:
         """Save ``final/`` atomically: an HF directory with the tokenizer, or through ``save(path)``
-        for models with their own format (reward models)."""
+        for models with their own format (reward models). With several processes call it on
+        every rank: rank 0 saves (FSDP shards are gathered first), the others wait."""
         from posttrain.models import save_pretrained
 
         if self._bar is not None:
             self._bar.close()
         final = self.dir / "final"
-        if save is not None:
-            save(final)
-        else:
-            save_pretrained(model, tokenizer, final)
+        model = distributed.unwrap(model)
+        if distributed.is_fsdp(model):
+            model = _gathered_copy(model)  # a collective; None off rank 0
+        if distributed.is_main():
+            if save is not None:
+                save(final)
+            else:
+                save_pretrained(model, tokenizer, final)
+        distributed.barrier()
         return final
+
+
+def _gathered_copy(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A plain (unsharded) copy of an FSDP-sharded HF model (LoRA adapters included) on rank 0;
+    None elsewhere."""
+    from posttrain.models.lora import is_lora
+
+    state = distributed.full_state_dict(model)
+    if not distributed.is_main():
+        return None
+    from transformers import AutoModelForCausalLM
+
+    lora = is_lora(model)
+    config = model.get_base_model().config if lora else model.config
+    plain = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
+    if lora:
+        from peft import get_peft_model
+
+        plain = get_peft_model(plain, model.peft_config["default"])
+    plain.load_state_dict(state)
+    return plain
 
 
 def default_threads() -> None:

@@ -1,0 +1,284 @@
+"""``posttrain plan`` against measured peak RSS on the CPU.
+
+Each case runs a recipe for a few steps in a fresh process (``python -m posttrain.cli ...`` or
+``torchrun``) and reads the peak resident set of that process (``os.wait4``'s ``ru_maxrss``: for
+torchrun, the largest of its workers), then compares it with ``posttrain plan``'s estimate for the
+same settings. The data are made long enough that every row is truncated to exactly
+``max_length`` tokens, as the plan assumes. First the process baseline is measured (a fresh
+process that imports posttrain and runs tiny-llama once): that is ``plan.BASELINE_MB``.
+
+    .venv/bin/python benchmarks/bench_plan.py                 # all cases -> plan_vs_measured.md
+    .venv/bin/python benchmarks/bench_plan.py --only tiny     # cases whose name contains "tiny"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PY = sys.executable
+TORCHRUN = str(Path(PY).with_name("torchrun"))
+WORDS = "the a of to and in is it that was for on are with as his they be at one have this".split()
+
+# name, recipe, model, recipe args (shared with the plan), extra (recipe only), processes
+CASES = [
+    ("tiny sft b32x512", "sft", "tiny-llama", {"batch_size": 32, "max_length": 512}, [], 1),
+    (
+        "tiny sft b32x512 ckpt",
+        "sft",
+        "tiny-llama",
+        {"batch_size": 32, "max_length": 512, "gradient_checkpointing": True},
+        [],
+        1,
+    ),
+    ("tiny dpo b16x512", "dpo", "tiny-llama", {"batch_size": 16, "max_length": 512}, [], 1),
+    ("tiny rm b16x512", "rm", "tiny-llama", {"batch_size": 16, "max_length": 512}, [], 1),
+    (
+        "tiny rloo 8x4x256",
+        "rloo",
+        "tiny-llama",
+        {"batch_size": 8, "max_length": 256, "num_samples": 4, "max_new_tokens": 32},
+        [],
+        1,
+    ),
+    (
+        "tiny ppo 8x4x256",
+        "ppo",
+        "tiny-llama",
+        {"batch_size": 8, "max_length": 256, "num_samples": 4, "max_new_tokens": 32},
+        [],
+        1,
+    ),
+    (
+        "smol sft b4x256",
+        "sft",
+        "smollm2-135m-instruct",
+        {"batch_size": 4, "max_length": 256},
+        [],
+        1,
+    ),
+    (
+        "smol sft b4x256 ckpt",
+        "sft",
+        "smollm2-135m-instruct",
+        {"batch_size": 4, "max_length": 256, "gradient_checkpointing": True},
+        [],
+        1,
+    ),
+    (
+        "smol sft b4x256 lora",
+        "sft",
+        "smollm2-135m-instruct",
+        {"batch_size": 4, "max_length": 256, "lora.enabled": True},
+        [],
+        1,
+    ),
+    (
+        "smol dpo b2x256",
+        "dpo",
+        "smollm2-135m-instruct",
+        {"batch_size": 2, "max_length": 256},
+        [],
+        1,
+    ),
+    (
+        "smol dpo b2x256 lora",
+        "dpo",
+        "smollm2-135m-instruct",
+        {"batch_size": 2, "max_length": 256, "lora.enabled": True},
+        [],
+        1,
+    ),
+    ("smol rm b2x256", "rm", "smollm2-135m-instruct", {"batch_size": 2, "max_length": 256}, [], 1),
+    (
+        "smol rloo 2x2x128",
+        "rloo",
+        "smollm2-135m-instruct",
+        {"batch_size": 2, "max_length": 128, "num_samples": 2, "max_new_tokens": 32},
+        [],
+        1,
+    ),
+    (
+        "smol ppo 2x2x128",
+        "ppo",
+        "smollm2-135m-instruct",
+        {"batch_size": 2, "max_length": 128, "num_samples": 2, "max_new_tokens": 32},
+        [],
+        1,
+    ),
+    (
+        "smol sft b4x256 DDP x2",
+        "sft",
+        "smollm2-135m-instruct",
+        {"batch_size": 4, "max_length": 256},
+        [],
+        2,
+    ),
+    (
+        "smol sft b4x256 FSDP x2",
+        "sft",
+        "smollm2-135m-instruct",
+        {"batch_size": 4, "max_length": 256},
+        ["--distributed", "fsdp"],
+        2,
+    ),
+]
+
+
+def text(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def write_data(folder: Path, max_length: int) -> dict[str, Path]:
+    """Rows longer than max_length tokens (so each is truncated to exactly max_length)."""
+    rng = random.Random(0)
+    n = max_length  # words: at least one token each
+    files = {
+        "sft": [{"prompt": text(rng, 8), "completion": " " + text(rng, n)} for _ in range(64)],
+        "pref": [
+            {"prompt": text(rng, 8), "chosen": " " + text(rng, n), "rejected": " " + text(rng, n)}
+            for _ in range(64)
+        ],
+        "prompts": [{"prompt": text(rng, n)} for _ in range(64)],
+    }
+    out = {}
+    for name, rows in files.items():
+        path = folder / f"{name}-{max_length}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[name] = path
+    return out
+
+
+def peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(peak RSS in MB of the command's largest process, seconds)."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-2000:]}\n{err[-4000:]}")
+    return usage.ru_maxrss / 1024, time.time() - t0
+
+
+BASELINE = """
+import torch, posttrain.cli, posttrain.recipes.sft
+from posttrain.models import load_model
+load_model("tiny-llama")(input_ids=torch.ones(1, 8, dtype=torch.long))
+"""
+
+
+def recipe_command(recipe, model, args, extra, nproc, data, out_dir) -> list[str]:
+    cmd = [TORCHRUN, "--nproc_per_node", str(nproc)] if nproc > 1 else [PY]
+    cmd += ["-m", "posttrain.cli", recipe, "--model", model, "--output_dir", str(out_dir)]
+    cmd += ["--max_steps", "3", "--logging_steps", "1", "--progress", "false", "--overwrite"]
+    for key, value in args.items():
+        if key in ("num_samples", "max_new_tokens") and recipe not in ("rloo", "ppo", "grpo"):
+            continue
+        cmd += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    if recipe == "sft":
+        cmd += ["--train_data", str(data["sft"])]
+    elif recipe in ("dpo", "rm"):
+        cmd += ["--train_data", str(data["pref"])]
+        if recipe == "dpo":
+            cmd += ["--beta", "0.1"]
+    else:
+        cmd += ["--train_data", str(data["prompts"]), "--reward", "tests.helpers_rl:count_e"]
+    return cmd + extra
+
+
+def plan_config(recipe, model, args, nproc):
+    from posttrain.config import build
+    from posttrain.recipes import plan
+
+    values = {"recipe": recipe, "model": model, "nproc": nproc}
+    for key, value in args.items():
+        if key.startswith("lora."):
+            values.setdefault("lora", {})[key.split(".", 1)[1]] = value
+        else:
+            values[key] = value
+    return build(plan.Config, values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run cases whose name contains this")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "plan_vs_measured.md"))
+    parser.add_argument(
+        "--cache", help="JSON file of measurements: reused when present, added to otherwise"
+    )
+    opts = parser.parse_args()
+    cache = (
+        json.loads(Path(opts.cache).read_text()) if opts.cache and Path(opts.cache).exists() else {}
+    )
+
+    from posttrain.recipes import plan
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHONPATH"] = str(ROOT)
+    baseline = min(peak_rss_mb([PY, "-c", BASELINE], env)[0] for _ in range(2))
+    print(f"baseline: {baseline:.0f} MB (plan.BASELINE_MB = {plan.BASELINE_MB:.0f})", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, recipe, model, args, extra, nproc in CASES:
+            if opts.only not in name:
+                continue
+            data = write_data(tmp, args["max_length"])
+            cmd = recipe_command(recipe, model, args, extra, nproc, data, tmp / "out")
+            cfg = plan_config(recipe, model, args, nproc)
+            shape = plan.model_shape(model)
+            fsdp = "fsdp" in extra
+            est = plan.estimate(cfg, shape, nproc=nproc, fsdp=fsdp)
+            if name in cache:
+                measured, seconds = cache[name]
+            else:
+                measured, seconds = peak_rss_mb(cmd, env)
+                cache[name] = [measured, seconds]
+                if opts.cache:
+                    Path(opts.cache).write_text(json.dumps(cache, indent=1))
+            predicted = est.peak / plan.MB
+            err = (predicted - measured) / measured
+            rows.append((name, predicted, measured, err, seconds))
+            print(
+                f"{name:<28} plan {predicted:8.0f} MB  measured {measured:8.0f} MB  "
+                f"{100 * err:+6.1f}%  ({seconds:.0f} s)",
+                flush=True,
+            )
+    lines = [
+        "# `posttrain plan` vs measured peak RSS (CPU)",
+        "",
+        "Generated by `benchmarks/bench_plan.py`: each case runs 3 optimizer steps in a fresh "
+        "process; measured = peak RSS of the (largest) process from `os.wait4`; plan = "
+        "`posttrain plan` with the same settings, including the process baseline "
+        f"`BASELINE_MB = {plan.BASELINE_MB:.0f}` (re-measured here: {baseline:.0f} MB). Every row "
+        "is max_length tokens (the data are truncated), float32, sdpa attention.",
+        "",
+        "| case | plan (MB) | measured (MB) | error |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, predicted, measured, err, _ in rows:
+        lines.append(f"| {name} | {predicted:,.0f} | {measured:,.0f} | {100 * err:+.1f}% |")
+    if rows:
+        worst = max(abs(r[3]) for r in rows)
+        lines += ["", f"Largest error: {100 * worst:.1f}% over {len(rows)} cases."]
+    if not opts.only:
+        Path(opts.out).write_text("\n".join(lines) + "\n")
+        print(f"wrote {opts.out}")
+    else:
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,489 @@
+"""``posttrain plan``: how much memory a recipe needs, before running it out of memory.
+
+Peak memory of one process = static state + the largest transient of a step:
+
+    static   = policy weights + gradients + AdamW states (2 per trainable parameter)
+               + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference)
+               + reward model (online recipes with --reward_model) + value head or critic (PPO)
+    step     = saved activations of the training forward + the logits peak of the loss
+               (+ for online recipes the KV cache and prefill logits of generation, which come
+               before training and do not overlap it)
+    peak     = baseline + static + max(step transients)
+
+Sizes: P parameters, L layers, H hidden, I MLP width, V vocabulary, q = heads x head_dim,
+kv = kv_heads x head_dim, w bytes per element of dtype (8 / 4 / 2), t tokens of one micro-batch
+(rows x max_length; rows = 2 x micro for pairs, batch x num_samples for rollouts).
+
+Activations saved by one llama decoder layer for backward, per token, in elements (what autograd
+keeps: RMSNorm input and output, q/k/v and the rotated q/k, the attention output, the MLP's gate,
+up, silu(gate) and product; eager attention adds the softmax probabilities and scores):
+
+    a_layer = 4 H + 3 q + 3 kv + 4 I   (+ 2 x heads x T with eager attention; sdpa: 0)
+
+    saved activations = t x w x (L x a_layer + 3 H)                  no checkpointing
+                      = t x w x (L x H + a_layer + 3 H)              gradient checkpointing
+                        (each layer keeps only its input; one layer is recomputed at a time)
+
+Logits: the loss runs in c = max(w, 4) bytes (float32, or float64 for float64 models). The
+training forward keeps the log-softmax of the (t, V) logits for backward (counted with the saved
+activations); making it needs the logits and a contiguous / float32 copy of them; backward needs
+the log-softmax's gradient and the logits' gradient:
+
+    saved log-softmax = t x V x c                      (part of the saved activations)
+    logits forward    = t x V x (w + c)                (the logits and their copy)
+    logits backward   = t x V x 2 c  + one layer's activations (their gradients)
+
+A no-grad forward (reference model, old log-probs) costs t x V x (w + 2 c) and one layer.
+Reward models and critics read hidden states: no V term. Generation (online recipes, rows = prompts
+x samples, P = max_length - max_new_tokens, R = max_new_tokens):
+
+    KV cache        = 2 x L x kv x rows x (P + R) x w
+    prefill logits  = rows x P x V x w            (the prompt forward returns every position's)
+
+Under N processes each holds a micro-batch of batch / (N x accumulation) rows. DDP keeps a full
+replica per process; FSDP divides weights, gradients, AdamW states and the frozen reference by N
+and adds the units it gathers at a time (the root: embeddings, final norm, LM head; and two
+decoder layers, the one computing and the one prefetched), with their gradients.
+
+On a CPU the peak resident set (RSS) also holds the Python + torch + transformers process itself:
+``BASELINE_MB`` below, measured as the peak RSS of a fresh process that imports posttrain, builds
+tiny-llama and runs one forward (``benchmarks/bench_plan.py`` re-measures it). On a GPU pass
+``--baseline_mb 0`` (the CUDA context, ~0.3-0.5 GB, is not counted here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from posttrain.config import LoraConfig, check
+from posttrain.errors import UserError
+
+SUMMARY = "Estimate peak memory of a recipe and propose settings that fit a budget."
+
+BASELINE_MB = 355.0
+"""Peak RSS of a fresh CPU process: python + torch + transformers + posttrain, tiny-llama forward
+(measured on the reference machine: 355 MB; ``benchmarks/bench_plan.py`` prints it)."""
+
+MB = 1024**2
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2}
+ONLINE = ("ppo", "rloo", "grpo", "reinforce", "online-dpo")
+
+
+@dataclass(kw_only=True)
+class Config:
+    recipe: Literal["sft", "rm", "dpo", "kto", "ppo", "rloo", "grpo", "reinforce", "online-dpo"]
+    """Recipe to plan for."""
+    model: str
+    """Model: `tiny-llama`, `smollm2-135m-instruct`, or a local Hugging Face directory."""
+    batch_size: int = 8
+    """Examples (pairs for rm/dpo, prompts for online recipes) per optimizer step, all processes."""
+    max_length: int = 512
+    """Prompt + response tokens (the plan assumes every row is this long)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    nproc: int = 1
+    """Processes (devices) to plan for; the table shows 1 process and, when > 1, DDP and FSDP."""
+    fsdp: bool = False
+    """Propose FSDP (with --nproc > 1) as the first remedy when over budget."""
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
+    """Precision of weights, gradients and AdamW states."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (keeps only each layer's input)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (the reference is then the policy with adapters disabled)."""
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel: `sdpa` keeps no (T, T) scores for backward, `eager` does."""
+    num_samples: int | None = None
+    """Online recipes: responses per prompt (default: the recipe's, 4 for rloo/grpo, else 1)."""
+    max_new_tokens: int = 32
+    """Online recipes: response tokens generated (the prompt gets max_length - max_new_tokens)."""
+    reward_model: str | None = None
+    """Online recipes: a reward model (a model name or directory) held in memory; none for a
+    task/rule reward."""
+    separate_critic: bool = False
+    """PPO: the value head gets its own trunk (a trained copy of the policy)."""
+    reference: Literal["auto", "model", "none"] = "auto"
+    """dpo/kto: `model` keeps a frozen copy, `none` (SimPO/ORPO/precomputed) none; `auto`: a copy
+    unless LoRA is on."""
+    budget_gb: float | None = None
+    """Memory of one device in GB; when given, settings that fit are proposed."""
+    baseline_mb: float = BASELINE_MB
+    """Process baseline added to the peak (CPU RSS; 0 for GPU memory)."""
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        check(self.max_length >= 2, "max_length", "must be >= 2", self.max_length)
+        check(self.nproc >= 1, "nproc", "must be >= 1", self.nproc)
+        check(
+            self.batch_size % (self.nproc * self.gradient_accumulation_steps) == 0,
+            "batch_size",
+            f"must be divisible by nproc x gradient_accumulation_steps = {self.nproc} x "
+            f"{self.gradient_accumulation_steps}",
+            self.batch_size,
+        )
+        check(
+            self.num_samples is None or self.num_samples >= 1,
+            "num_samples",
+            "must be >= 1",
+            self.num_samples,
+        )
+        check(
+            0 < self.max_new_tokens < self.max_length,
+            "max_new_tokens",
+            "must be in [1, max_length)",
+            self.max_new_tokens,
+        )
+        check(self.budget_gb is None or self.budget_gb > 0, "budget_gb", "must be > 0", None)
+
+
+# ----------------------------------------------------------------------------- model shape
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the formulas need to know about a causal LM."""
+
+    params: int  # P, every parameter (tied embeddings counted once)
+    layers: int  # L
+    hidden: int  # H
+    intermediate: int  # I
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int  # V
+    layer_params: int  # parameters of one decoder layer
+    root_params: int  # parameters outside the decoder layers (embeddings, final norm, LM head)
+
+    @property
+    def q(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def shape_of_config(config) -> Shape:
+    """A :class:`Shape` from a transformers config of a llama-like model (parameters counted on
+    the meta device: nothing is allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)][0]
+    layer_params = sum(p.numel() for p in layers[0].parameters())
+    heads = config.num_attention_heads
+    return Shape(
+        params=params,
+        layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        vocab=config.vocab_size,
+        layer_params=layer_params,
+        root_params=params - config.num_hidden_layers * layer_params,
+    )
+
+
+def model_shape(name: str) -> Shape:
+    from posttrain.models import check_model_name
+    from posttrain.models.load import TINY_NAMES, model_dir
+
+    check_model_name(name)
+    if name in TINY_NAMES:
+        from posttrain.models import load_model
+
+        return shape_of_config(load_model(name).config)
+    from transformers import AutoConfig
+
+    return shape_of_config(AutoConfig.from_pretrained(str(model_dir(name))))
+
+
+def lora_params(shape: Shape, lora: LoraConfig) -> int:
+    """Adapter parameters: r x (fan_in + fan_out) per targeted projection per layer."""
+    h, i, q, kv = shape.hidden, shape.intermediate, shape.q, shape.kv
+    dims = {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+    per_layer = sum(lora.r * sum(dims[t]) for t in lora.target_modules if t in dims)
+    return shape.layers * per_layer
+
+
+# ----------------------------------------------------------------------------- the formulas
+
+
+def layer_activation_elements(shape: Shape, seq_len: int, attention: str = "sdpa") -> int:
+    """a_layer: elements one decoder layer saves for backward, per token (module doc)."""
+    a = 4 * shape.hidden + 3 * shape.q + 3 * shape.kv + 4 * shape.intermediate
+    if attention == "eager":
+        a += 2 * shape.heads * seq_len
+    return a
+
+
+def loss_bytes(w: int) -> int:
+    """c: bytes per element of the log-softmax (float32, or float64 for float64 models)."""
+    return max(w, 4)
+
+
+def activation_bytes(
+    shape: Shape, tokens: int, seq_len: int, w: int, *, checkpointing: bool, attention: str
+) -> int:
+    """Saved activations of a training forward over ``tokens`` (excluding the log-softmax)."""
+    a = layer_activation_elements(shape, seq_len, attention)
+    per_token = (shape.layers * shape.hidden + a) if checkpointing else shape.layers * a
+    return tokens * w * (per_token + 3 * shape.hidden)
+
+
+def saved_logsoftmax_bytes(shape: Shape, tokens: int, w: int) -> int:
+    return tokens * shape.vocab * loss_bytes(w)
+
+
+def logits_forward_bytes(shape: Shape, tokens: int, w: int) -> int:
+    """The logits and their contiguous / float32 copy, next to the log-softmax being made."""
+    return tokens * shape.vocab * (w + loss_bytes(w))
+
+
+def logits_backward_bytes(shape: Shape, tokens: int, w: int) -> int:
+    """The log-softmax's gradient and the logits' gradient."""
+    return tokens * shape.vocab * 2 * loss_bytes(w)
+
+
+def nograd_logits_bytes(shape: Shape, tokens: int, w: int) -> int:
+    """A forward without gradients: logits, their copy and the log-softmax, all transient."""
+    return tokens * shape.vocab * (w + 2 * loss_bytes(w))
+
+
+def kv_cache_bytes(shape: Shape, rows: int, width: int, w: int) -> int:
+    return 2 * shape.layers * shape.kv * rows * width * w
+
+
+REFERENCED = ("dpo", "kto", "ppo", "rloo", "grpo", "reinforce", "online-dpo")
+SAMPLES = {"ppo": 1, "rloo": 4, "grpo": 4, "reinforce": 1, "online-dpo": 2}  # recipe defaults
+
+
+@dataclass
+class Estimate:
+    """Bytes per component of one process, and the peak."""
+
+    parts: dict[str, float]
+    peak: float
+    micro_rows: int
+
+
+def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -> Estimate:
+    """Peak memory of one of ``nproc`` processes running ``cfg`` (module doc for the formulas)."""
+    w = DTYPE_BYTES[cfg.dtype]
+    shard = nproc if fsdp and nproc > 1 else 1
+    P, T = shape.params, cfg.max_length
+    n_lora = lora_params(shape, cfg.lora) if cfg.lora.enabled else 0
+    trainable = n_lora if cfg.lora.enabled else P
+    wt = 4 if (cfg.lora.enabled and w < 4) else w  # peft keeps adapters in float32
+    parts: dict[str, float] = {
+        "weights": (P * w + n_lora * wt) / shard,
+        "gradients": trainable * wt / shard,
+        "adamw": 2 * trainable * wt / shard,
+    }
+    # a frozen reference copy, unless LoRA (adapters off) or reference-free
+    referenced = cfg.recipe in REFERENCED and cfg.reference != "none"
+    copy = referenced and (cfg.reference == "model" or not cfg.lora.enabled)
+    parts["reference"] = P * w / shard if copy else 0.0
+    parts["reward_model"] = (
+        model_shape(cfg.reward_model).params * w
+        if cfg.recipe in ONLINE and cfg.reward_model
+        else 0.0
+    )
+    critic = cfg.recipe == "ppo" and cfg.separate_critic
+    head = (shape.hidden + 1) * 4 * 4  # weights, gradient, 2 AdamW states (float32)
+    parts["value"] = (4 * P * w / shard if critic else head) if cfg.recipe == "ppo" else 0.0
+    parts["fsdp_gathered"] = (
+        (shape.root_params + 2 * shape.layer_params) * (w + (0 if cfg.lora.enabled else wt))
+        if shard > 1
+        else 0.0
+    )
+
+    # --- the training step of one micro-batch on one process
+    online = cfg.recipe in ONLINE
+    samples = cfg.num_samples if cfg.num_samples is not None else SAMPLES.get(cfg.recipe, 1)
+    per_process = cfg.batch_size // nproc
+    if online:
+        rows = per_process * samples
+    else:
+        rows = per_process * (2 if cfg.recipe in ("rm", "dpo", "kto") else 1)
+    micro = max(1, rows // cfg.gradient_accumulation_steps)
+    t = micro * T
+    ckpt, attn = cfg.gradient_checkpointing, cfg.attention
+    acts = activation_bytes(shape, t, T, w, checkpointing=ckpt, attention=attn)
+    if critic:  # the critic trunk's own forward with gradients (hidden states only)
+        acts += activation_bytes(shape, t, T, w, checkpointing=ckpt, attention=attn)
+    layer = t * w * layer_activation_elements(shape, T, attn)  # one layer's activation grads
+    vocab = cfg.recipe != "rm"  # a reward model reads hidden states: no logits
+    if vocab:
+        acts += saved_logsoftmax_bytes(shape, t, w)
+    transients = {
+        "loss forward": logits_forward_bytes(shape, t, w) if vocab else 0.0,
+        "backward": (logits_backward_bytes(shape, t, w) if vocab else 0.0) + layer,
+    }
+    if copy and cfg.recipe in ("dpo", "kto"):  # reference forward while activations are saved
+        transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer
+    parts["activations"] = acts
+    parts["step_transient"] = max(transients.values())
+
+    # --- generation and scoring (online recipes), before the training step
+    parts["kv_cache"] = parts["generation_peak"] = 0.0
+    if online:
+        n = per_process * samples
+        prompt = T - cfg.max_new_tokens
+        parts["kv_cache"] = kv_cache_bytes(shape, n, T, w)
+        prefill = n * prompt * w * (shape.vocab + layer_activation_elements(shape, prompt, attn))
+        nograd = nograd_logits_bytes(shape, n * T, w) + n * T * w * (
+            layer_activation_elements(shape, T, attn)
+        )  # old log-probs / reference over the whole rollout
+        parts["generation_peak"] = max(parts["kv_cache"] + prefill, nograd)
+    parts["baseline"] = cfg.baseline_mb * MB
+    static = sum(
+        parts[k] for k in ("weights", "gradients", "adamw", "reference", "reward_model", "value")
+    )
+    step = parts["activations"] + parts["step_transient"]
+    peak = parts["baseline"] + static + parts["fsdp_gathered"] + max(step, parts["generation_peak"])
+    return Estimate(parts=parts, peak=peak, micro_rows=micro)
+
+
+# ----------------------------------------------------------------------------- proposals
+
+
+def propose(cfg: Config, shape: Shape, budget_bytes: float) -> list[tuple[str, Config, Estimate]]:
+    """Cumulative changes, cheapest in speed first, until one process fits ``budget_bytes``:
+    FSDP (if nproc > 1), gradient checkpointing, halving the micro-batch (more accumulation),
+    LoRA, bfloat16. Returns each step taken with its estimate."""
+    steps: list[tuple[str, Config, Estimate]] = []
+    current = cfg
+    fsdp = False
+
+    def est(c: Config) -> Estimate:
+        return estimate(c, shape, nproc=c.nproc, fsdp=fsdp)
+
+    if est(current).peak <= budget_bytes:
+        return steps
+    if cfg.nproc > 1:
+        fsdp = True
+        steps.append(
+            (f"FSDP over {cfg.nproc} processes (--distributed fsdp)", current, est(current))
+        )
+        if steps[-1][2].peak <= budget_bytes:
+            return steps
+    if not current.gradient_checkpointing:
+        current = replace(current, gradient_checkpointing=True)
+        steps.append(("--gradient_checkpointing true", current, est(current)))
+        if steps[-1][2].peak <= budget_bytes:
+            return steps
+    per_process = current.batch_size // current.nproc
+    while current.gradient_accumulation_steps < per_process:
+        current = replace(
+            current, gradient_accumulation_steps=current.gradient_accumulation_steps * 2
+        )
+        if per_process % current.gradient_accumulation_steps:
+            break
+        steps.append(
+            (
+                f"--gradient_accumulation_steps {current.gradient_accumulation_steps}",
+                current,
+                est(current),
+            )
+        )
+        if steps[-1][2].peak <= budget_bytes:
+            return steps
+    if not current.lora.enabled:
+        current = replace(current, lora=replace(current.lora, enabled=True))
+        steps.append(("--lora.enabled true", current, est(current)))
+        if steps[-1][2].peak <= budget_bytes:
+            return steps
+    if current.dtype != "bfloat16":
+        current = replace(current, dtype="bfloat16")
+        steps.append(("--dtype bfloat16", current, est(current)))
+    return steps
+
+
+# ----------------------------------------------------------------------------- output
+
+
+ROWS = [
+    ("weights", "weights (policy)"),
+    ("gradients", "gradients"),
+    ("adamw", "AdamW states"),
+    ("reference", "reference model"),
+    ("reward_model", "reward model"),
+    ("value", "value head / critic"),
+    ("fsdp_gathered", "FSDP gathered units"),
+    ("activations", "activations (saved)"),
+    ("step_transient", "logits / backward peak"),
+    ("kv_cache", "KV cache (rollout)"),
+    ("generation_peak", "generation + scoring peak"),
+    ("baseline", "process baseline"),
+]
+
+
+def _mb(x: float) -> str:
+    return f"{x / MB:,.0f} MB" if x >= MB or x == 0 else f"{x / MB:.2f} MB"
+
+
+def table(cfg: Config, shape: Shape) -> str:
+    columns = [("1 process", estimate(cfg, shape))]
+    if cfg.nproc > 1:
+        columns.append((f"DDP x{cfg.nproc}", estimate(cfg, shape, nproc=cfg.nproc)))
+        columns.append((f"FSDP x{cfg.nproc}", estimate(cfg, shape, nproc=cfg.nproc, fsdp=True)))
+    width = 28
+    lines = [
+        f"{'component (per process)':<{width}}" + "".join(f"{name:>16}" for name, _ in columns)
+    ]
+    for key, label in ROWS:
+        lines.append(f"{label:<{width}}" + "".join(f"{_mb(e.parts[key]):>16}" for _, e in columns))
+    lines.append(f"{'peak':<{width}}" + "".join(f"{_mb(e.peak):>16}" for _, e in columns))
+    lines.append(
+        f"{'micro-batch rows':<{width}}" + "".join(f"{e.micro_rows:>16}" for _, e in columns)
+    )
+    return "\n".join(lines)
+
+
+def run(cfg: Config, flags: dict[str, bool]) -> None:
+    shape = model_shape(cfg.model)
+    if cfg.reward_model and cfg.recipe not in ONLINE:
+        raise UserError("--reward_model: only online recipes hold a reward model")
+    print(
+        f"posttrain plan: {cfg.recipe} on {cfg.model} ({shape.params / 1e6:.1f}M parameters, "
+        f"{shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}), {cfg.dtype}, "
+        f"batch {cfg.batch_size} x {cfg.max_length} tokens, "
+        f"{cfg.gradient_accumulation_steps} micro-batch(es)"
+        + (", LoRA" if cfg.lora.enabled else "")
+        + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
+    )
+    print()
+    print(table(cfg, shape))
+    if cfg.budget_gb is None:
+        return
+    budget = cfg.budget_gb * 1024**3
+    print()
+    first = estimate(cfg, shape, nproc=cfg.nproc)
+    if first.peak <= budget:
+        print(f"fits in {cfg.budget_gb:g} GB as configured ({_mb(first.peak)} per process)")
+        return
+    steps = propose(cfg, shape, budget)
+    print(f"over budget: {_mb(first.peak)} > {cfg.budget_gb:g} GB per process; try, in order:")
+    for text, _c, e in steps:
+        mark = "fits" if e.peak <= budget else "still over"
+        print(f"  + {text:<44} -> {_mb(e.peak)}  ({mark})")
+    if not steps or steps[-1][2].peak > budget:
+        print(
+            "  nothing above fits: more processes (--nproc with FSDP), a shorter max_length or a "
+            "smaller batch"
+        )

@@ -1,0 +1,56 @@
+"""DPO under ``torchrun --nproc_per_node 2`` (gloo, CPU): 2 processes x batch 4 pairs give the
+weights of 1 process x batch 8 (tiny-llama, 1e-5) with a frozen reference copy (DDP, float64), with
+FSDP (policy and reference sharded; float32), and with LoRA under FSDP (reference = adapters
+disabled; the final model gathered and merged; float64); the logged
+implicit-reward metrics are those of the whole batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from posttrain.training import read_metrics
+from tests.helpers_pref import preference_rows
+from tests.invariance.helpers_distributed import (
+    assert_moved,
+    assert_same_weights,
+    final_weights,
+    torchrun,
+)
+
+ARGS = ["--model", "tiny-llama", "--dtype", "float64", "--learning_rate", "1e-3", "--beta", "0.1"]
+ARGS += ["--max_steps", "3", "--logging_steps", "1", "--progress", "false", "--batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in preference_rows(64, seed=1)))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--distributed", "fsdp", "--dtype", "float32"],  # float32: gloo's plain-SUM path
+        ["--lora.enabled", "true", "--learning_rate", "1e-2", "--distributed", "fsdp"],
+    ],
+    ids=["ddp", "fsdp-float32", "lora-fsdp"],
+)
+def test_dpo_2x4_equals_1x8(train, tmp_path, extra):
+    from posttrain.cli import main
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["dpo", *ARGS, *extra, "--train_data", train]
+    assert main([*args, "--output_dir", str(one)]) == 0
+    proc = torchrun(*args, "--output_dir", two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_moved(final_weights(two))
+    assert_same_weights(final_weights(one), final_weights(two))
+    tolerance = 1e-5 if "float32" in extra else 1e-9  # float32 sums in another order
+    for a, b in zip(read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")):
+        for key in ("train/loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+            if key in a:
+                assert abs(a[key] - b[key]) < tolerance * max(1.0, abs(a[key])), key

@@ -1,0 +1,122 @@
+"""What must not change the result of DPO/KTO: gradient accumulation (8 x 1 == 2 x 4), the way
+the reference log-probs are obtained (frozen copy, precomputed cache, LoRA adapters disabled),
+padding (side, batch-mates). tiny-llama in float64, 1e-6."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from posttrain.data.preference import collate_pairs, encode_pairs
+from posttrain.models import load_model, load_tokenizer
+from posttrain.recipes.dpo import pair_logps
+from tests.helpers_pref import preference_rows
+
+ARGS = ["--model", "tiny-llama", "--learning_rate", "1e-3", "--progress", "false"]
+ARGS += ["--dtype", "float64", "--max_steps", "4", "--logging_steps", "1"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "final" / "model.safetensors"))
+
+
+def _assert_same(a: dict, b: dict, atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in preference_rows(64, seed=1)))
+    return str(path)
+
+
+def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train, tmp_path):
+    args = [*ARGS, "--train_data", train, "--beta", "0.1"]
+    runs = {
+        "8x1": ["--batch_size", "8"],
+        "2x4": ["--batch_size", "8", "--gradient_accumulation_steps", "4"],
+        "precomputed": ["--batch_size", "8", "--reference", "precomputed"],
+    }
+    for name, extra in runs.items():
+        code, _, err = cli("dpo", *args, *extra, "--output_dir", tmp_path / name)
+        assert code == 0, err
+    base = _weights(tmp_path / "8x1")
+    start = load_model("tiny-llama", dtype="float64").state_dict()
+    assert any(not torch.equal(base[k], start[k]) for k in base)  # training moved the weights
+    _assert_same(base, _weights(tmp_path / "2x4"))
+    _assert_same(base, _weights(tmp_path / "precomputed"))
+
+
+def test_kto_batch_8x1_equals_2x4(cli, train, tmp_path):
+    args = [*ARGS, "--train_data", train, "--beta", "0.1", "--batch_size", "8"]
+    for name, extra in {"8x1": [], "2x4": ["--gradient_accumulation_steps", "4"]}.items():
+        code, _, err = cli("kto", *args, *extra, "--output_dir", tmp_path / name)
+        assert code == 0, err
+    _assert_same(_weights(tmp_path / "8x1"), _weights(tmp_path / "2x4"))
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    from posttrain.data import Example
+
+    tok = load_tokenizer("tiny-llama")
+    rows = preference_rows(6, seed=2)
+    rows[1]["chosen"] = " great and lovely and wonderful, truly, a brilliant night out."  # long
+    examples = [Example("preference", "t", r["prompt"], **_responses(r)) for r in rows]
+    return tok, encode_pairs(tok, examples, 64)[0]
+
+
+def _responses(row: dict) -> dict:
+    return {"chosen": row["chosen"], "rejected": row["rejected"]}
+
+
+def test_pair_logps_ignore_padding_side_and_batch_mates(encoded):
+    tok, pairs = encoded
+    model = load_model("tiny-llama", dtype="float64", tokenizer=tok)
+    with torch.no_grad():
+        right = pair_logps(model, collate_pairs(pairs, tok.pad_token_id))
+        left = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, side="left"))
+        alone = [pair_logps(model, collate_pairs([p], tok.pad_token_id)) for p in pairs]
+    torch.testing.assert_close(right.chosen, left.chosen, atol=1e-10, rtol=0)
+    torch.testing.assert_close(right.rejected, left.rejected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        right.chosen, torch.cat([a.chosen for a in alone]), atol=1e-10, rtol=0
+    )
+    torch.testing.assert_close(
+        right.rejected, torch.cat([a.rejected for a in alone]), atol=1e-10, rtol=0
+    )
+
+
+def test_lora_policy_with_adapters_disabled_is_the_starting_model(encoded):
+    """After the adapters have moved (so the policy differs), the reference the recipe uses —
+    ``make_reference("lora", ...)`` — gives exactly the starting model's log-probs."""
+    import copy
+
+    from posttrain.config import LoraConfig
+    from posttrain.models.lora import apply_lora
+    from posttrain.recipes.dpo import make_reference
+
+    tok, pairs = encoded
+    base = load_model("tiny-llama", dtype="float64", tokenizer=tok)
+    start = copy.deepcopy(base)
+    policy = apply_lora(base, LoraConfig(enabled=True, r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # as if trained
+    batch = collate_pairs(pairs, tok.pad_token_id)
+    with torch.no_grad():
+        moved, want = pair_logps(policy, batch), pair_logps(start, batch)
+    assert not torch.allclose(moved.chosen, want.chosen)
+    ref_chosen, ref_rejected = make_reference("lora", policy, None, None)(batch, "train", [])
+    torch.testing.assert_close(ref_chosen, want.chosen, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ref_rejected, want.rejected, atol=1e-10, rtol=0)
+    after = pair_logps(policy, batch)  # adapters back on afterwards
+    torch.testing.assert_close(after.chosen, moved.chosen, atol=0, rtol=0)

@@ -1,0 +1,147 @@
+"""``posttrain plan``: every formula on a small hand-made shape, numbers worked by hand below.
+
+Shape: P = 1000 parameters, L = 2 layers, H = 8, I = 16, 2 heads, 1 kv head, head_dim 4
+(q = 8, kv = 4), V = 10; one layer 300 parameters, root 400.
+    a_layer = 4H + 3q + 3kv + 4I = 32 + 24 + 12 + 64 = 132 (sdpa); eager at T = 5 adds
+              2 x heads x T = 20 -> 152.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from posttrain.config import LoraConfig
+from posttrain.recipes import plan
+
+SHAPE = plan.Shape(
+    params=1000,
+    layers=2,
+    hidden=8,
+    intermediate=16,
+    heads=2,
+    kv_heads=1,
+    head_dim=4,
+    vocab=10,
+    layer_params=300,
+    root_params=400,
+)
+
+
+def cfg(**kw) -> plan.Config:
+    base = dict(recipe="sft", model="tiny-llama", batch_size=4, max_length=5, baseline_mb=0.0)
+    return plan.Config(**{**base, **kw})
+
+
+def test_layer_activations_sdpa_and_eager():
+    assert plan.layer_activation_elements(SHAPE, 5, "sdpa") == 132
+    assert plan.layer_activation_elements(SHAPE, 5, "eager") == 152
+
+
+def test_saved_activations_with_and_without_checkpointing():
+    # 10 tokens x 4 bytes x (L a_layer + 3H) = 40 x (264 + 24) = 11520
+    assert plan.activation_bytes(SHAPE, 10, 5, 4, checkpointing=False, attention="sdpa") == 11520
+    # checkpointing: 40 x (L H + a_layer + 3H) = 40 x (16 + 132 + 24) = 6880
+    assert plan.activation_bytes(SHAPE, 10, 5, 4, checkpointing=True, attention="sdpa") == 6880
+
+
+def test_logits_and_kv_cache():
+    # 10 tokens x V 10; the loss in c = 4 bytes (8 for float64)
+    assert plan.saved_logsoftmax_bytes(SHAPE, 10, 4) == 400
+    assert plan.logits_forward_bytes(SHAPE, 10, 4) == 800  # logits 4 + contiguous copy 4
+    assert plan.logits_forward_bytes(SHAPE, 10, 2) == 600  # bf16 logits 2 + float32 copy 4
+    assert plan.logits_forward_bytes(SHAPE, 10, 8) == 1600  # float64 throughout
+    assert plan.logits_backward_bytes(SHAPE, 10, 4) == 800  # two float32 gradients
+    assert plan.nograd_logits_bytes(SHAPE, 10, 4) == 1200  # logits, copy, log-softmax
+    # 2 (k, v) x L x kv x rows x width x w = 2 x 2 x 4 x 3 x 7 x 2
+    assert plan.kv_cache_bytes(SHAPE, 3, 7, 2) == 672
+
+
+def test_lora_parameters():
+    lora = LoraConfig(enabled=True, r=2, target_modules=["q_proj", "v_proj"])
+    # per layer r (in + out): q 2 x (8 + 8) = 32, v 2 x (8 + 4) = 24 -> 56; x 2 layers
+    assert plan.lora_params(SHAPE, lora) == 112
+
+
+def test_sft_peak_by_hand():
+    e = plan.estimate(cfg(), SHAPE)
+    # static: weights 4000 + gradients 4000 + AdamW 8000
+    assert (e.parts["weights"], e.parts["gradients"], e.parts["adamw"]) == (4000, 4000, 8000)
+    assert e.parts["reference"] == 0
+    # t = 4 rows x 5 = 20 tokens: activations 80 x 288 = 23040 + saved log-softmax 20 x 10 x 4
+    # = 800 -> 23840; backward transient: logits' gradients 20 x 10 x 8 = 1600 + one layer
+    # 80 x 132 = 10560 -> 12160 (> the forward's 1600)
+    assert e.parts["activations"] == 23840
+    assert e.parts["step_transient"] == 12160
+    assert e.peak == 16000 + 23840 + 12160
+    assert plan.estimate(cfg(baseline_mb=1.0), SHAPE).peak == e.peak + plan.MB
+
+
+def test_dpo_adds_a_reference_and_pairs_and_lora_removes_the_copy():
+    e = plan.estimate(cfg(recipe="dpo", batch_size=2), SHAPE)
+    assert e.parts["reference"] == 4000 and e.micro_rows == 4  # 2 pairs = 4 rows
+    # the reference forward on top of the saved activations: 20 x 10 x 12 + 10560 = 12960
+    assert e.parts["step_transient"] == 12960
+    lora = LoraConfig(enabled=True, r=2, target_modules=["q_proj", "v_proj"])
+    e = plan.estimate(cfg(recipe="dpo", batch_size=2, lora=lora), SHAPE)
+    assert e.parts["reference"] == 0  # adapters disabled is the reference
+    assert e.parts["weights"] == 4000 + 112 * 4 and e.parts["adamw"] == 2 * 112 * 4
+
+
+def test_fsdp_divides_state_and_adds_gathered_units():
+    e = plan.estimate(cfg(recipe="dpo", batch_size=4, nproc=2), SHAPE, nproc=2, fsdp=True)
+    assert (e.parts["weights"], e.parts["adamw"], e.parts["reference"]) == (2000, 4000, 2000)
+    # root 400 + 2 layers x 300 = 1000 parameters, with their gradients: x (4 + 4)
+    assert e.parts["fsdp_gathered"] == 8000
+    ddp = plan.estimate(cfg(recipe="dpo", batch_size=4, nproc=2), SHAPE, nproc=2)
+    assert ddp.parts["weights"] == 4000 and ddp.micro_rows == 4  # 2 pairs per process
+
+
+def test_online_recipe_counts_generation():
+    c = cfg(recipe="rloo", batch_size=2, max_length=5, max_new_tokens=2, num_samples=3)
+    e = plan.estimate(c, SHAPE)
+    # 6 rows x width 5: KV cache 2 x 2 x 4 x 6 x 5 x 4 = 1920
+    assert e.parts["kv_cache"] == 1920
+    # prefill over P = 3: 6 x 3 x 4 x (V 10 + a_layer 132) = 10224 -> 12144 with the cache;
+    # the no-grad scoring forward: 30 tokens x (10 x 12) + 30 x 4 x 132 = 3600 + 15840 = 19440
+    assert e.parts["generation_peak"] == 19440
+    assert e.parts["reference"] == 4000
+
+
+def test_proposals_try_checkpointing_then_accumulation():
+    c = cfg(batch_size=8)
+    full = plan.estimate(c, SHAPE).peak
+    ckpt = plan.estimate(replace(c, gradient_checkpointing=True), SHAPE).peak
+    steps = plan.propose(c, SHAPE, budget_bytes=ckpt - 1)
+    assert steps[0][0] == "--gradient_checkpointing true" and ckpt < full
+    assert steps[1][0] == "--gradient_accumulation_steps 2"
+    assert steps[-1][2].peak <= ckpt - 1
+    assert plan.propose(c, SHAPE, budget_bytes=full) == []
+
+
+def test_shape_of_tiny_llama_counts_tied_embeddings_once():
+    shape = plan.model_shape("tiny-llama")
+    assert shape.params == 127360 and shape.layers == 2 and shape.vocab == 833
+    assert shape.root_params + 2 * shape.layer_params == shape.params
+
+
+def test_cli_prints_table_and_proposals(cli):
+    code, out, err = cli(
+        "plan", "--recipe", "dpo", "--model", "tiny-llama", "--batch_size", "64",
+        "--max_length", "1024", "--nproc", "2", "--budget_gb", "0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "FSDP x2" in out and "reference model" in out and "try, in order" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size", "3", "--nproc", "2"], "--batch_size: must be divisible"),
+        (["--recipe", "nope"], "--recipe: must be one of"),
+    ],
+)
+def test_bad_plan_settings_exit_2(cli, args, message):
+    code, _, err = cli("plan", "--recipe", "sft", "--model", "tiny-llama", *args)
+    assert code == 2 and message in err
