@@ -1,119 +1,190 @@
 """Evaluating a reward model on preference data, and Bradley–Terry scores from win counts.
 
-- accuracy overall and per ``subset`` (RewardBench style: a section's score is the mean of its
-  subsets' accuracies, the mapping given by the caller);
-- calibration: expected calibration error (10 equal-width bins) of P(chosen better) =
-  sigmoid(r_c - r_r) against whether the chosen response did win;
-- length bias: how often the RM prefers the longer response vs how often the data's chosen one is
-  the longer, and the Pearson correlation of reward with response length (characters).
+:func:`evaluate_reward_model` returns flat keys:
+
+- ``accuracy`` (ties count half) and ``pairs``; ``accuracy/SUBSET`` per ``subset`` of the records
+  (RewardBench style), and ``section/NAME`` = the mean of its subsets' accuracies (the mapping is
+  given by the caller, e.g. ``{"chat": ["alpacaeval-easy", "mt-bench-easy"], ...}``; RewardBench
+  itself weights subsets by size inside some sections — give the subsets accordingly);
+- ``ece``: expected calibration error of the RM's own probability that its preferred response is
+  the better one, P = sigmoid(|r_c - r_r|) (Bradley–Terry), against whether it is right (the
+  standard confidence-vs-accuracy form, Guo et al. 2017, 10 equal-width bins);
+  ``mean_confidence`` beside it;
+- length bias: ``length_bias/rm_prefers_longer`` (share of pairs with different lengths where the
+  RM scores the longer response higher) vs ``length_bias/data_chosen_longer`` (share where the
+  data's chosen one is longer), and ``length_bias/reward_length_corr``, the Pearson correlation
+  of reward with response length over every response. Lengths are in characters (tokenizer-free,
+  so RMs with different tokenizers compare).
+
+:func:`fit_bradley_terry` fits BT scores straight from a table of win counts (no model involved).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 
 from posttrain.data import load_examples, to_preference_pairs
+from posttrain.data.formats import Example
 from posttrain.errors import UserError
+from posttrain.evaluation.capability import expected_calibration_error
 
-
-def expected_calibration_error(
-    probs: torch.Tensor, outcomes: torch.Tensor, bins: int = 10
-) -> float:
-    """sum_b (n_b / N) |mean(outcome in b) - mean(prob in b)|, equal-width bins over [0, 1]."""
-    idx = torch.clamp((probs * bins).long(), max=bins - 1)
-    total = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            total += float(sel.float().mean()) * abs(
-                float(outcomes[sel].float().mean() - probs[sel].mean())
-            )
-    return total
+# The RewardBench sections (Lambert et al. 2024, table 1) by the `subset` names of its data files,
+# ready for ``sections=``. RewardBench's own leaderboard weights subsets by size inside a section
+# (and Reasoning as half PRM-math, half code); here a section is the plain mean of its subsets.
+REWARDBENCH_SECTIONS = {
+    "chat": [
+        "alpacaeval-easy",
+        "alpacaeval-length",
+        "alpacaeval-hard",
+        "mt-bench-easy",
+        "mt-bench-med",
+    ],
+    "chat_hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
+    "safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
+    "reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two (N,) tensors (0 when either is constant)."""
     x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
     denom = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
     return float((x * y).sum()) / denom if denom else 0.0
 
 
-def evaluate_reward_model(
-    rm,
-    data,
-    *,
+def pair_metrics(
+    rc: torch.Tensor,
+    rr: torch.Tensor,
+    len_c: torch.Tensor,
+    len_r: torch.Tensor,
+    subsets: Sequence[str | None] | None = None,
     sections: dict[str, list[str]] | None = None,
-    batch_size: int = 16,
-    aspect_weights: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Flat metrics of reward model ``rm`` (a RewardModel or its directory) on ``data`` (a path)."""
-    if not hasattr(rm, "score"):
-        from posttrain.models.reward import load_reward_model
-
-        rm = load_reward_model(rm)
-    examples = to_preference_pairs(
-        load_examples(data, ["preference", "ranked", "scored"], what="--data"), aspect_weights
-    )
-    if not examples:
-        raise UserError(f"{data}: no preference pairs")
-    prompts = [ex.prompt for ex in examples]
-    rc = torch.tensor(rm.score(prompts, [ex.chosen for ex in examples], batch_size=batch_size))
-    rr = torch.tensor(rm.score(prompts, [ex.rejected for ex in examples], batch_size=batch_size))
-    win = (rc > rr).float() + 0.5 * (rc == rr).float()
-    out: dict[str, float] = {"accuracy": float(win.mean()), "pairs": len(examples)}
-    by_subset = defaultdict(list)
-    for ex, w in zip(examples, win.tolist()):
-        if ex.subset is not None:
-            by_subset[str(ex.subset)].append(w)
-    for subset, wins in sorted(by_subset.items()):
-        out[f"accuracy/{subset}"] = sum(wins) / len(wins)
-    for section, subsets in (sections or {}).items():
-        found = [out[f"accuracy/{s}"] for s in subsets if f"accuracy/{s}" in out]
+    """The metrics of the module doc from rewards of chosen and rejected (B,) and their lengths
+    (B,) (no model: the part of :func:`evaluate_reward_model` that is arithmetic)."""
+    win = (rc > rr).double() + 0.5 * (rc == rr).double()  # (B,)
+    out: dict[str, float] = {"accuracy": float(win.mean()), "pairs": len(win)}
+    by_subset: dict[str, list[float]] = defaultdict(list)
+    for subset, w in zip(subsets or [], win.tolist()):
+        if subset is not None:
+            by_subset[str(subset)].append(w)
+    for subset, won in sorted(by_subset.items()):
+        out[f"accuracy/{subset}"] = sum(won) / len(won)
+    for section, members in (sections or {}).items():
+        found = [out[f"accuracy/{s}"] for s in members if f"accuracy/{s}" in out]
         if found:
             out[f"section/{section}"] = sum(found) / len(found)
-    out["ece"] = expected_calibration_error(torch.sigmoid(rc - rr), torch.ones_like(rc))
-    len_c = torch.tensor([len(ex.chosen) for ex in examples], dtype=torch.float64)
-    len_r = torch.tensor([len(ex.rejected) for ex in examples], dtype=torch.float64)
+    confidence = torch.sigmoid((rc - rr).double().abs())  # P(the RM's pick is the better one)
+    out["ece"] = expected_calibration_error(confidence.tolist(), win.tolist())  # tie: half right
+    out["mean_confidence"] = float(confidence.mean())
+    len_c, len_r = len_c.double(), len_r.double()
     differ = len_c != len_r
     if differ.any():
         rm_longer = torch.where(len_c > len_r, rc > rr, rr > rc)[differ]
-        out["length_bias/rm_prefers_longer"] = float(rm_longer.float().mean())
-        out["length_bias/data_chosen_longer"] = float((len_c > len_r)[differ].float().mean())
+        out["length_bias/rm_prefers_longer"] = float(rm_longer.double().mean())
+        out["length_bias/data_chosen_longer"] = float((len_c > len_r)[differ].double().mean())
     out["length_bias/reward_length_corr"] = pearson(torch.cat([rc, rr]), torch.cat([len_c, len_r]))
     return out
 
 
+def evaluate_reward_model(
+    rm,
+    examples: str | Sequence[Example],
+    *,
+    sections: dict[str, list[str]] | None = None,
+    batch_size: int = 16,
+    aspect_weights: dict[str, float] | None = None,
+    dtype: str = "float32",
+) -> dict[str, float]:
+    """Flat metrics (module doc) of reward model ``rm`` — a RewardModel, anything with
+    ``score(prompts, completions)``, or a reward-model directory — on ``examples``: preference
+    (or ranked / scored, expanded to pairs) Examples, or a data file to load them from."""
+    from posttrain.models.reward import RewardModel, load_reward_model
+
+    if not hasattr(rm, "score"):
+        rm = load_reward_model(rm, dtype=dtype)
+    if isinstance(examples, (str, bytes)) or hasattr(examples, "__fspath__"):
+        examples = load_examples(str(examples), ["preference", "ranked", "scored"], what="--data")
+    pairs = to_preference_pairs(examples, aspect_weights)
+    if not pairs:
+        raise UserError("--data: no preference pairs to evaluate")
+    prompts = [ex.prompt for ex in pairs]
+    texts = [ex.chosen for ex in pairs] + [ex.rejected for ex in pairs]
+    kw = {"batch_size": batch_size} if isinstance(rm, RewardModel) else {}
+    rewards = torch.tensor(rm.score(prompts + prompts, texts, **kw), dtype=torch.float64)  # (2B,)
+    b = len(pairs)
+    return pair_metrics(
+        rewards[:b],
+        rewards[b:],
+        torch.tensor([len(ex.chosen) for ex in pairs]),
+        torch.tensor([len(ex.rejected) for ex in pairs]),
+        [ex.subset for ex in pairs],
+        sections,
+    )
+
+
 def fit_bradley_terry(
-    wins: dict[tuple[str, str], float], *, iters: int = 1000, tol: float = 1e-10
+    wins: dict[tuple[str, str], float], *, iters: int = 10_000, tol: float = 1e-12
 ) -> dict[str, float]:
     """Bradley–Terry scores s_i (log-strengths, mean 0) from a win-count table.
 
-    ``wins[(a, b)]`` = times a beat b. Maximum likelihood of P(a beats b) = sigmoid(s_a - s_b) by
-    the minorise-maximise update of Hunter (2004): p_i <- W_i / sum_j n_ij / (p_i + p_j), with W_i
-    the wins of i and n_ij the games between i and j. Two players, 7 wins of 10 -> P = 0.7.
+    ``wins[(a, b)]`` = times a beat b (counts may be fractional, e.g. a tie as half a win each).
+    Maximum likelihood of P(a beats b) = sigmoid(s_a - s_b) = p_a / (p_a + p_b) by the
+    minorise-maximise update of Hunter (2004, Ann. Statist. 32(1)): p_i <- W_i / sum_j n_ij / (p_i + p_j),
+    W_i the wins of i, n_ij the games between i and j; renormalised each round (geometric mean 1).
+    Two players, 7 wins of 10 -> s_A - s_B = log(7/3), i.e. P = 0.7.
+
+    The maximum exists only if, splitting the players into any two groups, each group beats the
+    other at least once (Hunter's assumption 1); a table that breaks this (someone never wins or
+    never loses, or a group that never meets the rest) raises ValueError.
     """
     players = sorted({p for pair in wins for p in pair})
     games: dict[tuple[str, str], float] = defaultdict(float)
     won: dict[str, float] = defaultdict(float)
+    beats: dict[str, set[str]] = defaultdict(set)
     for (a, b), w in wins.items():
+        if a == b or w < 0:
+            raise ValueError(f"bad entry {(a, b)}: {w} (players must differ, counts be >= 0)")
         games[(a, b)] += w
         games[(b, a)] += w
         won[a] += w
-    for p in players:
-        if won[p] == 0:
-            raise ValueError(f"{p} never wins: its Bradley-Terry score is -infinity")
-    strength = {p: 1.0 for p in players}
-    for _ in range(iters):
-        new = {}
-        for i in players:
-            denom = sum(
-                games[(i, j)] / (strength[i] + strength[j])
-                for j in players
-                if j != i and games[(i, j)]
+        if w > 0:
+            beats[a].add(b)
+    for p in players:  # strongly connected "beats" graph: everyone reaches everyone
+        reach, todo = {p}, [p]
+        while todo:
+            for q in beats[todo.pop()] - reach:
+                reach.add(q)
+                todo.append(q)
+        if len(reach) < len(players):
+            raise ValueError(
+                f"no finite Bradley-Terry scores: {p} never (even indirectly) beats "
+                f"{sorted(set(players) - reach)}"
             )
-            new[i] = won[i] / denom
+    strength = dict.fromkeys(players, 1.0)
+    for _ in range(iters):
+        new = {
+            i: won[i]
+            / sum(games[(i, j)] / (strength[i] + strength[j]) for j in players if games[(i, j)])
+            for i in players
+        }
         norm = math.exp(sum(math.log(v) for v in new.values()) / len(new))
         new = {p: v / norm for p, v in new.items()}
         done = max(abs(new[p] - strength[p]) for p in players) < tol
@@ -121,3 +192,8 @@ def fit_bradley_terry(
         if done:
             break
     return {p: math.log(v) for p, v in strength.items()}
+
+
+def bradley_terry_probability(scores: dict[str, float], a: str, b: str) -> float:
+    """P(a beats b) = sigmoid(s_a - s_b) under fitted scores."""
+    return 1.0 / (1.0 + math.exp(scores[b] - scores[a]))

@@ -6,9 +6,19 @@ optional reward-centering term), clipped AdamW step -> log -> checkpoint -> fina
 training-set reward mean/std saved for whitening.
 
 Data: preference pairs (optional ``margin``); ranked records give every implied pair (ties none);
-scored multi-aspect records give pairs through ``aspect_weights``. Multi-objective (``heads``
-with more than one name): scored data only, and each head learns from the pairs of its own
-aspect; the served reward is ``sum_z head_weights[z] * r_z``.
+scored multi-aspect records give pairs through ``aspect_weights``. Every pair is one training
+item, shuffled with the rest (InstructGPT instead puts all C(K, 2) pairs of a prompt in one batch
+element; here pairs of one ranking may land in different batches).
+
+Multi-objective (``heads`` with more than one name): the data must be scored records, and head
+``z`` is trained ONLY on the pairs its own aspect ``z`` implies (a record yields, per head, the
+pairs ordered by that aspect's score, ties none). One pair list holds (pair, head index) items; a
+batch mixes heads, the forward computes every head and the loss reads each pair's own head. The
+served reward is ``sum_z head_weights[z] * r_z``; the weights only matter at serving time, so
+they can be changed later in ``reward_config.json`` without retraining.
+
+``--model`` may also be a reward model saved by ``posttrain rm`` or a one-label HF
+sequence-classification directory: training then continues from its head as well.
 """
 
 from __future__ import annotations
@@ -22,13 +32,13 @@ from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
 from posttrain.data import load_examples, to_preference_pairs
 from posttrain.data.formats import Example
-from posttrain.data.preference import collate_pairs, encode_pairs
+from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.errors import UserError
-from posttrain.losses import bradley_terry_loss
+from posttrain.losses import bradley_terry_loss, reward_centering_loss
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
-from posttrain.models.reward import RewardModel
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.models.reward import RewardModel, is_reward_model_dir, load_reward_model
+from posttrain.training import Run, distributed
 
 SUMMARY = "Reward model: Bradley-Terry on pairs, rankings or scored aspects; one or several heads."
 
@@ -39,13 +49,16 @@ class Config(TrainConfig):
     """Peak learning rate of AdamW."""
     heads: list[str] = field(default_factory=lambda: ["reward"])
     """Reward heads. One head learns from all pairs; several (e.g. helpfulness,harmlessness)
-    need scored data and each learns from its own aspect's scores."""
+    need scored data whose aspects are named like the heads, and each head learns from its own
+    aspect's scores alone."""
     head_weights: dict[str, float] | None = None
     """Weight of each head in the served reward sum_z w_z r_z (default 1 each)."""
     aspect_weights: dict[str, float] | None = None
-    """Single head, scored data: weights that turn aspect scores into one ordering."""
+    """Single head, scored data: weights that turn aspect scores into one ordering
+    (sum_aspect w * score)."""
     center_rewards_coef: float = 0.0
-    """Reward-centering regulariser coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 = off."""
+    """Reward-centering regulariser coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023, eq. 2;
+    0.01 is usual); 0 = off."""
 
     def validate(self) -> None:
         super().validate()
@@ -61,6 +74,18 @@ class Config(TrainConfig):
             "must be >= 0",
             self.center_rewards_coef,
         )
+        check(
+            len(self.heads) == 1 or not self.aspect_weights,
+            "aspect_weights",
+            "is for one head; with several heads each head learns from its own aspect",
+            self.aspect_weights,
+        )
+        check(
+            self.distributed == "ddp",
+            "distributed",
+            "rm supports ddp (a full replica per process)",
+            self.distributed,
+        )
         if self.head_weights is not None:
             check(
                 set(self.head_weights) == set(self.heads),
@@ -73,30 +98,42 @@ class Config(TrainConfig):
 def head_pairs(
     examples: list[Example], heads: list[str], aspect_weights
 ) -> list[tuple[Example, int]]:
-    """(preference example, head index) for every training pair."""
+    """(preference example, head index) for every training pair (see the module doc)."""
     if len(heads) == 1:
         return [(ex, 0) for ex in to_preference_pairs(examples, aspect_weights)]
     out = []
-    for z, head in enumerate(heads):
-        for ex in examples:
-            if ex.kind != "scored":
-                raise UserError(
-                    f"{ex.where}: several heads need scored records (one score per aspect)"
-                )
+    for ex in examples:
+        if ex.kind != "scored":
+            raise UserError(f"{ex.where}: several heads need scored records (one score per aspect)")
+        for z, head in enumerate(heads):
             out += [(p, z) for p in to_preference_pairs([ex], {head: 1.0})]
     return out
 
 
 def load_pairs(path, tokenizer, cfg: Config, what: str):
+    """Encoded pairs, their head indices (P,) and how many were truncated."""
     examples = load_examples(path, ["preference", "ranked", "scored"], what=what)
     labelled = head_pairs(examples, cfg.heads, cfg.aspect_weights)
     pairs, n_trunc = encode_pairs(tokenizer, [ex for ex, _ in labelled], cfg.max_length)
-    return pairs, torch.tensor([z for _, z in labelled]), n_trunc
+    return pairs, torch.tensor([z for _, z in labelled], dtype=torch.long), n_trunc
 
 
-def pair_rewards(
-    rm: RewardModel, batch, head_idx: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def build_reward_model(cfg: Config, tokenizer) -> RewardModel:
+    """A fresh head on the ``cfg.model`` trunk, or a saved reward model to continue training."""
+    weights = [cfg.head_weights[h] for h in cfg.heads] if cfg.head_weights else None
+    if not is_reward_model_dir(cfg.model):
+        trunk = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+        return RewardModel(trunk, tokenizer, cfg.heads, weights)
+    rm = load_reward_model(cfg.model, dtype=cfg.dtype)
+    if len(rm.heads) != len(cfg.heads) or (len(cfg.heads) > 1 and rm.heads != cfg.heads):
+        raise UserError(f"--heads: {cfg.model} has heads {rm.heads}, the config {cfg.heads}")
+    rm.heads = list(cfg.heads)
+    if weights is not None:
+        rm.weights.copy_(torch.tensor(weights))
+    return rm
+
+
+def pair_rewards(rm, batch, head_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(r_chosen (B,), r_rejected (B,)) of each pair's own head, from one (2B, T) forward."""
     rewards = rm(batch["input_ids"], batch["attention_mask"])  # (2B, H)
     b = rewards.shape[0] // 2
@@ -104,31 +141,45 @@ def pair_rewards(
     return rewards[:b][rows, head_idx], rewards[b:][rows, head_idx]
 
 
+def wins(rc: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+    """(B,) 1 where the chosen response scores higher, 0.5 for a tie, else 0."""
+    return (rc > rr).float() + 0.5 * (rc == rr).float()
+
+
 @torch.no_grad()
 def accuracy(rm: RewardModel, pairs, heads: torch.Tensor, pad_id: int, batch_size: int) -> float:
     """Share of pairs whose chosen response gets the higher reward (ties count half)."""
     was = rm.training
     rm.eval()
-    wins = []
+    won = []
     for i in range(0, len(pairs), batch_size):
-        rc, rr = pair_rewards(
-            rm, collate_pairs(pairs[i : i + batch_size], pad_id), heads[i : i + batch_size]
-        )
-        wins.append((rc > rr).float() + 0.5 * (rc == rr).float())
+        batch = collate_pairs(pairs[i : i + batch_size], pad_id)
+        won.append(wins(*pair_rewards(rm, batch, heads[i : i + batch_size])))
     rm.train(was)
-    return float(torch.cat(wins).mean())
+    return float(torch.cat(won).mean())
 
 
 @torch.no_grad()
-def reward_stats(rm: RewardModel, pairs, pad_id: int, batch_size: int) -> tuple[float, float]:
-    """Mean and std of the served reward over every response of the training pairs."""
+def reward_stats(
+    rm: RewardModel, pairs: list[EncodedPair], pad_id: int, batch_size: int
+) -> tuple[float, float]:
+    """Mean and std (correction 1) of the served reward over the distinct responses of the
+    training pairs (a response in several pairs counts once). Each process scores its share."""
+    from posttrain.data import collate
+
     rm.eval()
-    values = []
-    for i in range(0, len(pairs), batch_size):
-        b = collate_pairs(pairs[i : i + batch_size], pad_id)
-        values.append(rm.reward(b["input_ids"], b["attention_mask"]))
-    v = torch.cat(values)
-    return float(v.mean()), float(v.std()) if len(v) > 1 else 1.0
+    seqs = {tuple(e.input_ids): e for p in pairs for e in (p.chosen, p.rejected)}
+    mine = distributed.shard(sorted(seqs.values(), key=lambda e: len(e.input_ids)))
+    total = total_sq = 0.0
+    for i in range(0, len(mine), batch_size):
+        b = collate(mine[i : i + batch_size], pad_id)
+        r = rm.reward(b["input_ids"], b["attention_mask"]).double()  # (b,)
+        total, total_sq = total + float(r.sum()), total_sq + float((r * r).sum())
+    n = len(seqs)
+    total, total_sq = distributed.all_sum(total), distributed.all_sum(total_sq)
+    mean = total / n
+    var = (total_sq - n * mean * mean) / (n - 1) if n > 1 else 1.0
+    return mean, max(var, 0.0) ** 0.5
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:
@@ -141,59 +192,57 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     held = load_pairs(cfg.eval_data, tokenizer, cfg, "--eval_data") if cfg.eval_data else None
     run_ = Run(cfg, flags, "rm")
     pad = tokenizer.pad_token_id
+    if n_trunc and distributed.is_main():
+        print(f"note: {n_trunc} of {len(train)} training pairs truncated to max_length")
 
     torch.manual_seed(cfg.seed)
-    trunk = apply_lora(load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer), cfg.lora)
+    rm = build_reward_model(cfg, tokenizer)
+    rm.trunk = apply_lora(rm.trunk, cfg.lora)
     if cfg.gradient_checkpointing:
-        trunk.gradient_checkpointing_enable()
-    weights = [cfg.head_weights[h] for h in cfg.heads] if cfg.head_weights else None
-    rm = RewardModel(trunk, tokenizer, cfg.heads, weights)
-    if cfg.lora.enabled:
-        rm.head.requires_grad_(True)
+        rm.trunk.gradient_checkpointing_enable()
+    rm.head.requires_grad_(True)  # LoRA freezes the trunk, never the head
     rm.train()
-    optimizer = make_optimizer(rm, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(
-        optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, kind=cfg.lr_schedule
-    )
-    order = DataOrder(len(train), cfg.seed)
-    modules = {"model": rm}
-    state = run_.restore(modules=modules, optimizer=optimizer, scheduler=scheduler)
-    if state is not None:
-        order.load_state_dict(state["data"])
+    model = distributed.wrap(rm, cfg.distributed)  # rm itself for one process
+    train_state = run_.start_training(model, len(train))
+    order, scheduler = train_state.order, train_state.scheduler
     if run_.start_step == 0:
         start = {M.TRAIN_TRUNCATED: n_trunc}
         if held:
             start[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
         run_.log(0, start)
 
-    micro = cfg.batch_size // cfg.gradient_accumulation_steps
+    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
     for step in run_.steps():
         t0 = time.time()
-        idx = order.next(cfg.batch_size)
-        sums = {"loss": 0.0, "acc": 0.0, "margin": 0.0, "rc": 0.0, "rr": 0.0}
-        for k in range(0, cfg.batch_size, micro):
-            part = idx[k : k + micro]
-            batch = collate_pairs([train[i] for i in part], pad)
-            rc, rr = pair_rewards(rm, batch, train_heads[part])
-            margin = batch["margin"] if any(train[i].margin is not None for i in part) else None
-            losses = bradley_terry_loss(rc, rr, margin)
-            if cfg.center_rewards_coef:
-                losses = losses + cfg.center_rewards_coef * (rc + rr) ** 2
-            (losses.sum() / cfg.batch_size).backward()  # mean over the whole batch's pairs
-            sums["loss"] += float(losses.detach().sum())
-            sums["acc"] += float(((rc > rr).float() + 0.5 * (rc == rr).float()).sum())
-            sums["margin"] += float((rc - rr).detach().sum())
-            sums["rc"] += float(rc.detach().sum())
-            sums["rr"] += float(rr.detach().sum())
-        grad_norm = optimizer_step(rm.parameters(), optimizer, scheduler, cfg.max_grad_norm)
+        mine = distributed.shard(order.next(cfg.batch_size))  # this process's pairs
+        sums = dict.fromkeys(("loss", "acc", "margin", "rc", "rr"), 0.0)
+        with distributed.accumulate(model):
+            for k in range(0, len(mine), micro):
+                part = mine[k : k + micro]
+                batch = collate_pairs([train[i] for i in part], pad)  # (2b, T)
+                with distributed.autocast(cfg.bf16_autocast):
+                    rc, rr = pair_rewards(model, batch, train_heads[part])  # (b,) each
+                has_margin = any(train[i].margin is not None for i in part)
+                losses = bradley_terry_loss(rc, rr, batch["margin"] if has_margin else None)
+                if cfg.center_rewards_coef:
+                    losses = losses + cfg.center_rewards_coef * reward_centering_loss(rc, rr)
+                (losses.sum() / cfg.batch_size).backward()  # mean over the GLOBAL batch's pairs
+                rc, rr = rc.detach(), rr.detach()
+                sums["loss"] += float(losses.detach().sum())
+                sums["acc"] += float(wins(rc, rr).sum())
+                sums["margin"] += float((rc - rr).sum())
+                sums["rc"] += float(rc.sum())
+                sums["rr"] += float(rr.sum())
+        grad_norm = train_state.step(cfg.max_grad_norm)
         if run_.should_log(step):
             n = cfg.batch_size
+            sums = {k: distributed.all_sum(v) / n for k, v in sums.items()}
             values = {
-                M.TRAIN_LOSS: sums["loss"] / n,
-                M.REWARDS_ACCURACIES: sums["acc"] / n,
-                M.REWARDS_MARGINS: sums["margin"] / n,
-                M.REWARDS_CHOSEN: sums["rc"] / n,
-                M.REWARDS_REJECTED: sums["rr"] / n,
+                M.TRAIN_LOSS: sums["loss"],
+                M.REWARDS_ACCURACIES: sums["acc"],
+                M.REWARDS_MARGINS: sums["margin"],
+                M.REWARDS_CHOSEN: sums["rc"],
+                M.REWARDS_REJECTED: sums["rr"],
                 M.TRAIN_GRAD_NORM: grad_norm,
                 M.TRAIN_LR: scheduler.get_last_lr()[0],
                 M.TRAIN_EPOCH: order.epochs_done,
@@ -202,14 +251,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             if held and (step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)):
                 values[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
             run_.log(step, values)
-        run_.step_done(
-            step,
-            modules=modules,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"data": order.state_dict()},
-        )
+        run_.step_done(step, **train_state.checkpoint())
     rm.mean, rm.std = reward_stats(rm, train, pad, cfg.batch_size)
-    print(
-        f"saved {run_.finish(rm, save=rm.save)} (training-set reward mean {rm.mean:.3f}, std {rm.std:.3f})"
-    )
+    final = run_.finish(model, save=rm.save)
+    if distributed.is_main():
+        print(f"saved {final} (training-set reward mean {rm.mean:.4g}, std {rm.std:.4g})")

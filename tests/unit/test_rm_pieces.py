@@ -1,0 +1,240 @@
+"""posttrain rm pieces without training: data -> pairs (and heads), the weighted multi-head
+reward by hand, per-head pair rewards, save/load, a one-label HF sequence classifier, the reward
+source that re-tokenizes a policy's text with the RM's own tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.models import load_model, load_tokenizer
+from posttrain.models.reward import CONFIG_FILE, HEAD_FILE, RewardModel, load_reward_model
+from posttrain.recipes.rm import Config, load_pairs, pair_rewards
+
+
+def _cfg(**kw) -> Config:
+    return Config(model="tiny-llama", train_data="x", output_dir="y", **kw)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny-llama")
+
+
+def _rm(tok, heads=("reward",), weights=None, seed=0) -> RewardModel:
+    torch.manual_seed(seed)
+    rm = RewardModel(load_model("tiny-llama", tokenizer=tok), tok, heads, weights)
+    torch.nn.init.normal_(rm.head.linear.weight, std=1.0)  # non-zero rewards to compare
+    torch.nn.init.normal_(rm.head.linear.bias, std=1.0)
+    return rm.eval()
+
+
+@pytest.mark.parametrize(
+    "ranking, n_pairs",
+    [
+        ("A > B > C > D", 6),  # 4 singletons: C(4, 2)
+        ("D > C > A = B", 1 * 1 + 1 * 2 + 1 * 2),  # sum_{i<j} n_i n_j over tiers (1, 1, 2)
+        ("A = B > C = D", 2 * 2),
+        ("A = B = C = D", 0),  # all ties: no pair
+    ],
+)
+def test_ranked_file_pair_count_through_the_recipe(tok, jsonl, ranking, n_pairs):
+    rows = [{"prompt": "p", "completions": ["a", "b", "c", "d"], "ranking": ranking}]
+    pairs, heads, _ = load_pairs(jsonl("r.jsonl", rows), tok, _cfg(), "--train_data")
+    assert len(pairs) == n_pairs and heads.tolist() == [0] * n_pairs
+
+
+def test_scored_file_with_weights_gives_the_pairs_by_hand(tok, jsonl):
+    # weights help 1, harm 2: totals x = 4 + 2 = 6, y = 2 + 6 = 8, z = 3 + 3 = 6
+    # -> y > x, y > z; x = z is a tie (no pair)
+    rows = [
+        {
+            "prompt": "p",
+            "completions": ["x", "y", "z"],
+            "scores": [{"help": 4, "harm": 1}, {"help": 2, "harm": 3}, {"help": 3, "harm": 1.5}],
+        }
+    ]
+    path = jsonl("s.jsonl", rows)
+    from posttrain.data import load_examples
+    from posttrain.recipes.rm import head_pairs
+
+    examples = load_examples(path, ["scored"])
+    single = head_pairs(examples, ["reward"], {"help": 1.0, "harm": 2.0})
+    assert sorted((ex.chosen, ex.rejected, z) for ex, z in single) == [
+        ("y", "x", 0),
+        ("y", "z", 0),
+    ]
+    # two heads: each head gets the pairs of its own aspect alone
+    multi = head_pairs(examples, ["help", "harm"], None)
+    assert sorted((ex.chosen, ex.rejected, z) for ex, z in multi) == sorted(
+        [
+            ("x", "y", 0),  # help: x 4 > z 3 > y 2
+            ("x", "z", 0),
+            ("z", "y", 0),
+            ("y", "x", 1),  # harm: y 3 > z 1.5 > x 1
+            ("y", "z", 1),
+            ("z", "x", 1),
+        ]
+    )
+    _, heads, _ = load_pairs(path, tok, _cfg(heads=["help", "harm"]), "--train_data")
+    assert sorted(heads.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_weighted_sum_and_per_head_pair_rewards_by_hand(tok):
+    rm = _rm(tok, heads=["help", "harm"], weights=[2.0, -0.5])
+    prompts, texts = ["Q:", "Q:", "Q:"], [" good", " bad answer", " ok"]
+    per_head = torch.stack([torch.tensor(x) for x in _per_head(rm, prompts, texts)])
+    served = torch.tensor(rm.score(prompts, texts))
+    torch.testing.assert_close(served, 2.0 * per_head[:, 0] - 0.5 * per_head[:, 1])
+    assert rm(*_ids(rm, prompts, texts)).shape == (3, 2)
+    # normalisation: (r - mean) / std with the saved statistics
+    rm.mean, rm.std = 1.5, 4.0
+    torch.testing.assert_close(
+        torch.tensor(rm.score(prompts, texts, normalize=True)), (served - 1.5) / 4.0
+    )
+    # pair_rewards reads each pair's own head from one (2B, T) forward
+    from posttrain.data.formats import Example
+    from posttrain.data.preference import collate_pairs, encode_pairs
+
+    exs = [
+        Example("preference", "t:1", "Q:", chosen=" good", rejected=" bad answer"),
+        Example("preference", "t:2", "Q:", chosen=" ok", rejected=" good"),
+    ]
+    pairs, _ = encode_pairs(tok, exs, 64)
+    batch = collate_pairs(pairs, tok.pad_token_id)
+    rc, rr = pair_rewards(rm, batch, torch.tensor([0, 1]))
+    torch.testing.assert_close(rc, torch.stack([per_head[0, 0], per_head[2, 1]]))
+    torch.testing.assert_close(rr, torch.stack([per_head[1, 0], per_head[0, 1]]))
+
+
+def _ids(rm, prompts, texts):
+    from posttrain.data import collate, encode_example
+
+    b = collate(
+        [encode_example(rm.tokenizer, p, t, 64) for p, t in zip(prompts, texts)],
+        rm.tokenizer.pad_token_id,
+    )
+    return b["input_ids"], b["attention_mask"]
+
+
+def _per_head(rm, prompts, texts):
+    """Each text's head outputs, scored one at a time (no padding at all)."""
+    with torch.no_grad():
+        return [rm(*_ids(rm, [p], [t]))[0].tolist() for p, t in zip(prompts, texts)]
+
+
+def test_batched_scores_equal_one_at_a_time(tok):
+    rm = _rm(tok)
+    prompts = ["Review:", "A much longer prompt for this one:", "Q:"]
+    texts = [" short", " a considerably longer completion here", " mid length"]
+    alone = [s for p, t in zip(prompts, texts) for s in rm.score([p], [t])]
+    torch.testing.assert_close(torch.tensor(rm.score(prompts, texts)), torch.tensor(alone))
+
+
+def test_save_is_atomic_and_round_trips(tok, tmp_path):
+    rm = _rm(tok, heads=["a", "b"], weights=[1.0, 0.25])
+    rm.mean, rm.std = 0.5, 2.0
+    path = tmp_path / "rm"
+    path.mkdir()
+    (path / "stale.txt").write_text("old")  # an earlier save is replaced whole
+    rm.save(path)
+    assert (path / HEAD_FILE).exists() and (path / CONFIG_FILE).exists()
+    assert not (path / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["rm"]  # no temp dir left behind
+    again = load_reward_model(path)
+    assert again.heads == ["a", "b"] and again.weights.tolist() == [1.0, 0.25]
+    assert (again.mean, again.std) == (0.5, 2.0)
+    prompts, texts = ["Q:", "Q:"], [" yes", " no thanks"]
+    assert again.score(prompts, texts, normalize=True) == rm.score(prompts, texts, normalize=True)
+
+
+def test_one_label_sequence_classifier_loads_as_reward_model(tok, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    base = load_model("tiny-llama", tokenizer=tok)
+    config = base.config
+    config.num_labels = 1
+    config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(0)
+    clf = AutoModelForSequenceClassification.from_config(config).eval()
+    clf.save_pretrained(tmp_path / "clf")
+    tok.save_pretrained(tmp_path / "clf")
+    rm = load_reward_model(tmp_path / "clf")
+    prompts, texts = ["Q:", "Q:"], [" yes", " no thanks at all"]
+    ids, mask = _ids(rm, prompts, texts)
+    with torch.no_grad():
+        # right-padded batch: the classifier reads its last non-pad token too
+        expected = clf(input_ids=ids, attention_mask=mask).logits[:, 0]
+    torch.testing.assert_close(torch.tensor(rm.score(prompts, texts)), expected)
+    # saved by posttrain (trunk = the classifier's body), it loads back with the same scores
+    rm.save(tmp_path / "again")
+    again = load_reward_model(tmp_path / "again")
+    assert again.score(prompts, texts) == rm.score(prompts, texts)
+
+
+def test_two_label_classifier_is_refused(tok, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.errors import UserError
+
+    config = load_model("tiny-llama", tokenizer=tok).config
+    config.num_labels = 2
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "c2")
+    tok.save_pretrained(tmp_path / "c2")
+    with pytest.raises(UserError, match="one-label"):
+        load_reward_model(tmp_path / "c2")
+
+
+def test_reward_source_retokenizes_the_policys_text_with_its_own_template():
+    from posttrain.judges.protocol import RewardSource
+    from posttrain.models.reward import RewardScorer
+
+    chat_tok, policy_tok = load_tokenizer("tiny-llama-chat"), load_tokenizer("tiny-llama")
+    assert chat_tok.chat_template and not getattr(policy_tok, "chat_template", None)
+    torch.manual_seed(0)
+    rm = RewardModel(load_model("tiny-llama-chat", tokenizer=chat_tok), chat_tok).eval()
+    torch.nn.init.normal_(rm.head.linear.weight, std=1.0)
+    source = rm.as_reward_source()
+    assert isinstance(source, RewardScorer) and isinstance(source, RewardSource)
+
+    prompts = ["The film was", "Review of the music:"]
+    # the policy (plain-text prompts, its own tokenizer) sampled these ids and hands over text
+    sampled = [policy_tok(t, add_special_tokens=False)["input_ids"] for t in (" great.", " sad")]
+    texts = policy_tok.batch_decode(sampled)
+    got = source(prompts, texts)
+    assert got == source.score(prompts, texts)
+
+    def reward_of(ids: list[int]) -> float:
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            return float(rm.reward(x, torch.ones_like(x)))
+
+    def rm_ids(prompt: str, text: str) -> list[int]:  # built by hand: template, text, EOS
+        head = chat_tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        head = list(head["input_ids"] if hasattr(head, "keys") else head)
+        body = chat_tok(text, add_special_tokens=False)["input_ids"]
+        return head + body + [chat_tok.eos_token_id]
+
+    expected = [reward_of(rm_ids(p, t)) for p, t in zip(prompts, texts)]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected))
+    # the policy's own ids (no template) are not what the RM was trained to read
+    policy_view = [
+        reward_of(policy_tok(p)["input_ids"] + ids + [policy_tok.eos_token_id])
+        for p, ids in zip(prompts, sampled)
+    ]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(got, policy_view))
+
+
+def test_score_checks_lengths_and_reward_scorer_loads_from_a_directory(tok, tmp_path):
+    from posttrain.models.reward import RewardScorer
+
+    rm = _rm(tok)
+    rm.mean, rm.std = 0.25, 2.0
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        rm.score(["a", "b"], ["c"])
+    rm.save(tmp_path / "rm")
+    scorer = RewardScorer.from_path(tmp_path / "rm", normalize=True)
+    raw = rm.score(["Q:"], [" yes"])[0]
+    assert scorer(["Q:"], [" yes"]) == pytest.approx([(raw - 0.25) / 2.0], rel=1e-6)
