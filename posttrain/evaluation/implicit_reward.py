@@ -1,52 +1,80 @@
 """A DPO policy scored as a reward model: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)).
 
 Accuracy is the share of held-out pairs whose chosen response gets the higher implicit reward
-(Rafailov et al. 2023, sec. 5: the policy *is* a reward model).
+(Rafailov et al. 2023, sec. 5: the policy *is* a reward model); a tie counts half, so a policy
+equal to its reference scores 0.5.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
-from posttrain.data import load_examples, to_preference_pairs
-from posttrain.data.preference import collate_pairs, encode_pairs
+from posttrain.data import Example, load_examples, to_preference_pairs
+from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.models import check_model_name, load_model, load_tokenizer
+from posttrain.models.lora import adapters_disabled
 from posttrain.recipes.dpo import pair_logps, win
 
 
 @torch.no_grad()
 def implicit_rewards(policy, reference, pairs, pad_id: int, *, beta: float, batch_size: int = 16):
-    """``(chosen_rewards (N,), rejected_rewards (N,))`` for encoded pairs."""
-    chosen, rejected = [], []
+    """``(chosen_rewards (N,), rejected_rewards (N,))`` for encoded pairs (models in eval mode).
+
+    ``reference`` may be ``policy`` itself when it carries LoRA adapters: the reference is then
+    the policy with its adapters disabled."""
+    chosen, rejected = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.float64)]
+    modes = policy.training, reference.training
+    policy.eval()
+    reference.eval()
     for i in range(0, len(pairs), batch_size):
         batch = collate_pairs(pairs[i : i + batch_size], pad_id)
-        p, r = pair_logps(policy, batch), pair_logps(reference, batch)
-        chosen.append(beta * (p.chosen - r.chosen))
-        rejected.append(beta * (p.rejected - r.rejected))
+        p = pair_logps(policy, batch)
+        with adapters_disabled(policy) if reference is policy else nullcontext(reference) as ref:
+            r = pair_logps(ref, batch)
+        chosen.append((beta * (p.chosen - r.chosen)).double())
+        rejected.append((beta * (p.rejected - r.rejected)).double())
+    policy.train(modes[0])
+    reference.train(modes[1])
     return torch.cat(chosen), torch.cat(rejected)
 
 
 def implicit_reward_accuracy(
-    model: str,
-    reference: str,
-    data: str,
+    policy,
+    reference,
+    data,
     *,
     beta: float,
+    tokenizer=None,
     batch_size: int = 16,
     max_length: int = 512,
     dtype: str = "float32",
 ) -> dict[str, float]:
-    """Accuracy and mean margin of the implicit reward of ``model`` (vs ``reference``) on ``data``."""
-    check_model_name(model)
-    check_model_name(reference)
-    tokenizer = load_tokenizer(model)
-    examples = to_preference_pairs(load_examples(data, ["preference", "ranked"], what="--data"))
-    pairs, _ = encode_pairs(tokenizer, examples, max_length)
-    policy = load_model(model, dtype=dtype, tokenizer=tokenizer)
-    ref = load_model(reference, dtype=dtype)
+    """Accuracy and mean margin of the implicit reward of ``policy`` (vs ``reference``) on ``data``.
+
+    ``policy`` / ``reference``: loaded models, or names / HF directories (loaded in ``dtype``);
+    ``data``: a file of preference or ranked records, or a list of ``Example``s or
+    ``EncodedPair``s; ``tokenizer``: needed with loaded models (else the policy's is loaded).
+    Returns ``accuracy`` (ties half), ``margin_mean`` (chosen minus rejected reward),
+    ``chosen_reward_mean``, ``rejected_reward_mean`` and ``pairs``."""
+    for m in (policy, reference):
+        if isinstance(m, str):
+            check_model_name(m)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(policy)
+    if isinstance(data, str):
+        data = load_examples(data, ["preference", "ranked"], what="--data")
+    if data and isinstance(data[0], Example):
+        data, _ = encode_pairs(tokenizer, to_preference_pairs(data), max_length)
+    pairs: list[EncodedPair] = list(data)
+    models = [
+        load_model(m, dtype=dtype, tokenizer=tokenizer) if isinstance(m, str) else m
+        for m in (policy, reference)
+    ]
     rc, rr = implicit_rewards(
-        policy, ref, pairs, tokenizer.pad_token_id, beta=beta, batch_size=batch_size
-    )
+        *models, pairs, tokenizer.pad_token_id, beta=beta, batch_size=batch_size
+    )  # (N,), (N,)
     return {
         "accuracy": float(win(rc, rr).mean()),  # ties count half
         "margin_mean": float((rc - rr).mean()),

@@ -17,7 +17,8 @@ The reference policy, ``reference``:
 - ``model``: a frozen copy of the starting model (or of ``reference_model``);
 - ``lora``: the policy itself with its LoRA adapters disabled (no second model in memory);
 - ``precomputed``: reference log-probs computed once before training with a frozen copy that is
-  then freed, cached in ``output_dir/reference_logps.pt`` and reused on ``--resume``;
+  then freed, cached in ``output_dir/reference_logps.pt`` (written atomically, keyed by the
+  tokenised data and the reference model) and reused on ``--resume``;
 - ``auto`` (default): ``lora`` when LoRA is on, else ``model``; ``none``: reference-free.
 
 The loss of a step is the mean over the batch's pairs, so gradient accumulation changes memory,
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
 from posttrain.data import load_examples, to_preference_pairs
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
+from posttrain.errors import UserError
 from posttrain.losses import (
     dpo_loss,
     orpo_loss,
@@ -50,21 +54,25 @@ from posttrain.losses import (
 )
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
 from posttrain.models.lora import adapters_disabled, apply_lora
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.training import Run, distributed
 
 SUMMARY = "DPO and its family (IPO, hinge, robust, cDPO, RPO, SimPO, ORPO, unlikelihood) on pairs."
 
 DPO_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 NO_REFERENCE = ("simpo", "orpo", "unlikelihood")
+USES_BETA = (*DPO_TYPES, "simpo")  # orpo and unlikelihood have no beta (it only scales logs)
+REFERENCE_CACHE = "reference_logps.pt"
 
 
 @dataclass(kw_only=True)
 class Config(TrainConfig):
     learning_rate: float = 5e-6
     """Peak learning rate of AdamW (DPO wants a small one on real models)."""
-    beta: float = 0.1
-    """Strength of the tie to the reference (DPO's beta; SimPO's reward scale). The DPO paper's
-    value 0.1 is the common default; smaller lets the policy move further."""
+    beta: float | None = None
+    """Strength of the tie to the reference (DPO's beta, IPO's tau, SimPO's reward scale).
+    Required for every loss_type but orpo and unlikelihood, on purpose without a default: it
+    sets how far the policy may move and its scale depends on the loss (DPO paper: 0.1-0.5;
+    SimPO: 2.0-2.5). For orpo/unlikelihood it only scales the logged rewards (default 1)."""
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "unlikelihood"] = (
         "sigmoid"
     )
@@ -89,7 +97,12 @@ class Config(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check(self.beta > 0, "beta", "must be > 0", self.beta)
+        if self.beta is None and self.loss_type in USES_BETA:
+            raise UserError(
+                f"--beta is required for loss_type {self.loss_type} (no default on purpose: the "
+                "DPO paper used 0.1-0.5, SimPO 2.0-2.5)"
+            )
+        check(self.beta is None or self.beta > 0, "beta", "must be > 0", self.beta)
         check(
             0 <= self.label_smoothing < 0.5,
             "label_smoothing",
@@ -102,6 +115,24 @@ class Config(TrainConfig):
             "reference",
             "lora needs --lora.enabled",
             self.reference,
+        )
+        check(
+            self.loss_type not in NO_REFERENCE or self.reference in ("auto", "none"),
+            "reference",
+            f"loss_type {self.loss_type} uses no reference model",
+            self.reference,
+        )
+        check(
+            self.rpo_alpha == 0 or self.loss_type in DPO_TYPES,
+            "rpo_alpha",
+            f"adds to a DPO loss (sigmoid, ipo, hinge, robust), not to {self.loss_type}",
+            self.rpo_alpha,
+        )
+        check(
+            self.reference_model is None or self.reference_kind() in ("model", "precomputed"),
+            "reference_model",
+            f"is not used with reference {self.reference_kind()}",
+            self.reference_model,
         )
         if self.label_smoothing:
             check(
@@ -230,7 +261,7 @@ def reference_logps(
     """(N, 2) summed reference log-probs [chosen, rejected] of every pair, in order (float64)."""
     was = reference.training
     reference.eval()
-    rows = []
+    rows = [torch.zeros(0, 2, dtype=torch.float64)]
     for i in range(0, len(pairs), batch_size):
         lp = pair_logps(reference, collate_pairs(pairs[i : i + batch_size], pad_id))
         rows.append(torch.stack([lp.chosen, lp.rejected], -1).double())
@@ -238,15 +269,31 @@ def reference_logps(
     return torch.cat(rows)
 
 
-def _cached_reference(path: Path, compute) -> torch.Tensor:
-    """Load ``path`` if a previous (or interrupted) run wrote it; else compute and write atomically."""
-    if path.exists():
-        return torch.load(path, weights_only=False)
-    values = compute()
-    tmp = path.with_suffix(".tmp")
-    torch.save(values, tmp)
+def data_key(pairs: list[EncodedPair], *parts: str) -> str:
+    """A fingerprint of tokenised pairs (and e.g. the reference model's name and dtype)."""
+    h = hashlib.sha256("\0".join(parts).encode())
+    for p in pairs:
+        for e in (p.chosen, p.rejected):
+            h.update(f"{e.response_start}:{','.join(map(str, e.input_ids))};".encode())
+    return h.hexdigest()
+
+
+def load_reference_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The cached reference log-probs at ``path`` if they were computed for ``key``, else None."""
+    if not path.exists():
+        return None
+    cache = torch.load(path, weights_only=True)
+    if cache.get("key") != key:
+        print(f"note: {path} is for other data or another reference; recomputing", file=sys.stderr)
+        return None
+    return cache
+
+
+def save_reference_cache(path: Path, cache: dict) -> None:
+    """Write atomically: a run killed mid-write leaves no cache (it is recomputed on resume)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(cache, tmp)
     os.replace(tmp, path)
-    return values
 
 
 def make_reference(kind: str, policy, frozen, cache: dict[str, torch.Tensor] | None):
@@ -325,7 +372,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     pad = tokenizer.pad_token_id
     loss_args = dict(
         loss_type=cfg.loss_type,
-        beta=cfg.beta,
+        beta=cfg.beta if cfg.beta is not None else 1.0,  # orpo/unlikelihood: scales logs only
         label_smoothing=cfg.label_smoothing,
         rpo_alpha=cfg.rpo_alpha,
         simpo_gamma=cfg.simpo_gamma,
@@ -336,70 +383,76 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
     kind = cfg.reference_kind()
-    frozen = None
-    if kind in ("model", "precomputed"):
-        frozen = (
+
+    def frozen_reference():
+        ref_model = (
             load_model(cfg.reference_model, dtype=cfg.dtype)
             if cfg.reference_model
             else copy.deepcopy(base)
         )
-        frozen.requires_grad_(False).eval()
+        return ref_model.requires_grad_(False).eval()
+
+    frozen, cache = None, None
+    if kind == "model":
+        frozen = frozen_reference()
+    elif kind == "precomputed":  # computed once (kept across --resume), then the copy is freed
+        path = run_.dir / REFERENCE_CACHE
+        key = data_key(train + held_out, cfg.reference_model or cfg.model, cfg.dtype)
+        cache = load_reference_cache(path, key)
+        if cache is None:
+            copy_ = frozen_reference()
+            cache = {
+                "key": key,
+                "train": reference_logps(copy_, train, pad, cfg.batch_size),  # (N, 2)
+                "eval": reference_logps(copy_, held_out, pad, cfg.batch_size),
+            }
+            del copy_
+            if distributed.is_main():  # every process computed the same numbers
+                save_reference_cache(path, cache)
     model = apply_lora(base, cfg.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-
-    cache = None
-    if kind == "precomputed":  # computed once (also before a resume), then the copy is freed
-        cache = _cached_reference(
-            run_.dir / "reference_logps.pt",
-            lambda: {
-                "train": reference_logps(frozen, train, pad, cfg.batch_size),
-                "eval": reference_logps(frozen, held_out, pad, cfg.batch_size)
-                if held_out
-                else None,
-            },
-        )
-        frozen = None
+    # the reference holds the unwrapped policy (LoRA: adapters off) or the frozen copy
     ref = make_reference(kind, model, frozen, cache)
+    if frozen is not None and cfg.distributed == "fsdp":
+        distributed.wrap(frozen, "fsdp")  # sharded in place, like the policy
+    model = distributed.wrap(model, cfg.distributed)
 
-    optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(
-        optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, kind=cfg.lr_schedule
-    )
-    order = DataOrder(len(train), cfg.seed)
-    modules = {"model": model}
-    state = run_.restore(modules=modules, optimizer=optimizer, scheduler=scheduler)
-    if state is not None:
-        order.load_state_dict(state["data"])
+    train_state = run_.start_training(model, len(train))
+    order, scheduler = train_state.order, train_state.scheduler
     if run_.start_step == 0:
         start = {M.TRAIN_TRUNCATED: n_trunc}
         if held_out:
             start.update(evaluate(model, ref, held_out, pad, cfg.batch_size, **loss_args))
         run_.log(0, start)
 
-    micro = cfg.batch_size // cfg.gradient_accumulation_steps
+    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
     for step in run_.steps():
         t0 = time.time()
-        indices = order.next(cfg.batch_size)
+        indices = distributed.shard(order.next(cfg.batch_size))  # this process's pairs
         sums = {k: 0.0 for k in ("loss", "rc", "rr", "acc", "lc", "lr")}
-        for k in range(0, cfg.batch_size, micro):
-            idx = indices[k : k + micro]
-            batch = collate_pairs([train[i] for i in idx], pad)
-            policy = pair_logps(model, batch)
-            ref_c, ref_r = _as(ref(batch, "train", idx), policy)
-            losses, rc, rr = preference_loss(policy, ref_c, ref_r, **loss_args)
-            (losses.sum() / cfg.batch_size).backward()  # mean over the whole batch's pairs
-            for key, value in (
-                ("loss", losses.detach()),
-                ("rc", rc),
-                ("rr", rr),
-                ("acc", win(rc, rr)),
-                ("lc", policy.chosen.detach()),
-                ("lr", policy.rejected.detach()),
-            ):
-                sums[key] += float(value.sum())
-        grad_norm = optimizer_step(model.parameters(), optimizer, scheduler, cfg.max_grad_norm)
+        with distributed.accumulate(model):
+            for k in range(0, len(indices), micro):
+                idx = indices[k : k + micro]
+                batch = collate_pairs([train[i] for i in idx], pad)
+                with distributed.autocast(cfg.bf16_autocast):
+                    policy = pair_logps(model, batch)
+                ref_c, ref_r = _as(ref(batch, "train", idx), policy)
+                losses, rc, rr = preference_loss(policy, ref_c, ref_r, **loss_args)
+                # mean over the whole (global) batch's pairs; gradients are summed over processes
+                (losses.sum() / cfg.batch_size).backward()
+                for key, value in (
+                    ("loss", losses.detach()),
+                    ("rc", rc),
+                    ("rr", rr),
+                    ("acc", win(rc, rr)),
+                    ("lc", policy.chosen.detach()),
+                    ("lr", policy.rejected.detach()),
+                ):
+                    sums[key] += float(value.sum())
+        sums = {k: distributed.all_sum(v) for k, v in sums.items()}
+        grad_norm = train_state.step(cfg.max_grad_norm)
         if run_.should_log(step):
             n = cfg.batch_size
             values = {
@@ -420,12 +473,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             ):
                 values.update(evaluate(model, ref, held_out, pad, cfg.batch_size, **loss_args))
             run_.log(step, values)
-        run_.step_done(
-            step,
-            modules=modules,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"data": order.state_dict()},
-        )
+        run_.step_done(step, **train_state.checkpoint())
     final = run_.finish(model, tokenizer)
-    print(f"saved {final}")
+    if distributed.is_main():
+        print(f"saved {final}")

@@ -1,10 +1,15 @@
 """KTO: preference optimisation from unpaired data — single responses labelled desirable or not.
 
-Ethayarajh et al. 2024 (eq. 8). Each step: the batch's responses and, for the reference point
-z0, the same prompts paired with another example's response (a mismatched pair estimates
-KL(pi || pi_ref)); both go through ONE forward of the policy and one of the reference. The loss
-is ``posttrain.losses.kto_loss``; desirable and undesirable examples can be weighted to balance
-their counts. The reference is a frozen copy, or the policy with LoRA adapters disabled.
+Ethayarajh et al. 2024 (eq. 8). Each step:
+- the reference point z0 = max(0, mean log pi/pi_ref) over the batch's prompts paired with
+  another example's response (mismatched pairs estimate KL(pi || pi_ref)); z0 carries no gradient
+  (Sec. 4), so it is one no-grad forward of policy and reference over the whole batch;
+- the batch's own responses through the policy (with gradient, in micro-batches when
+  ``gradient_accumulation_steps`` > 1) and the reference; ``posttrain.losses.kto_loss``;
+  desirable and undesirable examples can be weighted to balance their counts.
+Deviation: z0 is estimated over the whole batch, not per micro-batch, so accumulation changes
+memory, not the result. The reference is a frozen copy, or the policy with LoRA adapters
+disabled. Preference pairs are accepted too: chosen -> desirable, rejected -> undesirable.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import torch
 
 from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
-from posttrain.data import collate, encode_example, load_examples
+from posttrain.data import Example, collate, encode_example, load_examples
+from posttrain.data.preference import collate_pairs, encode_pairs
 from posttrain.losses import kto_kl_reference_point, kto_loss
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
 from posttrain.models.lora import adapters_disabled, apply_lora
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.recipes.dpo import pair_logps, win
+from posttrain.training import Run
 
 SUMMARY = "KTO on unpaired data: prompt, completion, label (true = desirable)."
 
@@ -31,8 +38,9 @@ SUMMARY = "KTO on unpaired data: prompt, completion, label (true = desirable)."
 class Config(TrainConfig):
     learning_rate: float = 5e-6
     """Peak learning rate of AdamW."""
-    beta: float = 0.1
-    """Strength of the tie to the reference."""
+    beta: float
+    """Strength of the tie to the reference. Required, on purpose without a default (the KTO
+    paper used 0.1)."""
     desirable_weight: float = 1.0
     """Weight of desirable examples' losses (raise it when they are rarer)."""
     undesirable_weight: float = 1.0
@@ -48,17 +56,23 @@ class Config(TrainConfig):
             self.batch_size,
         )
         check(
-            self.gradient_accumulation_steps == 1,
-            "gradient_accumulation_steps",
-            "must be 1 for KTO (z0 is estimated over the whole batch)",
-            self.gradient_accumulation_steps,
-        )
-        check(
             self.desirable_weight > 0 and self.undesirable_weight > 0,
             "desirable_weight",
             "weights must be > 0",
             (self.desirable_weight, self.undesirable_weight),
         )
+
+
+def as_unpaired(examples: list[Example]) -> list[Example]:
+    """Unpaired examples; a preference pair gives its chosen (desirable) and rejected response."""
+    out = []
+    for ex in examples:
+        if ex.kind == "unpaired":
+            out.append(ex)
+        else:
+            out.append(Example("unpaired", ex.where, ex.prompt, response=ex.chosen, label=True))
+            out.append(Example("unpaired", ex.where, ex.prompt, response=ex.rejected, label=False))
+    return out
 
 
 def batch_logps(model, tokenizer, prompts, responses, max_length: int) -> torch.Tensor:
@@ -68,74 +82,131 @@ def batch_logps(model, tokenizer, prompts, responses, max_length: int) -> torch.
     return forward_logprobs(model, b["input_ids"], b["attention_mask"], b["response_mask"]).sum()
 
 
+def kto_terms(model, reference, tokenizer, batch: list[Example], max_length: int):
+    """``(policy (N,), ref (N,), desirable (N,) bool)`` log-probs of the examples' own responses.
+
+    ``reference()`` is a context manager yielding the reference model."""
+    prompts, responses = [ex.prompt for ex in batch], [ex.response for ex in batch]
+    policy = batch_logps(model, tokenizer, prompts, responses, max_length)
+    with torch.no_grad(), reference() as ref_model:
+        ref = batch_logps(ref_model, tokenizer, prompts, responses, max_length)
+    return policy, ref, torch.tensor([ex.label for ex in batch])
+
+
+@torch.no_grad()
+def reference_point(model, reference, tokenizer, batch: list[Example], max_length: int):
+    """z0 from prompt i paired with response i+1 (mismatched), no gradient (Sec. 4)."""
+    n = len(batch)
+    prompts = [ex.prompt for ex in batch]
+    responses = [batch[(i + 1) % n].response for i in range(n)]
+    policy = batch_logps(model, tokenizer, prompts, responses, max_length)
+    with reference() as ref_model:
+        ref = batch_logps(ref_model, tokenizer, prompts, responses, max_length)
+    return kto_kl_reference_point(policy, ref)
+
+
+@torch.no_grad()
+def evaluate(model, reference, tokenizer, held_out, cfg: Config) -> dict[str, float]:
+    """Held-out unpaired data: the KTO loss (z0 from the held-out set). Held-out pairs: the
+    implicit-reward accuracy (chosen reward > rejected reward, ties half)."""
+    was = model.training
+    model.eval()
+    if isinstance(held_out, list) and held_out and isinstance(held_out[0], Example):
+        z0 = reference_point(model, reference, tokenizer, held_out, cfg.max_length)
+        losses = []
+        for i in range(0, len(held_out), cfg.batch_size):
+            policy, ref, desirable = kto_terms(
+                model, reference, tokenizer, held_out[i : i + cfg.batch_size], cfg.max_length
+            )
+            losses.append(kto_loss(policy, ref, desirable, z0, beta=cfg.beta)[0])
+        out = {M.EVAL_LOSS: float(torch.cat(losses).mean())}
+    else:  # pairs; policy and reference apart (with LoRA they are one model)
+        rc, rr = [], []
+        for i in range(0, len(held_out), cfg.batch_size):
+            batch = collate_pairs(held_out[i : i + cfg.batch_size], tokenizer.pad_token_id)
+            policy = pair_logps(model, batch)
+            with reference() as ref_model:
+                ref = pair_logps(ref_model, batch)
+            rc.append(cfg.beta * (policy.chosen - ref.chosen))
+            rr.append(cfg.beta * (policy.rejected - ref.rejected))
+        out = {M.EVAL_ACCURACY: float(win(torch.cat(rc), torch.cat(rr)).mean())}
+    model.train(was)
+    return out
+
+
 def run(cfg: Config, flags: dict[str, bool]) -> None:
+    # --- setup: everything that can fail on bad input happens before output_dir exists
     check_model_name(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    examples = load_examples(cfg.train_data, ["unpaired"], what="--train_data")
+    examples = as_unpaired(
+        load_examples(cfg.train_data, ["unpaired", "preference"], what="--train_data")
+    )
+    held_out = []
+    if cfg.eval_data:
+        held = load_examples(cfg.eval_data, ["unpaired", "preference"], what="--eval_data")
+        held_out = (
+            held if held[0].kind == "unpaired" else encode_pairs(tokenizer, held, cfg.max_length)[0]
+        )
     run_ = Run(cfg, flags, "kto")
 
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
     frozen = None if cfg.lora.enabled else copy.deepcopy(base).requires_grad_(False).eval()
     model = apply_lora(base, cfg.lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
 
     def reference():
         return adapters_disabled(model) if cfg.lora.enabled else contextlib.nullcontext(frozen)
 
-    optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(
-        optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, kind=cfg.lr_schedule
-    )
-    order = DataOrder(len(examples), cfg.seed)
-    modules = {"model": model}
-    state = run_.restore(modules=modules, optimizer=optimizer, scheduler=scheduler)
-    if state is not None:
-        order.load_state_dict(state["data"])
+    train_state = run_.start_training(model, len(examples))
+    order, scheduler = train_state.order, train_state.scheduler
+    if run_.start_step == 0 and held_out:
+        run_.log(0, evaluate(model, reference, tokenizer, held_out, cfg))
 
+    micro = cfg.batch_size // cfg.gradient_accumulation_steps
     for step in run_.steps():
         t0 = time.time()
         batch = [examples[i] for i in order.next(cfg.batch_size)]
         n = len(batch)
-        prompts = [ex.prompt for ex in batch] * 2
-        # rows 0..n-1: the examples; rows n..2n-1: prompt i with response i+1 (mismatched)
-        responses = [ex.response for ex in batch] + [batch[(i + 1) % n].response for i in range(n)]
-        desirable = torch.tensor([ex.label for ex in batch])
-        policy = batch_logps(model, tokenizer, prompts, responses, cfg.max_length)
-        with torch.no_grad(), reference() as ref_model:
-            ref = batch_logps(ref_model, tokenizer, prompts, responses, cfg.max_length)
-        z0 = kto_kl_reference_point(policy[n:], ref[n:])
-        losses, rewards = kto_loss(
-            policy[:n],
-            ref[:n],
-            desirable,
-            z0,
-            beta=cfg.beta,
-            desirable_weight=cfg.desirable_weight,
-            undesirable_weight=cfg.undesirable_weight,
-        )
-        losses.mean().backward()
-        grad_norm = optimizer_step(model.parameters(), optimizer, scheduler, cfg.max_grad_norm)
-        if run_.should_log(step):
-            good, bad = rewards[desirable], rewards[~desirable]
-            run_.log(
-                step,
-                {
-                    M.TRAIN_LOSS: float(losses.mean()),
-                    M.REWARDS_CHOSEN: float(good.mean()) if len(good) else None,
-                    M.REWARDS_REJECTED: float(bad.mean()) if len(bad) else None,
-                    M.OBJECTIVE_KL: float(z0),
-                    M.TRAIN_GRAD_NORM: grad_norm,
-                    M.TRAIN_LR: scheduler.get_last_lr()[0],
-                    M.TRAIN_EPOCH: order.epochs_done,
-                    M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
-                },
+        z0 = reference_point(model, reference, tokenizer, batch, cfg.max_length)
+        loss_sum, rewards, desirable = 0.0, [], []
+        for k in range(0, n, micro):
+            policy, ref, good = kto_terms(
+                model, reference, tokenizer, batch[k : k + micro], cfg.max_length
             )
-        run_.step_done(
-            step,
-            modules=modules,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"data": order.state_dict()},
-        )
+            losses, r = kto_loss(
+                policy,
+                ref,
+                good,
+                z0,
+                beta=cfg.beta,
+                desirable_weight=cfg.desirable_weight,
+                undesirable_weight=cfg.undesirable_weight,
+            )
+            (losses.sum() / n).backward()  # mean over the whole batch
+            loss_sum += float(losses.detach().sum())
+            rewards.append(r)
+            desirable.append(good)
+        grad_norm = train_state.step(cfg.max_grad_norm)
+        if run_.should_log(step):
+            rewards, desirable = torch.cat(rewards), torch.cat(desirable)
+            good, bad = rewards[desirable], rewards[~desirable]
+            values = {
+                M.TRAIN_LOSS: loss_sum / n,
+                M.REWARDS_CHOSEN: float(good.mean()) if len(good) else None,
+                M.REWARDS_REJECTED: float(bad.mean()) if len(bad) else None,
+                M.OBJECTIVE_KL: float(z0),
+                M.TRAIN_GRAD_NORM: grad_norm,
+                M.TRAIN_LR: scheduler.get_last_lr()[0],
+                M.TRAIN_EPOCH: order.epochs_done,
+                M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
+            }
+            if held_out and (
+                step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)
+            ):
+                values.update(evaluate(model, reference, tokenizer, held_out, cfg))
+            run_.log(step, values)
+        run_.step_done(step, **train_state.checkpoint())
     print(f"saved {run_.finish(model, tokenizer)}")

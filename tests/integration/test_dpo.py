@@ -28,6 +28,7 @@ BASE = [
     "--progress",
     "false",
 ]
+DPO = [*BASE, "--beta", "0.1"]
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_dpo_learns_the_preference_on_held_out_pairs(cli, pairs, tmp_path):
     out = tmp_path / "dpo"
     code, _, err = cli(
         "dpo",
-        *BASE,
+        *DPO,
         "--train_data",
         train,
         "--eval_data",
@@ -81,7 +82,7 @@ def test_dpo_learns_the_preference_on_held_out_pairs(cli, pairs, tmp_path):
         ["--loss_type", "robust", "--label_smoothing", "0.1"],
         ["--loss_type", "sigmoid", "--label_smoothing", "0.1"],
         ["--rpo_alpha", "1.0"],
-        ["--loss_type", "simpo", "--beta", "2.0"],
+        ["--loss_type", "simpo", "--beta", "2.0"],  # the later --beta wins
         ["--loss_type", "orpo"],
         ["--loss_type", "unlikelihood"],
         ["--reference", "none"],
@@ -95,7 +96,7 @@ def test_every_objective_and_reference_mode_separates_the_pairs(cli, pairs, tmp_
     out = tmp_path / "run"
     code, _, err = cli(
         "dpo",
-        *BASE,
+        *DPO,
         "--train_data",
         train,
         "--eval_data",
@@ -118,30 +119,15 @@ def test_every_objective_and_reference_mode_separates_the_pairs(cli, pairs, tmp_
     assert rows[-1]["eval/accuracy"] >= 0.9
 
 
-def test_gradient_accumulation_and_precomputed_reference_change_nothing(cli, pairs, tmp_path):
-    train, _ = pairs
-    args = [*BASE, "--train_data", train, "--max_steps", "4", "--dtype", "float64"]
-    assert cli("dpo", *args, "--output_dir", tmp_path / "a")[0] == 0
-    assert (
-        cli("dpo", *args, "--output_dir", tmp_path / "b", "--gradient_accumulation_steps", "4")[0]
-        == 0
-    )
-    assert cli("dpo", *args, "--output_dir", tmp_path / "c", "--reference", "precomputed")[0] == 0
-    a, b, c = (_weights(tmp_path / n) for n in "abc")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
-        torch.testing.assert_close(a[k], c[k], atol=1e-6, rtol=0)
-
-
 @pytest.mark.parametrize("reference", ["model", "precomputed"])
 def test_kill_minus_9_then_resume_is_bit_identical(cli, pairs, tmp_path, reference):
     train, _ = pairs
     args = [
-        *BASE,
+        *DPO,
         "--train_data",
         train,
         "--max_steps",
-        "60",
+        "20",
         "--save_steps",
         "5",
         "--reference",
@@ -169,8 +155,18 @@ def test_kill_minus_9_then_resume_is_bit_identical(cli, pairs, tmp_path, referen
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists(), "the run ended before it could be killed"
+    if reference == "precomputed":  # the cache of the killed run is reused, not recomputed
+        cache = killed / "reference_logps.pt"
+        assert cache.exists()
+        written = cache.stat().st_mtime_ns
     code, _, err = cli("dpo", *args, "--output_dir", killed, "--resume")
     assert code == 0, err
+    if reference == "precomputed":
+        assert cache.stat().st_mtime_ns == written
+        assert torch.equal(
+            torch.load(cache)["train"],
+            torch.load(tmp_path / "straight" / "reference_logps.pt")["train"],
+        )
     a, b = _weights(tmp_path / "straight"), _weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -200,12 +196,23 @@ def test_kill_minus_9_then_resume_is_bit_identical(cli, pairs, tmp_path, referen
             ["--loss_type", "ipo", "--label_smoothing", "0.1"],
             "--label_smoothing: has no meaning",
         ),
+        (
+            [{"prompt": "p", "chosen": "a", "rejected": "b"}],
+            ["--loss_type", "simpo", "--reference", "precomputed"],
+            "--reference: loss_type simpo uses no reference model",
+        ),
+        (
+            [{"prompt": "p", "chosen": "a", "rejected": "b"}],
+            ["--loss_type", "orpo", "--rpo_alpha", "1"],
+            "--rpo_alpha: adds to a DPO loss",
+        ),
+        (["{not json"], [], "train.jsonl:1:"),
     ],
 )
 def test_bad_input_exit_2_nothing_written(cli, jsonl, tmp_path, rows, extra, message):
     out = tmp_path / "out"
     code, _, err = cli(
-        "dpo", *BASE, "--train_data", jsonl("train.jsonl", rows), "--output_dir", out, *extra
+        "dpo", *DPO, "--train_data", jsonl("train.jsonl", rows), "--output_dir", out, *extra
     )
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
@@ -222,7 +229,7 @@ def test_ranked_data_trains_on_implied_pairs(cli, jsonl, tmp_path):
     out = tmp_path / "r"
     code, _, err = cli(
         "dpo",
-        *BASE,
+        *DPO,
         "--train_data",
         jsonl("r.jsonl", rows),
         "--output_dir",
@@ -234,14 +241,18 @@ def test_ranked_data_trains_on_implied_pairs(cli, jsonl, tmp_path):
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
 
 
+def test_beta_is_required_where_the_loss_uses_it(cli, jsonl, tmp_path):
+    data = jsonl("t.jsonl", preference_rows(8))
+    code, _, err = cli("dpo", *BASE, "--train_data", data, "--output_dir", tmp_path / "a")
+    assert code == 2 and "--beta is required for loss_type sigmoid" in err
+    assert not (tmp_path / "a").exists()
+    args = [*BASE, "--train_data", data, "--max_steps", "1", "--loss_type", "orpo"]
+    assert cli("dpo", *args, "--output_dir", tmp_path / "b")[0] == 0  # orpo has no beta
+
+
 def test_kto_learns_from_unpaired_labels(cli, jsonl, tmp_path):
     """Unpaired halves of the synthetic pairs: desirable (positive) and undesirable (negative)
-    responses; after KTO the policy prefers held-out positive over negative responses."""
-    from posttrain.data import load_examples
-    from posttrain.data.preference import collate_pairs, encode_pairs
-    from posttrain.models import load_model, load_tokenizer
-    from posttrain.recipes.dpo import pair_logps
-
+    responses; after KTO the implicit reward prefers held-out positive over negative responses."""
     rows = preference_rows(200, seed=3)
     unpaired = [
         {"prompt": r["prompt"], "completion": r["chosen"], "label": True} for r in rows[:100]
@@ -249,40 +260,64 @@ def test_kto_learns_from_unpaired_labels(cli, jsonl, tmp_path):
     unpaired += [
         {"prompt": r["prompt"], "completion": r["rejected"], "label": False} for r in rows[100:]
     ]
+    held = jsonl("h.jsonl", preference_rows(40, seed=4))
     out = tmp_path / "kto"
     code, _, err = cli(
         "kto",
         *BASE,
+        "--beta",
+        "0.1",
         "--train_data",
         jsonl("u.jsonl", unpaired),
+        "--eval_data",
+        held,
         "--output_dir",
         out,
         "--max_steps",
         "30",
+        "--logging_steps",
+        "10",
     )
     assert code == 0, err
-    tok = load_tokenizer("tiny-llama")
-    pairs, _ = encode_pairs(
-        tok, load_examples(jsonl("h.jsonl", preference_rows(40, seed=4)), ["preference"]), 64
-    )
-    batch = collate_pairs(pairs, tok.pad_token_id)
-    with torch.no_grad():
-        after, before = (
-            pair_logps(load_model(str(out / "final")), batch),
-            pair_logps(load_model("tiny-llama"), batch),
-        )
-    gain = (after.chosen - before.chosen) - (
-        after.rejected - before.rejected
-    )  # implicit-reward margin / beta
-    assert (gain > 0).float().mean() >= 0.9
-    rows = read_metrics(out / "metrics.jsonl")
-    assert rows[-1]["rewards/chosen"] > rows[-1]["rewards/rejected"]
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert metrics[0]["eval/accuracy"] == 0.5  # policy == reference
+    assert metrics[-1]["eval/accuracy"] >= 0.9
+    assert metrics[-1]["rewards/chosen"] > metrics[-1]["rewards/rejected"]
+    from posttrain.evaluation.implicit_reward import implicit_reward_accuracy
+
+    res = implicit_reward_accuracy(str(out / "final"), "tiny-llama", held, beta=0.1)
+    assert abs(res["accuracy"] - metrics[-1]["eval/accuracy"]) <= 1 / 40  # the same measure
+
+
+@pytest.mark.parametrize(
+    "rows, extra, message",
+    [
+        ([{"prompt": "p", "completion": "c", "label": "yes"}], [], '"label" must be true or false'),
+        ([{"prompt": "p", "completion": "c"}], [], "--train_data must be unpaired"),
+        (
+            [{"prompt": "p", "completion": "c", "label": True}],
+            ["--batch_size", "1"],
+            "--batch_size",
+        ),
+        (
+            [{"prompt": "p", "completion": "c", "label": True}],
+            ["--beta", "-1"],  # the later --beta wins
+            "--beta: must be > 0",
+        ),
+    ],
+)
+def test_kto_bad_input_exit_2(cli, jsonl, tmp_path, rows, extra, message):
+    out = tmp_path / "bad"
     code, _, err = cli(
         "kto",
         *BASE,
+        "--beta",
+        "0.1",
         "--train_data",
-        jsonl("bad.jsonl", [{"prompt": "p", "completion": "c", "label": "yes"}]),
+        jsonl("bad.jsonl", rows),
         "--output_dir",
-        tmp_path / "bad",
+        out,
+        *extra,
     )
-    assert code == 2 and '"label" must be true or false' in err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()
