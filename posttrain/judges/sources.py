@@ -1,42 +1,90 @@
 """Resolving a reward spec string into a reward source ``(prompts, completions) -> list[float]``.
 
-- ``task:NAME``: a built-in task's gold reward (``posttrain.tasks``), e.g. ``task:sentiment``;
-- ``module:function``: any importable Python function taking (prompts, completions);
-- a directory: a reward model saved by ``posttrain rm`` (or a one-label HF classifier);
-- ``judge:KIND``: a judge's pointwise score, through ``posttrain.judges.factory`` when present.
+- ``task:NAME``: a built-in task's gold reward (``posttrain.tasks``), e.g. ``task:counting``;
+- ``module:function``: any importable Python function taking (prompts, completions), e.g.
+  ``mypkg.rewards:brevity`` (the working directory is importable). A function that also has a
+  ``tokenizer`` parameter is given the policy's tokenizer (``policy_tokenizer``), e.g. to count a
+  chosen token in the response;
+- a directory: a reward model saved by ``posttrain rm`` (or a one-label HF classifier), loaded by
+  ``posttrain.models.reward.load_reward_model``; it reads the texts with its own tokenizer;
+- ``judge:KIND``: the hook for judges (``posttrain.judges.factory.build_judge``, model from
+  ``judge_model``): their pointwise ``score``.
+
+Every source comes back wrapped in :class:`RewardSource`, which checks what it returns (one
+finite number per completion) and names the spec in the error when it does not.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from posttrain.errors import UserError
 
 
-def load_reward_source(spec: str, *, normalize: bool = False, judge_model: str | None = None):
-    """The reward source named by ``spec``; UserError for one that cannot be resolved."""
+class RewardSource:
+    """A named reward callable ``(prompts, completions) -> list[float]`` that validates its output."""
+
+    def __init__(self, spec: str, fn: Callable):
+        self.spec, self.fn = spec, fn
+
+    def __call__(self, prompts, completions) -> list[float]:
+        scores = self.fn(list(prompts), list(completions))
+        try:
+            scores = [float(s) for s in scores]
+        except (TypeError, ValueError):
+            raise UserError(f"--reward: {self.spec} did not return a list of numbers") from None
+        if len(scores) != len(completions):
+            raise UserError(
+                f"--reward: {self.spec} returned {len(scores)} scores for {len(completions)} "
+                "completions"
+            )
+        if not all(math.isfinite(s) for s in scores):
+            raise UserError(f"--reward: {self.spec} returned a non-finite score")
+        return scores
+
+    def __repr__(self) -> str:
+        return f"RewardSource({self.spec!r})"
+
+
+def load_reward_source(
+    spec: str,
+    *,
+    policy_tokenizer=None,
+    normalize: bool = False,
+    judge_model: str | None = None,
+) -> RewardSource:
+    """The reward source named by ``spec``; UserError for one that cannot be resolved.
+
+    ``normalize``: whiten a reward model's scores with its training-set mean/std.
+    """
     if not spec:
         raise UserError("--reward: give task:NAME, module:function or a reward-model directory")
     if spec.startswith("task:"):
         from posttrain.tasks import get_task
 
-        return get_task(spec.split(":", 1)[1]).reward
+        return RewardSource(spec, get_task(spec.split(":", 1)[1]).reward)
     if Path(spec).is_dir():
         from posttrain.models.reward import load_reward_model
 
-        return load_reward_model(spec).as_reward_source(normalize=normalize)
+        return RewardSource(spec, load_reward_model(spec).as_reward_source(normalize=normalize))
     if spec.startswith("judge:"):
-        from posttrain.judges.factory import build_judge
+        from posttrain.judges.factory import build_judge, check_judge
 
-        judge = build_judge(spec.split(":", 1)[1], judge_model)
+        kind = spec.split(":", 1)[1]
+        check_judge(kind, judge_model, field="reward", model_field="judge_model")
+        judge = build_judge(kind, judge_model)
         if not hasattr(judge, "score"):
             raise UserError(f"--reward: judge {spec!r} has no pointwise score")
-        return judge.score
+        return RewardSource(spec, judge.score)
     module, sep, name = spec.partition(":")
-    if sep and module and name:
+    if sep and module and name and "/" not in module:
         if os.getcwd() not in sys.path:  # a user's own module in the working directory
             sys.path.append(os.getcwd())
         try:
@@ -45,5 +93,18 @@ def load_reward_source(spec: str, *, normalize: bool = False, judge_model: str |
             raise UserError(f"--reward: cannot import {spec!r} ({exc})") from None
         if not callable(fn):
             raise UserError(f"--reward: {spec!r} is not callable")
-        return fn
-    raise UserError(f"--reward: {spec!r} is neither task:NAME, module:function nor a directory")
+        if _takes_tokenizer(fn):
+            if policy_tokenizer is None:
+                raise UserError(f"--reward: {spec!r} needs the policy's tokenizer")
+            fn = partial(fn, tokenizer=policy_tokenizer)
+        return RewardSource(spec, fn)
+    raise UserError(
+        f"--reward: {spec!r} is neither task:NAME, module:function, judge:KIND nor a directory"
+    )
+
+
+def _takes_tokenizer(fn) -> bool:
+    try:
+        return "tokenizer" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False

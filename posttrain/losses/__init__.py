@@ -22,17 +22,27 @@ from posttrain.losses.preference import (
     rpo_loss,
     simpo_loss,
 )
+from posttrain.losses.reward import reward_centering_loss
+from posttrain.losses.rl import (
+    adaptive_kl_coef,
+    explained_variance,
+    kl_shaped_rewards,
+    value_clipfrac,
+)
 from posttrain.losses.sft import sft_loss, unlikelihood_loss
 
 __all__ = [
     "DPO_LOSS_TYPES",
     "KL_KINDS",
+    "adaptive_kl_coef",
     "bradley_terry_loss",
     "dpo_loss",
     "entropy_from_logits",
+    "explained_variance",
     "gae",
     "grpo_advantages",
     "kl_estimate",
+    "kl_shaped_rewards",
     "kto_kl_reference_point",
     "kto_loss",
     "log1mexp",
@@ -44,9 +54,11 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "reference_free_dpo_loss",
+    "reward_centering_loss",
     "rloo_advantages",
     "rpo_loss",
     "sft_loss",
     "simpo_loss",
     "unlikelihood_loss",
+    "value_clipfrac",
 ]

@@ -1,14 +1,18 @@
 """Best-of-n: sample n responses per prompt, keep the one the reward source scores highest.
 
 A baseline of the lecture notes (AlpacaFarm's best-of-n): no training, the policy is the sampler
-plus a reward model at inference time. Writes one line per prompt with the kept ``completion``,
-its ``score``, and all ``completions`` with their ``scores`` — SFT data for expert iteration.
+plus a reward at inference time. Writes one line per prompt with the kept ``completion``, its
+``score``, and all ``completions`` with their ``scores``. With ``sft_output_dir`` it then
+fine-tunes the model on the kept responses (one round of expert iteration; see
+``posttrain/recipes/expert_iteration.py`` for several), through ``posttrain.recipes.sft``.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,7 +20,9 @@ from posttrain.config import check
 from posttrain.data import load_examples, write_jsonl
 from posttrain.judges.sources import load_reward_source
 from posttrain.models import check_model_name, load_model, load_tokenizer
+from posttrain.recipes import sft
 from posttrain.recipes.sample import sample_texts
+from posttrain.training import prepare_output_dir
 
 SUMMARY = "Best-of-n: sample n, keep the highest-reward response per prompt (writes JSONL)."
 
@@ -28,7 +34,7 @@ class Config:
     prompts: str
     """Prompt-only data."""
     reward: str
-    """Reward: task:NAME, module:function, or a reward-model directory."""
+    """Reward: task:NAME, module:function, a reward-model directory or judge:KIND."""
     output: str
     """JSONL to write: prompt, completion (the best), score, completions, scores."""
     n: int = 4
@@ -39,22 +45,32 @@ class Config:
     """Sampling temperature."""
     top_p: float = 1.0
     """Nucleus sampling."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
     batch_size: int = 16
     """Sequences generated together."""
     seed: int = 0
     """Sampling seed."""
     dtype: str = "float32"
     """float32 | bfloat16."""
+    sft_output_dir: str | None = None
+    """Also fine-tune the model on the kept responses into this directory (None: don't); the
+    SFT data (prompt, completion) is written beside the output, as OUTPUT.sft.jsonl."""
+    sft: dict[str, Any] = field(default_factory=dict)
+    """Settings of that SFT run (max_steps, batch_size, learning_rate, ...)."""
 
     def validate(self) -> None:
         check(self.n >= 1, "n", "must be >= 1", self.n)
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
         check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
 
 
 def best_of_n(
     model, tokenizer, prompts, reward_fn, *, n: int, generator: torch.Generator, **sampling
 ) -> list[dict]:
-    """For each prompt: its n samples, their scores, and the best one."""
+    """For each prompt: its n samples, their scores, and the best one (the first on ties)."""
     samples = sample_texts(model, tokenizer, prompts, n=n, generator=generator, **sampling)
     flat_prompts = [p for p in prompts for _ in range(n)]
     scores = reward_fn(flat_prompts, [c for cs in samples for c in cs])
@@ -74,11 +90,41 @@ def best_of_n(
     return rows
 
 
+def sft_config(model: str, data: Path, output_dir: Path, settings: dict, seed: int) -> sft.Config:
+    """The SFT config that trains ``model`` on ``data`` (validated; short defaults)."""
+    cfg = sft.Config(
+        **{
+            "max_steps": 20,
+            "batch_size": 8,
+            "progress": False,
+            **settings,
+            "model": model,
+            "train_data": str(data),
+            "output_dir": str(output_dir),
+            "seed": seed,
+        }
+    )
+    cfg.validate()
+    return cfg
+
+
+def write_kept(rows: list[dict], path: Path) -> None:
+    """SFT data (prompt, completion) from best-of-n rows."""
+    write_jsonl(path, [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+
 def run(cfg: Config, flags: dict[str, bool]) -> None:
     check_model_name(cfg.model)
     prompts = [ex.prompt for ex in load_examples(cfg.prompts, ["prompt"], what="--prompts")]
-    reward_fn = load_reward_source(cfg.reward)
     tokenizer = load_tokenizer(cfg.model)
+    reward_fn = load_reward_source(cfg.reward, policy_tokenizer=tokenizer)
+    sft_cfg = None
+    if cfg.sft_output_dir:  # checked (and the directory made) before any sampling
+        data = Path(cfg.output).with_suffix(".sft.jsonl")
+        sft_cfg = sft_config(cfg.model, data, Path(cfg.sft_output_dir), cfg.sft, cfg.seed)
+        prepare_output_dir(
+            cfg.sft_output_dir, resume=False, overwrite=flags.get("overwrite", False)
+        )
     model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
     rows = best_of_n(
         model,
@@ -90,6 +136,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        top_k=cfg.top_k,
         batch_size=cfg.batch_size,
     )
     write_jsonl(cfg.output, rows)
@@ -99,3 +146,6 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         f"wrote {cfg.output}: mean score of the best {mean_best:.3f} vs of all samples {mean_all:.3f}",
         file=sys.stderr,
     )
+    if sft_cfg is not None:
+        write_kept(rows, Path(sft_cfg.train_data))
+        sft.run(sft_cfg, {})

@@ -1,19 +1,28 @@
-"""PPO for RLHF (step 3 of InstructGPT), as the lecture notes teach it.
+"""PPO for RLHF (step 3 of InstructGPT), as the lecture notes teach it ("PPO in practice").
 
-Each iteration: sample responses to a batch of prompts -> score them with the reward source ->
-per-token reward = -beta * KL(policy || reference) (optionally clipped at 0) with the score added
-at the last response token -> GAE over a value head that shares the policy's trunk -> whitened
-advantages -> several epochs of minibatches of the clipped policy loss + clipped value loss -
-entropy bonus (+ PPO-ptx: gamma * NLL of SFT data) -> stop the epochs early when the approximate
-KL to the sampling policy passes a bound -> update the (fixed or adaptive) KL coefficient -> log
--> checkpoint (sampling RNG, KL controller, optimizer, data position, value head: exact resume).
+Each iteration:
+1. rollout: ``batch_size`` prompts x ``num_samples`` responses from the current policy, scored by
+   the reward source (clipped to ``reward_clip``; no-EOS / length penalties), with the policy's
+   and the reference's log-probs and the values from the training forward;
+2. reward shaping: per-token reward = -beta * KL estimate (``kl_clip_zero`` clamps it at 0) with
+   the score added at the last response token (``whiten_rewards`` rescales them, mean kept);
+3. GAE (``gamma``, ``lam``) over the value model's values -> returns; advantages whitened;
+4. ``ppo_epochs`` passes over shuffled minibatches (``num_minibatches`` optimizer steps each):
+   clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy
+   (+ PPO-ptx: ``ptx_coef`` * NLL of ``ptx_data``); the epoch loop stops early once the mean
+   approximate KL to the sampling policy passes ``max_approx_kl``;
+5. the KL controller updates beta (fixed, or adaptive toward ``kl_target``, Ziegler et al. 2019);
+6. log, samples table, checkpoint (sampling RNG, KL controller, optimizer, data positions, value
+   model: ``--resume`` continues exactly).
 
-Math: ``posttrain.losses`` (gae, ppo_policy_loss, ppo_value_loss, kl_estimate, masked_whiten).
+The value head shares the policy's trunk by default (``posttrain.models.value``); with
+``separate_critic`` it gets its own trunk. With LoRA the reference is the policy with adapters off.
+Math: ``posttrain.losses`` (kl_shaped_rewards, gae, masked_whiten, ppo_policy_loss,
+ppo_value_loss, kl_estimate, explained_variance, value_clipfrac).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -22,28 +31,30 @@ from posttrain import metrics as M
 from posttrain.config import check
 from posttrain.data import collate, load_examples
 from posttrain.losses import (
+    explained_variance,
     gae,
     kl_estimate,
+    kl_shaped_rewards,
     masked_mean,
-    masked_var,
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
+    value_clipfrac,
 )
-from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
-from posttrain.models.heads import ScalarHead
-from posttrain.models.lora import apply_lora
+from posttrain.models import check_model_name, forward_logprobs, load_model
+from posttrain.models.value import build_value_model
 from posttrain.recipes.sft import encode_all, nll_sum
 from posttrain.rollout.online import (
+    Experience,
     KLController,
     OnlineConfig,
     collect,
-    last_token_index,
-    load_prompts,
-    load_reward_source,
-    make_reference,
+    disable_dropout,
+    load_inputs,
+    load_trainable_policy,
     peak_rss_mb,
     rollout_metrics,
+    timed,
     write_samples,
 )
 from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
@@ -66,69 +77,95 @@ class Config(OnlineConfig):
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
     gamma: float = 1.0
-    """Discount."""
+    """Discount (1: the RLHF bandit, reward-to-go)."""
     lam: float = 0.95
     """GAE lambda."""
     kl_target: float | None = None
-    """Adaptive KL: target KL per response (None: fixed kl_coef)."""
+    """Adaptive KL: target KL per response, in nats (None: fixed kl_coef)."""
     kl_horizon: int = 10000
-    """Adaptive KL horizon (Ziegler et al. 2019)."""
+    """Adaptive KL horizon, in samples (Ziegler et al. 2019)."""
     kl_clip_zero: bool = False
     """Clip the per-token KL penalty at 0 (no bonus for tokens the reference likes more)."""
     reward_clip: float | None = None
     """Clip scores to [-reward_clip, reward_clip]."""
     whiten_rewards: bool = False
-    """Whiten scores across the batch before shaping."""
+    """Rescale the shaped per-token rewards to unit variance over the batch (mean kept)."""
     max_approx_kl: float | None = None
-    """Stop the epoch loop when approx KL to the sampling policy exceeds this (None: never)."""
+    """Stop the epoch loop once an epoch's mean approx KL to the sampling policy exceeds this."""
+    separate_critic: bool = False
+    """Give the value head its own trunk (a copy of the starting policy, or critic_model)."""
+    critic_model: str | None = None
+    """With separate_critic: the critic's starting model (a model name / HF directory)."""
     ptx_data: str | None = None
-    """PPO-ptx: SFT data whose log-likelihood is mixed into the loss."""
+    """PPO-ptx: SFT/pretraining data whose log-likelihood is mixed into the loss."""
     ptx_coef: float = 0.0
-    """PPO-ptx gamma."""
+    """PPO-ptx gamma: weight of the NLL per token of ptx_data."""
+    ptx_batch_size: int = 8
+    """PPO-ptx examples per optimizer step."""
 
     def validate(self) -> None:
         super().validate()
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1", self.ppo_epochs)
-        check(self.num_minibatches >= 1, "num_minibatches", "must be >= 1", self.num_minibatches)
-        check(self.clip_eps > 0, "clip_eps", "must be > 0", self.clip_eps)
+        rows = self.batch_size * self.num_samples
         check(
-            0 <= self.lam <= 1 and 0 <= self.gamma <= 1,
-            "lam",
-            "gamma and lam must be in [0, 1]",
-            self.lam,
+            1 <= self.num_minibatches <= rows and rows % self.num_minibatches == 0,
+            "num_minibatches",
+            f"must divide batch_size x num_samples = {rows}",
+            self.num_minibatches,
         )
+        check(
+            (rows // self.num_minibatches) % self.gradient_accumulation_steps == 0,
+            "gradient_accumulation_steps",
+            f"must divide the minibatch ({rows // self.num_minibatches} rows)",
+            self.gradient_accumulation_steps,
+        )
+        check(self.clip_eps > 0, "clip_eps", "must be > 0", self.clip_eps)
+        check(self.value_clip_eps > 0, "value_clip_eps", "must be > 0", self.value_clip_eps)
+        check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]", self.gamma)
+        check(0 <= self.lam <= 1, "lam", "must be in [0, 1]", self.lam)
+        check(
+            self.kl_target is None or self.kl_target > 0, "kl_target", "must be > 0", self.kl_target
+        )
+        check(self.kl_horizon >= 1, "kl_horizon", "must be >= 1", self.kl_horizon)
+        check(self.reward_clip is None or self.reward_clip > 0, "reward_clip", "must be > 0", None)
         check(
             self.ptx_coef == 0 or self.ptx_data is not None,
             "ptx_data",
             "is required with ptx_coef",
             None,
         )
+        check(
+            self.critic_model is None or self.separate_critic,
+            "critic_model",
+            "needs --separate_critic",
+            self.critic_model,
+        )
 
 
-def shaped_rewards(
-    scores, logps, ref_logps, mask, *, kl_coef: float, estimator: str, clip_zero: bool
-):
-    """(N, T-1) per-token rewards: -beta * KL estimate, plus the score at the last response token."""
-    kl = kl_estimate(logps, ref_logps, kind=estimator)
-    if clip_zero:
-        kl = kl.clamp(min=0)
-    rewards = -kl_coef * kl * mask
-    rows = torch.arange(len(scores))
-    rewards[rows, last_token_index(mask)] += scores
-    return rewards
-
-
-def explained_variance(values, returns, mask) -> float:
-    var = masked_var(returns, mask)
-    return float(1 - masked_var(returns - values, mask) / var) if var > 0 else 0.0
+def advantages_and_returns(exp: Experience, values: torch.Tensor, kl_coef: float, cfg: Config):
+    """Shaped rewards -> GAE -> whitened advantages; values (N, T-1) -> (advantages, returns)."""
+    scores = exp.scores
+    if cfg.reward_clip is not None:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    rewards = kl_shaped_rewards(
+        scores,
+        exp.logps,
+        exp.ref_logps,
+        exp.mask,
+        kl_coef=kl_coef,
+        kind=cfg.kl_estimator,
+        clip_zero=cfg.kl_clip_zero,
+    )
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, exp.mask, shift_mean=False)
+    advantages, returns = gae(rewards, values, exp.mask, gamma=cfg.gamma, lam=cfg.lam)
+    return masked_whiten(advantages, exp.mask), returns
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:
-    # --- setup: everything that can fail on bad input happens before output_dir exists
-    check_model_name(cfg.model)
-    tokenizer = load_tokenizer(cfg.model)
-    prompts = load_prompts(cfg)
-    reward_fn = load_reward_source(cfg.reward_spec(), normalize=cfg.normalize_reward)
+    tokenizer, prompts, reward_fn = load_inputs(cfg)  # bad input fails before output_dir
+    if cfg.critic_model:
+        check_model_name(cfg.critic_model)
     ptx = []
     if cfg.ptx_data:
         ptx, _ = encode_all(
@@ -138,17 +175,11 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
 
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
-    reference = make_reference(model, cfg.lora.enabled)
-    model = apply_lora(model, cfg.lora)
-    value_head = ScalarHead(model.config.hidden_size).to(model.dtype)
-    torch.nn.init.zeros_(value_head.linear.weight)
-    model.train()
-    params = [*model.parameters(), *value_head.parameters()]
-    optimizer = make_optimizer(
-        torch.nn.ModuleList([model, value_head]),
-        lr=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-    )
+    critic = load_model(cfg.critic_model, dtype=cfg.dtype) if cfg.critic_model else None
+    value = disable_dropout(build_value_model(model, separate=cfg.separate_critic, critic=critic))
+    model, reference, backend = load_trainable_policy(cfg, tokenizer, model)
+    trainable = torch.nn.ModuleList([model, value]).train()
+    optimizer = make_optimizer(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     updates = cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches
     scheduler = make_scheduler(
         optimizer, warmup_steps=cfg.warmup_steps, total_steps=updates, kind=cfg.lr_schedule
@@ -156,7 +187,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     order, ptx_order = DataOrder(len(prompts), cfg.seed), DataOrder(max(len(ptx), 1), cfg.seed + 1)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     generator = torch.Generator().manual_seed(cfg.seed)
-    modules = {"model": model, "value_head": value_head}
+    modules = {"model": model, "value": value}
     state = run_.restore(
         modules=modules, optimizer=optimizer, scheduler=scheduler, generators={"sample": generator}
     )
@@ -166,122 +197,111 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         kl_ctl.load_state_dict(state["kl"])
 
     for step in run_.steps():
-        t0 = time.time()
-        # --- rollout and scoring
+        timings: dict[str, float] = {}
+        # --- 1. rollout and scoring
+        batch = [prompts[i] for i in order.next(cfg.batch_size)]
         exp = collect(
-            model,
-            reference,
-            tokenizer,
-            [prompts[i] for i in order.next(cfg.batch_size)],
-            reward_fn,
-            cfg,
-            generator,
-        )
-        t_rollout = time.time() - t0
-        with torch.no_grad():
-            old_values = value_head(exp.hidden[:, :-1]).squeeze(-1).float() * exp.mask
-        scores = exp.scores
-        if cfg.whiten_rewards:
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
-        if cfg.reward_clip is not None:
-            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-        rewards = shaped_rewards(
-            scores,
-            exp.logps,
-            exp.ref_logps,
-            exp.mask,
-            kl_coef=kl_ctl.value,
-            estimator=cfg.kl_estimator,
-            clip_zero=cfg.kl_clip_zero,
-        )
-        advantages, returns = gae(rewards, old_values, exp.mask, gamma=cfg.gamma, lam=cfg.lam)
-        advantages = masked_whiten(advantages, exp.mask)
+            backend, model, reference, tokenizer, batch, reward_fn, generator=generator,
+            with_hidden=value.shares_trunk, timings=timings, **cfg.collect_args(),
+        )  # fmt: skip
+        r, mask = exp.rollout, exp.mask
+        with timed(timings, "training"):
+            # --- 2.-3. values, shaped rewards, GAE
+            with torch.no_grad():
+                old_values = value(r.input_ids, r.attention_mask, exp.hidden) * mask
+            advantages, returns = advantages_and_returns(exp, old_values, kl_ctl.value, cfg)
+            exp.hidden = None  # (N, T, H): not needed any more
 
-        # --- several epochs of minibatches
-        n = exp.mask.size(0)
-        size = max(1, n // cfg.num_minibatches)
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("pg", "vf", "clip", "vclip", "akl", "ent", "ptx")
-        }
-        stop = False
-        for _epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(n, generator=generator)
-            for k in range(0, size * cfg.num_minibatches, size):
-                mb = perm[k : k + size]
-                r = exp.rollout
-                out = forward_logprobs(
-                    model,
-                    r.input_ids[mb],
-                    r.attention_mask[mb],
-                    r.response_mask[mb],
-                    temperature=cfg.temperature,
-                    with_entropy=True,
-                    with_hidden=True,
-                )
-                mask = exp.mask[mb]
-                values = value_head(out.hidden[:, :-1]).squeeze(-1).float()
-                pg_loss, clipfrac = ppo_policy_loss(
-                    out.logps, exp.logps[mb], advantages[mb], mask, clip_eps=cfg.clip_eps
-                )
-                vf_loss = ppo_value_loss(
-                    values, old_values[mb], returns[mb], mask, clip_eps=cfg.value_clip_eps
-                )
-                entropy = masked_mean(out.entropy, mask)
-                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
-                if cfg.ptx_coef:
-                    nll, count = nll_sum(
-                        model,
-                        collate([ptx[i] for i in ptx_order.next(size)], tokenizer.pad_token_id),
-                    )
-                    loss = loss + cfg.ptx_coef * nll / count.clamp(min=1)
-                    stats["ptx"].append(float(nll / count.clamp(min=1)))
-                loss.backward()
-                optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
-                with torch.no_grad():
-                    vclip = ((values - old_values[mb]).abs() > cfg.value_clip_eps).float()
-                    approx_kl = masked_mean(0.5 * (out.logps - exp.logps[mb]) ** 2, mask)
-                for key, v in (
-                    ("pg", pg_loss),
-                    ("vf", vf_loss),
-                    ("clip", clipfrac),
-                    ("akl", approx_kl),
-                    ("ent", entropy),
-                    ("vclip", masked_mean(vclip, mask)),
+            # --- 4. epochs of minibatches
+            n = mask.size(0)
+            size = n // cfg.num_minibatches
+            micro = size // cfg.gradient_accumulation_steps
+            stats: dict[str, list[float]] = {
+                k: [] for k in ("pg", "vf", "clip", "vclip", "akl", "ent", "ptx")
+            }
+            epochs = 0
+            for _epoch in range(cfg.ppo_epochs):
+                epochs += 1
+                perm = torch.randperm(n, generator=generator)
+                epoch_kl = []
+                for start in range(0, n, size):
+                    mb_tokens = mask[perm[start : start + size]].sum().clamp(min=1)
+                    for lo in range(start, start + size, micro):
+                        mb = perm[lo : lo + micro]
+                        out = forward_logprobs(
+                            model,
+                            r.input_ids[mb],
+                            r.attention_mask[mb],
+                            r.response_mask[mb],
+                            temperature=cfg.temperature,
+                            with_entropy=True,
+                            with_hidden=value.shares_trunk,
+                        )
+                        m = mask[mb]
+                        values = value(r.input_ids[mb], r.attention_mask[mb], out.hidden)
+                        pg_loss, clipfrac = ppo_policy_loss(
+                            out.logps, exp.logps[mb], advantages[mb], m, clip_eps=cfg.clip_eps
+                        )
+                        vf_loss = ppo_value_loss(
+                            values, old_values[mb], returns[mb], m, clip_eps=cfg.value_clip_eps
+                        )
+                        entropy = masked_mean(out.entropy, m)
+                        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
+                        loss = loss * m.sum() / mb_tokens  # token share of the minibatch
+                        if cfg.ptx_coef and lo == start:  # PPO-ptx, once per optimizer step
+                            batch = [ptx[i] for i in ptx_order.next(cfg.ptx_batch_size)]
+                            nll, count = nll_sum(model, collate(batch, tokenizer.pad_token_id))
+                            ptx_nll = nll / count.clamp(min=1)
+                            loss = loss + cfg.ptx_coef * ptx_nll
+                            stats["ptx"].append(float(ptx_nll.detach()))
+                        loss.backward()
+                        with torch.no_grad():
+                            approx_kl = masked_mean(
+                                kl_estimate(exp.logps[mb], out.logps, kind="k3"), m
+                            )
+                            vclip = value_clipfrac(
+                                values, old_values[mb], returns[mb], m, clip_eps=cfg.value_clip_eps
+                            )
+                        epoch_kl.append(float(approx_kl))
+                        for key, v in (
+                            ("pg", pg_loss),
+                            ("vf", vf_loss),
+                            ("clip", clipfrac),
+                            ("akl", approx_kl),
+                            ("ent", entropy),
+                            ("vclip", vclip),
+                        ):
+                            stats[key].append(float(v.detach()))
+                    optimizer_step(trainable.parameters(), optimizer, scheduler, cfg.max_grad_norm)
+                backend.sync_weights(model)
+                if cfg.max_approx_kl is not None and (
+                    sum(epoch_kl) / len(epoch_kl) > cfg.max_approx_kl
                 ):
-                    stats[key].append(float(v.detach()))
-                if cfg.max_approx_kl is not None and float(approx_kl) > cfg.max_approx_kl:
-                    stop = True
                     break
-            if stop:
-                break
-        metrics = rollout_metrics(exp)
-        kl_ctl.update(metrics[M.OBJECTIVE_KL], n)
 
+        # --- 5. KL controller, 6. log and checkpoint
+        metrics = rollout_metrics(exp, kl_ctl.value, timings)
+        kl_ctl.update(metrics.get(M.OBJECTIVE_KL, 0.0), n)
         if run_.should_log(step):
             mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
             run_.log(
                 step,
                 {
                     **metrics,
-                    M.OBJECTIVE_RLHF_REWARD: float(
-                        (exp.scores - kl_ctl.value * exp.kl.sum(-1)).mean()
-                    ),
                     M.POLICY_APPROX_KL: mean(stats["akl"]),
                     M.POLICY_CLIPFRAC: mean(stats["clip"]),
-                    M.VAL_EXPLAINED_VARIANCE: explained_variance(old_values, returns, exp.mask),
+                    M.POLICY_EPOCHS: epochs,
+                    M.VAL_EXPLAINED_VARIANCE: float(explained_variance(old_values, returns, mask)),
                     M.VAL_CLIPFRAC: mean(stats["vclip"]),
-                    "loss/policy": mean(stats["pg"]),
-                    "loss/value": mean(stats["vf"]),
-                    "loss/ptx": mean(stats["ptx"]),
-                    "objective/kl_coef": kl_ctl.value,
+                    M.LOSS_POLICY: mean(stats["pg"]),
+                    M.LOSS_VALUE: mean(stats["vf"]),
+                    M.LOSS_PTX: mean(stats["ptx"]),
+                    M.OBJECTIVE_KL_COEF: kl_ctl.value,
                     M.TRAIN_LR: scheduler.get_last_lr()[0],
-                    "time/rollout_s": t_rollout,
-                    "time/step_s": time.time() - t0,
-                    "memory/peak_rss_mb": peak_rss_mb(),
                 },
             )
         if cfg.samples_every and step % cfg.samples_every == 0:
-            write_samples(run_.dir / "samples.jsonl", step, exp)
+            write_samples(run_.dir / "samples.jsonl", step, exp, cfg.samples_count)
         run_.step_done(
             step,
             modules=modules,

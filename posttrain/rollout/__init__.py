@@ -1,5 +1,22 @@
-"""Rollouts: batched sampling with a KV cache and the Rollout record."""
+"""Rollouts: batched sampling with a KV cache, the Rollout record, the generation-backend
+interface, and (``posttrain.rollout.online``) the machinery every online recipe shares."""
 
-from posttrain.rollout.generate import Rollout, decode_responses, filter_logits, generate
+from posttrain.rollout.generate import (
+    EngineBackend,
+    GenerationBackend,
+    Rollout,
+    SamplingParams,
+    decode_responses,
+    filter_logits,
+    generate,
+)
 
-__all__ = ["Rollout", "decode_responses", "filter_logits", "generate"]
+__all__ = [
+    "EngineBackend",
+    "GenerationBackend",
+    "Rollout",
+    "SamplingParams",
+    "decode_responses",
+    "filter_logits",
+    "generate",
+]

@@ -134,6 +134,7 @@ class VLLMBackend:
         from posttrain.models import save_pretrained
         from posttrain.training.distributed import unwrap
 
+        _import_vllm()  # fail before writing anything
         path = Path(workdir) / "vllm-policy"
         save_pretrained(unwrap(model), tokenizer, path)
         return cls(tokenizer, model_path=path, **kwargs)

@@ -9,13 +9,20 @@ The record (:class:`Rollout`) holds ``input_ids`` (N, P + R): the left-padded pr
 the right-padded response; masks; and ``sample_logps`` (N, P + R - 1) in the log-prob convention
 of ``posttrain.models.logprobs`` — log softmax(logits / temperature) of each sampled token, before
 top-k / top-p truncation (the policy's own probability of the token, which is what PPO-style
-ratios need).
+ratios need). ``train_logps`` is left for the caller to fill with the training forward's numbers.
+
+A row ends at an EOS id, at a stop string (the response then keeps the token that completed it;
+:func:`decode_responses` cuts the text before the stop string), or after ``max_new_tokens``.
+
+:class:`GenerationBackend` is the small interface a sampler implements (``generate`` and
+``sync_weights``); :class:`EngineBackend` is the built-in one, this module's :func:`generate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -30,7 +37,9 @@ class Rollout:
     response_mask: torch.Tensor  # (N, P+R) 1 on generated tokens, EOS included
     sample_logps: torch.Tensor  # (N, P+R-1) sampling-time log-probs, 0 off the response
     prompt_width: int  # P
-    finished: torch.Tensor  # (N,) bool: ended with EOS (False: cut at max_new_tokens)
+    finished: torch.Tensor  # (N,) bool: ended with EOS or a stop string (False: cut at the limit)
+    stopped: torch.Tensor | None = None  # (N,) bool: ended at a stop string (None: no stop strings)
+    train_logps: torch.Tensor | None = None  # (N, P+R-1) the training forward's, filled by callers
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -40,20 +49,111 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    @property
+    def ended_with_eos(self) -> torch.Tensor:
+        """(N,) bool: the response ends with an EOS token."""
+        return self.finished if self.stopped is None else self.finished & ~self.stopped
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """(N,) bool: cut at ``max_new_tokens`` (neither EOS nor a stop string)."""
+        return ~self.finished
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; the same for every backend."""
+
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    stop_strings: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """Anything that samples responses for token-id prompts with the current policy weights."""
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Rollout: ...
+
+    def sync_weights(self, model) -> None:
+        """Make the sampler use ``model``'s current weights (after an optimizer step)."""
+        ...
+
+
+class EngineBackend:
+    """The built-in engine: :func:`generate` with ``model`` in this process. When the policy being
+    trained *is* ``model`` (the usual case), ``sync_weights`` has nothing to do."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def generate(self, prompt_ids, params: SamplingParams, *, generator=None) -> Rollout:
+        return generate(
+            self.model,
+            prompt_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            eos_id=self.tokenizer.eos_token_id,
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            stop_strings=params.stop_strings,
+            tokenizer=self.tokenizer,
+            generator=generator,
+        )
+
+    def sync_weights(self, model) -> None:
+        if model is not self.model:
+            self.model.load_state_dict(model.state_dict())
+
 
 def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) to -inf. (N, V) -> (N, V)."""
+    """Set logits outside the top-k / nucleus (top-p) to -inf. (N, V) -> (N, V).
+
+    Top-k keeps every token tied with the k-th. Top-p keeps the smallest set of most likely tokens
+    whose mass reaches ``top_p`` (a token is dropped when the mass strictly before it already
+    does), so the most likely token always stays."""
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the mass strictly before it already reaches top_p
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+class _StopStrings:
+    """Detects a stop string at the end of each row's response text, decoding only a short tail
+    (the last ``longest + 4`` tokens) per step."""
+
+    def __init__(self, strings: Sequence[str], tokenizer):
+        if tokenizer is None:
+            raise ValueError("stop_strings need the tokenizer")
+        self.strings, self.tokenizer = list(strings), tokenizer
+        self.window = max(len(s) for s in self.strings) + 4
+
+    def hits(self, tokens: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: rows (among ``rows``) whose response now contains a stop string."""
+        out = torch.zeros_like(rows)
+        idx = rows.nonzero().flatten().tolist()
+        if not idx:
+            return out
+        tail = torch.stack(tokens[-self.window :], 1)[idx].tolist()
+        for i, ids in zip(idx, tail):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            out[i] = any(s in text for s in self.strings)
+        return out
 
 
 @torch.no_grad()
@@ -67,21 +167,26 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    stop_strings: Sequence[str] = (),
+    tokenizer=None,
     generator: torch.Generator | None = None,
 ) -> Rollout:
     """Sample one response per prompt (repeat a prompt n times for n samples). Temperature 0 is
-    greedy. Rows stop at EOS; the others run to ``max_new_tokens``."""
+    greedy. Rows stop at EOS or at a stop string (``stop_strings`` needs ``tokenizer``); the
+    others run to ``max_new_tokens``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=device)
+    stop = _StopStrings(stop_strings, tokenizer) if stop_strings else None
     ids = pad(prompts, pad_id, side="left").to(device)  # (N, P)
-    attn = pad([[1] * len(p) for p in prompts], 0, side="left").to(device)
+    prompt_attn = pad([[1] * len(p) for p in prompts], 0, side="left").to(device)  # (N, P)
     n, width = ids.shape
-    positions = position_ids_from_mask(attn)
+    positions = position_ids_from_mask(prompt_attn)
     from transformers import DynamicCache
 
     cache = DynamicCache()
+    attn = prompt_attn
     out = model(
         input_ids=ids,
         attention_mask=attn,
@@ -92,6 +197,7 @@ def generate(
     logits = out.logits[:, -1].float()  # (N, V)
     next_pos = positions[:, -1:] + 1
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    stopped = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, logps, alive = [], [], []
     for _ in range(max_new_tokens):
         if temperature == 0:
@@ -106,7 +212,12 @@ def generate(
         alive.append(~done)
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(lp), lp))
-        done = done | torch.isin(tok, eos)
+        ended = torch.isin(tok, eos) & ~done
+        if stop is not None:
+            hit = stop.hits(tokens, ~done & ~ended)
+            stopped |= hit
+            ended |= hit
+        done = done | ended
         if bool(done.all()):
             break
         attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
@@ -121,23 +232,31 @@ def generate(
         next_pos = next_pos + 1
     model.train(was_training)
     resp = torch.stack(tokens, 1)  # (N, R)
-    resp_mask = torch.stack(alive, 1).long()
+    resp_mask = torch.stack(alive, 1).long()  # (N, R)
     input_ids = torch.cat([ids, resp], 1)
-    attention_mask = torch.cat(
-        [pad([[1] * len(p) for p in prompts], 0, side="left").to(device), resp_mask], 1
-    )
+    attention_mask = torch.cat([prompt_attn, resp_mask], 1)
     response_mask = torch.cat([torch.zeros_like(ids), resp_mask], 1)
     sample_logps = torch.zeros(n, input_ids.size(1) - 1, device=device)
     sample_logps[:, width - 1 :] = torch.stack(logps, 1)
-    return Rollout(input_ids, attention_mask, response_mask, sample_logps, width, done)
+    return Rollout(
+        input_ids,
+        attention_mask,
+        response_mask,
+        sample_logps,
+        width,
+        done,
+        stopped if stop is not None else None,
+    )
 
 
-def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
-    """Response texts, without EOS and padding."""
+def decode_responses(tokenizer, rollout: Rollout, stop_strings: Sequence[str] = ()) -> list[str]:
+    """Response texts, without EOS and padding, cut before the first stop string."""
     texts = []
     for row, mask in zip(
         rollout.response_ids.tolist(), rollout.response_mask[:, rollout.prompt_width :].tolist()
     ):
         kept = [t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
-        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+        texts.append(text[: min(cuts)] if cuts else text)
     return texts

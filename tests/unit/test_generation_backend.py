@@ -164,12 +164,13 @@ def test_vllm_sync_weights_pushes_merged_lora_weights(fake_vllm, tok):
     assert hf_state_dict(plain).keys() == plain.state_dict().keys()
 
 
-def test_make_backend(tok, monkeypatch):
+def test_make_backend(tok, monkeypatch, tmp_path):
     model = load_model("tiny-llama")
     assert isinstance(make_backend("engine", model, tok), EngineBackend)
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed
     with pytest.raises(UserError, match="vllm is not installed"):
-        make_backend("vllm", model, tok, workdir="unused")
+        make_backend("vllm", model, tok, workdir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written
     with pytest.raises(UserError, match="--generation_backend"):
         make_backend("magic", model, tok)
 

@@ -1,61 +1,38 @@
-"""Online-RL pieces by hand: KL controller, reward shaping, moving baseline, reward specs,
-and the sampling-time vs training-forward log-prob agreement."""
+"""Online-RL pieces by hand: the KL controller, the moving baseline, penalties, batch metrics,
+the samples table, reward specs, the LoRA reference and dropout."""
 
 from __future__ import annotations
 
-import math
+import json
 
 import pytest
 import torch
 
+from posttrain import metrics as M
 from posttrain.errors import UserError
-from posttrain.judges.sources import load_reward_source
-from posttrain.recipes.ppo import shaped_rewards
+from posttrain.judges.sources import RewardSource, load_reward_source
 from posttrain.recipes.reinforce import moving_baseline
-from posttrain.rollout.online import KLController, last_token_index
+from posttrain.rollout import Rollout
+from posttrain.rollout.online import (
+    Experience,
+    KLController,
+    disable_dropout,
+    penalized_scores,
+    rollout_metrics,
+    write_samples,
+)
 
 
-def test_adaptive_kl_controller_by_hand():
-    # KL 9 vs target 6: error = clip(9/6 - 1, -0.2, 0.2) = 0.2; beta = 0.1 * (1 + 0.2 * 100/1000) = 0.102
+def test_kl_controller_adapts_saves_and_stays_fixed_without_a_target():
     ctl = KLController(0.1, target=6.0, horizon=1000)
-    ctl.update(9.0, 100)
+    ctl.update(9.0, 100)  # 0.1 * (1 + 0.2 * 0.1)
     assert ctl.value == pytest.approx(0.102)
-    # KL 5.4: error = -0.1 -> beta = 0.102 * (1 - 0.1 * 100/1000) = 0.10098
-    ctl.update(5.4, 100)
-    assert ctl.value == pytest.approx(0.10098)
+    other = KLController(0.5, target=6.0, horizon=1000)
+    other.load_state_dict(ctl.state_dict())
+    assert other.value == ctl.value
     fixed = KLController(0.1)
     fixed.update(100.0, 100)
     assert fixed.value == 0.1
-
-
-def test_shaped_rewards_by_hand():
-    # one row, response on positions 1..2 of 4; logp - ref = [., 0.5, -0.25, .]; beta 0.1, score 2
-    logps = torch.tensor([[0.0, -1.0, -2.0, 0.0]], dtype=torch.float64)
-    ref = torch.tensor([[0.0, -1.5, -1.75, 0.0]], dtype=torch.float64)
-    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
-    r = shaped_rewards(
-        torch.tensor([2.0], dtype=torch.float64),
-        logps,
-        ref,
-        mask,
-        kl_coef=0.1,
-        estimator="k1",
-        clip_zero=False,
-    )
-    torch.testing.assert_close(
-        r, torch.tensor([[0.0, -0.05, 0.025 + 2.0, 0.0]], dtype=torch.float64)
-    )
-    clipped = shaped_rewards(
-        torch.tensor([2.0], dtype=torch.float64),
-        logps,
-        ref,
-        mask,
-        kl_coef=0.1,
-        estimator="k1",
-        clip_zero=True,
-    )
-    torch.testing.assert_close(clipped, torch.tensor([[0.0, -0.05, 2.0, 0.0]], dtype=torch.float64))
-    assert last_token_index(mask).tolist() == [2]
 
 
 def test_moving_baseline_by_hand():
@@ -66,43 +43,101 @@ def test_moving_baseline_by_hand():
     assert a.flatten().tolist() == [2.0, 4.0] and state["baseline"] == 3.5
 
 
+def _rollout() -> Rollout:
+    """Two rows, prompt width 2, response width 3: row 0 ends with EOS after 2 tokens, row 1 is
+    cut at the limit (3 tokens)."""
+    ids = torch.tensor([[5, 6, 7, 2, 0], [0, 6, 7, 8, 9]])
+    resp = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]])
+    attn = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
+    logps = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, -1.0, -1.0, -1.0]])
+    return Rollout(ids, attn, resp, logps, 2, torch.tensor([True, False]))
+
+
+def test_penalties_by_hand():
+    raw = torch.tensor([1.0, 1.0])
+    # row 0: 2 tokens, ended; row 1: 3 tokens, cut -> 1 - 0.1*2 = 0.8; 1 - 0.5 - 0.1*3 = 0.2
+    out = penalized_scores(raw, _rollout(), missing_eos_penalty=0.5, length_penalty=0.1)
+    torch.testing.assert_close(out, torch.tensor([0.8, 0.2]))
+
+
+def test_rollout_metrics_by_hand(tmp_path):
+    r = _rollout()
+    logps = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, -1.0, -1.0, -1.0]])
+    ref = torch.tensor([[0.0, -2.0, -2.0, 0.0], [0.0, -1.0, -1.5, -1.5]])
+    entropy = torch.tensor([[9.0, 1.0, 3.0, 9.0], [9.0, 2.0, 2.0, 2.0]])
+    exp = Experience(
+        r,
+        ["p", "q"],
+        ["ab", "cde"],
+        raw_scores=torch.tensor([1.0, 3.0]),
+        scores=torch.tensor([1.0, 2.0]),
+        logps=logps,
+        ref_logps=ref,
+        entropy=entropy,
+    )
+    r.train_logps = logps + torch.tensor([[0.0, 1e-3, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]])
+    m = rollout_metrics(exp, kl_coef=0.5)
+    # seq KL: row 0 (1 + 0) = 1; row 1 (0.5 + 0.5) = 1 -> 1; rlhf: (1 - 0.5, 2 - 0.5) -> 1.0
+    assert m[M.OBJECTIVE_SCORES] == 2.0
+    assert m[M.OBJECTIVE_KL] == pytest.approx(1.0)
+    assert m[M.OBJECTIVE_RLHF_REWARD] == pytest.approx(1.0)
+    assert m[M.OBJECTIVE_ENTROPY] == pytest.approx(2.0)  # (1 + 3 + 2 + 2 + 2) / 5
+    assert m[M.RESPONSE_LENGTH] == 2.5
+    assert m[M.RESPONSE_TRUNCATED] == 0.5 and m[M.RESPONSE_EOS] == 0.5
+    assert m[M.ROLLOUT_LOGP_MISMATCH] == pytest.approx(5.0)  # a response token of row 1
+    write_samples(tmp_path / "samples.jsonl", 7, exp, n=4)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"step": 7, "prompt": "p", "response": "ab", "score": 1.0, "length": 2, "truncated": False},
+        {"step": 7, "prompt": "q", "response": "cde", "score": 3.0, "length": 3, "truncated": True},
+    ]
+
+
 def test_reward_specs_resolve_and_fail_clearly():
-    assert load_reward_source("tests.helpers_rl:count_e")(["p"], ["eeee"]) == [1.0]
-    gold = load_reward_source("task:counting")
-    assert len(gold(["p"], ["good"])) == 1
+    from posttrain.models import load_tokenizer
+
+    src = load_reward_source("tests.helpers_rl:count_e")
+    assert isinstance(src, RewardSource) and src(["p"], ["eeee"]) == [1.0]
+    assert len(load_reward_source("task:counting")(["p"], ["good good"])) == 1
+    tok = load_tokenizer("tiny-llama")
+    count = load_reward_source("tests.helpers_rl:count_token", policy_tokenizer=tok)
+    assert count(["p", "p"], [" the cat and the dog", "a dog"]) == [2.0, 0.0]
+    with pytest.raises(UserError, match="needs the policy's tokenizer"):
+        load_reward_source("tests.helpers_rl:count_token")
+    with pytest.raises(UserError, match="returned 1 scores for 2 completions"):
+        load_reward_source("tests.helpers_rl:wrong_length")(["p", "q"], ["a", "b"])
     for bad in ("nope", "task:nothing", "tests.helpers_rl:missing", "no_such_module:f", ""):
         with pytest.raises(UserError):
             load_reward_source(bad)
 
 
-def test_sampling_logprobs_match_the_training_forward():
-    """The KV-cache sampler's log-probs (temperature 0.7, mixed-length left-padded prompts)
-    equal the ones the training forward recomputes on the padded rollout."""
-    from posttrain.data import encode_prompt
+def test_lora_reference_is_the_adapters_off_policy():
+    from posttrain.config import LoraConfig
     from posttrain.models import forward_logprobs, load_policy
-    from posttrain.rollout import generate
+    from posttrain.models.lora import apply_lora
+    from posttrain.rollout.online import make_reference
 
-    model, tok = load_policy("tiny-llama")
-    prompts = [
-        encode_prompt(tok, p)
-        for p in ("Hi", "The movie was long and the music", "What is 2 plus 3?")
-    ]
-    gen = torch.Generator().manual_seed(3)
-    r = generate(
-        model,
-        prompts,
-        pad_id=tok.pad_token_id,
-        eos_id=tok.eos_token_id,
-        max_new_tokens=12,
-        temperature=0.7,
-        generator=gen,
-    )
-    out = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, temperature=0.7)
-    mask = out.mask.bool()
-    assert mask.sum() > 0 and r.prompt_width == max(len(p) for p in prompts)
-    torch.testing.assert_close(out.logps[mask], r.sample_logps[mask], atol=1e-5, rtol=0)
-    assert (r.sample_logps[~mask] == 0).all()
-    # a different temperature on the training side would not match
-    hot = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, temperature=1.0)
-    assert (hot.logps[mask] - r.sample_logps[mask]).abs().max() > 1e-3
-    assert not math.isnan(float(out.logps.detach().sum()))
+    base, tok = load_policy("tiny-llama")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    attn, resp = torch.ones_like(ids), torch.tensor([[0, 0, 1, 1, 1]])
+    before = forward_logprobs(base, ids, attn, resp).logps
+    model = apply_lora(base, LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"]))
+    reference = make_reference(model, lora_enabled=True)
+    with torch.no_grad():  # train the adapters a little: B != 0
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    policy = forward_logprobs(model, ids, attn, resp).logps
+    with reference() as ref_model:
+        ref = forward_logprobs(ref_model, ids, attn, resp).logps
+    torch.testing.assert_close(ref, before)  # the reference is the starting policy
+    assert (policy - ref).abs().max() > 1e-3  # and the policy has moved away from it
+
+
+def test_disable_dropout():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))
+    net[0].attention_dropout = 0.1
+    disable_dropout(net).train()
+    x = torch.ones(4, 3)
+    assert net[1].p == 0.0 and net[0].attention_dropout == 0.0
+    assert torch.equal(net(x), net(x))
