@@ -1,0 +1,97 @@
+"""Build a judge from its command-line name: ``llm``, ``generative``, ``reward-model``, ``task:NAME``.
+
+Used by ``posttrain judge``, ``posttrain online-dpo`` and the RLAIF configs, so the names mean
+the same everywhere. :func:`check_judge` validates the name and its model before anything is
+loaded or written; :func:`build_judge` loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.errors import UserError
+
+KINDS = ("llm", "generative", "reward-model", "task:NAME")
+
+
+def check_judge(kind: str, model: str | None, *, field: str = "judge", model_field: str = "model"):
+    """Fail fast on an unknown judge kind or a missing / unloadable judge model."""
+    if kind.startswith("task:"):
+        from posttrain.tasks import TASKS
+
+        name = kind.split(":", 1)[1]
+        if name not in TASKS:
+            raise UserError(f"--{field}: unknown task {name!r}; known: {', '.join(TASKS)}")
+        return
+    if kind not in ("llm", "generative", "reward-model"):
+        raise UserError(f"--{field}: must be one of {', '.join(KINDS)} (got {kind!r})")
+    if not model:
+        raise UserError(f"--{model_field}: a {kind} judge needs a model")
+    if kind == "reward-model":
+        if not Path(model).is_dir():
+            raise UserError(f"--{model_field}: {model}: no such reward-model directory")
+        return
+    from posttrain.models import check_model_name
+
+    check_model_name(model)
+
+
+def build_judge(
+    kind: str,
+    model: str | None,
+    *,
+    constitution: str | None = None,
+    seed: int = 0,
+    swap: bool = False,
+    chat: str = "auto",
+    batch_size: int = 8,
+    max_new_tokens: int = 96,
+    temperature: float = 0.0,
+    dtype: str = "float32",
+    policy=None,
+):
+    """A judge object (``compare``, ``verdicts``, maybe ``score``).
+
+    ``constitution``: a file, or None for the shipped default (llm / generative). ``temperature``:
+    sampling temperature of a generative judge; for ``task:`` judges the Bradley-Terry temperature
+    of soft labels (0: hard). ``policy``: ``(model, tokenizer)`` already loaded under the same
+    name, reused instead of loading a second copy.
+    """
+    check_judge(kind, model)
+    if kind.startswith("task:"):
+        from posttrain.judges.gold import task_judge
+
+        return task_judge(kind, temperature=temperature)
+    if kind == "reward-model":
+        from posttrain.judges.reward_model import RewardModelJudge
+
+        return RewardModelJudge.from_path(model)
+    from posttrain.judges.constitution import load_constitution
+    from posttrain.models import load_policy
+
+    principles = load_constitution(constitution)
+    judge_model, tokenizer = policy if policy is not None else load_policy(model, dtype=dtype)
+    if kind == "llm":
+        from posttrain.judges.llm import LLMJudge
+
+        return LLMJudge(
+            judge_model,
+            tokenizer,
+            principles,
+            seed=seed,
+            swap=swap,
+            chat=chat,
+            batch_size=batch_size,
+        )
+    from posttrain.judges.generative import GenerativeJudge
+
+    return GenerativeJudge(
+        judge_model,
+        tokenizer,
+        principles,
+        seed=seed,
+        swap=swap,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        batch_size=batch_size,
+    )
