@@ -1,0 +1,155 @@
+"""The reward–KL frontier and the over-optimisation plot, as PNG files.
+
+A **point** is one evaluated policy (a run's final model or one of its checkpoints): a dict with
+
+    run: str            # the series it belongs to ("ppo", "dpo beta=0.1", "sft", ...)
+    step: int | None    # training step, to order a run's points
+    kl: float           # KL(policy || reference) per sequence, nats (kl_se: its standard error)
+    gold_reward: float  # gold (true) reward, mean over prompts (gold_reward_se optional)
+    proxy_reward: float | None   # the reward model's score of the same samples
+
+- **Frontier** (Rafailov et al. 2023, DPO, fig. 2 left): gold reward against KL from the
+  reference, one colour per run; a better method sits up and to the left.
+- **Over-optimisation** (Gao, Schulman & Hilton 2022, "Scaling Laws for Reward Model
+  Overoptimization", fig. 1): proxy and gold reward against ``sqrt(KL)`` (their distance
+  ``d = sqrt(KL)``). While the policy optimises the proxy, the proxy keeps rising; the gold
+  reward rises, then flattens or falls. The two are on different scales (a reward model's logits,
+  the task's gold score), so the proxy is drawn on its own right-hand axis.
+
+Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend change).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+_MARKERS = "os^Dv<>pPX*h"
+
+
+def _figure(width: float = 6.4, height: float = 4.4):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _series(points: Sequence[dict]) -> dict[str, list[dict]]:
+    """Points grouped by run, each run ordered by step (then KL)."""
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for p in points:
+        runs[p["run"]].append(p)
+    for pts in runs.values():
+        pts.sort(key=lambda p: (p.get("step") is None, p.get("step") or 0, p["kl"]))
+    return dict(runs)
+
+
+def _colors(runs) -> dict[str, str]:
+    """A stable colour per run: the reference in black, the others along matplotlib's cycle."""
+    from matplotlib import rcParams
+
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    others = [r for r in runs if r != "reference"]
+    colors = {r: cycle[i % len(cycle)] for i, r in enumerate(others)}
+    colors["reference"] = "black"
+    return colors
+
+
+def plot_frontier(
+    points: Sequence[dict], path: str | Path, *, title: str = "Reward–KL frontier"
+) -> Path:
+    """Gold reward vs KL(policy || reference), one series per run; writes ``path`` (PNG)."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    series = _series(points)
+    colors = _colors(series)
+    for i, (run, pts) in enumerate(series.items()):
+        xs = [p["kl"] for p in pts]
+        ys = [p["gold_reward"] for p in pts]
+        xerr = [p.get("kl_se") or 0.0 for p in pts]
+        yerr = [p.get("gold_reward_se") or 0.0 for p in pts]
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=xerr,
+            yerr=yerr,
+            marker=_MARKERS[i % len(_MARKERS)],
+            linestyle="-" if len(pts) > 1 else "none",
+            capsize=2,
+            color=colors[run],
+            label=run,
+            alpha=0.9,
+        )
+        last = pts[-1]
+        if len(pts) > 1 and last.get("step") is not None:
+            ax.annotate(
+                f"step {last['step']}",
+                (last["kl"], last["gold_reward"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+            )
+    ax.set_xlabel("KL(policy ‖ reference) per sequence (nats)")
+    ax.set_ylabel("gold reward (mean)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def plot_overoptimization(
+    points: Sequence[dict], path: str | Path, *, title: str = "Over-optimisation"
+) -> Path | None:
+    """Gold (solid, left axis) and proxy (dashed, right axis) vs sqrt(KL) for every run that has
+    proxy scores at two or more KLs; writes ``path`` (PNG) or returns None when there is nothing
+    to draw."""
+    runs = {
+        run: [p for p in pts if p.get("proxy_reward") is not None]
+        for run, pts in _series(points).items()
+    }
+    runs = {run: pts for run, pts in runs.items() if len(pts) >= 2}
+    if not runs:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax2 = ax.twinx()
+    colors = _colors(runs)
+    for i, (run, pts) in enumerate(runs.items()):
+        c = colors[run]
+        d = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
+        ax.plot(
+            d,
+            [p["gold_reward"] for p in pts],
+            "-",
+            marker=_MARKERS[i % len(_MARKERS)],
+            color=c,
+            label=f"{run} gold",
+        )
+        ax2.plot(
+            d,
+            [p["proxy_reward"] for p in pts],
+            "--",
+            marker=_MARKERS[i % len(_MARKERS)],
+            markerfacecolor="none",
+            color=c,
+            label=f"{run} proxy (RM)",
+        )
+    ax.set_xlabel("sqrt(KL(policy ‖ reference))  (nats^½)")
+    ax.set_ylabel("gold reward (solid)")
+    ax2.set_ylabel("proxy reward-model score (dashed)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
