@@ -15,6 +15,11 @@ and one forward + backward per pass; dropout is switched off (``disable_dropout`
 forward's numbers are the sampling policy's. With ``gradient_accumulation_steps`` > 1 the batch is split into micro-batches, each
 weighted by its share of the batch's response tokens (the same gradient as one pass), and the
 old log-probs then come from a no-grad forward first.
+
+Under ``torchrun`` each process samples and scores its contiguous slice of the step's prompts
+(all K samples of a prompt stay on one process, so the leave-one-out and group baselines are
+exact), with its own sampling seed; the loss is normalised by the response tokens of the whole
+batch and gradients are summed over processes (DDP), so every process takes the same step.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from posttrain.rollout.online import (
     timed,
     write_samples,
 )
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.training import (
+    DataOrder,
+    Run,
+    distributed,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+)
 
 Estimator = Callable[[torch.Tensor, dict], torch.Tensor]
 
@@ -83,38 +95,40 @@ def train_on_batch(model, exp: Experience, advantages_of, optimizer, scheduler, 
     r, mask = exp.rollout, exp.mask
     n = mask.size(0)
     micro = n // cfg.gradient_accumulation_steps
-    total_tokens = mask.sum().clamp(min=1)
+    total_tokens = max(distributed.all_sum(float(mask.sum())), 1.0)  # the whole batch's
     advantages = None if exp.logps is None else advantages_of(exp)
     stats: dict[str, list[float]] = {"loss": [], "clip": [], "akl": []}
     for _epoch in range(cfg.ppo_epochs):
-        for lo in range(0, n, micro):
-            mb = slice(lo, lo + micro)
-            first = exp.logps is None  # the first forward: before any update
-            out = forward_logprobs(
-                model,
-                r.input_ids[mb],
-                r.attention_mask[mb],
-                r.response_mask[mb],
-                temperature=cfg.temperature,
-                with_entropy=first,
-            )
-            if first:  # one micro-batch is the whole batch here
-                exp.logps, exp.entropy = out.logps.detach(), out.entropy.detach()
-                r.train_logps = exp.logps
-                advantages = advantages_of(exp)
-            token_adv = advantages[mb, None].expand_as(mask[mb])  # (n, T-1)
-            loss, clipfrac = ppo_policy_loss(
-                out.logps, exp.logps[mb], token_adv, mask[mb], clip_eps=cfg.clip_eps
-            )
-            if cfg.kl_in == "loss" and cfg.kl_coef > 0:
-                per_token = kl_estimate(out.logps, exp.ref_logps[mb], kind="k3")
-                loss = loss + cfg.kl_coef * masked_mean(per_token, mask[mb])
-            (loss * mask[mb].sum() / total_tokens).backward()
-            with torch.no_grad():
-                akl = masked_mean(kl_estimate(exp.logps[mb], out.logps, kind="k3"), mask[mb])
-            stats["loss"].append(float(loss.detach()))
-            stats["clip"].append(float(clipfrac))
-            stats["akl"].append(float(akl))
+        with distributed.accumulate(model):
+            for lo in range(0, n, micro):
+                mb = slice(lo, lo + micro)
+                first = exp.logps is None  # the first forward: before any update
+                out = forward_logprobs(
+                    model,
+                    r.input_ids[mb],
+                    r.attention_mask[mb],
+                    r.response_mask[mb],
+                    temperature=cfg.temperature,
+                    with_entropy=first,
+                )
+                if first:  # one micro-batch is the whole batch here
+                    exp.logps, exp.entropy = out.logps.detach(), out.entropy.detach()
+                    r.train_logps = exp.logps
+                    advantages = advantages_of(exp)
+                token_adv = advantages[mb, None].expand_as(mask[mb])  # (n, T-1)
+                loss, clipfrac = ppo_policy_loss(
+                    out.logps, exp.logps[mb], token_adv, mask[mb], clip_eps=cfg.clip_eps
+                )
+                if cfg.kl_in == "loss" and cfg.kl_coef > 0:
+                    per_token = kl_estimate(out.logps, exp.ref_logps[mb], kind="k3")
+                    loss = loss + cfg.kl_coef * masked_mean(per_token, mask[mb])
+                (loss * mask[mb].sum() / total_tokens).backward()
+                with torch.no_grad():
+                    akl = masked_mean(kl_estimate(exp.logps[mb], out.logps, kind="k3"), mask[mb])
+                stats["loss"].append(float(loss.detach()))
+                stats["clip"].append(float(clipfrac))
+                stats["akl"].append(float(akl))
+        distributed.reduce_gradients(model)  # summed over processes
         optimizer_step(model.parameters(), optimizer, scheduler, cfg.max_grad_norm)
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
@@ -128,6 +142,7 @@ def run_policy_gradient(
     run_ = Run(cfg, flags, name)
     torch.manual_seed(cfg.seed)
     model, reference, backend = load_trainable_policy(cfg, tokenizer)
+    model = distributed.wrap(model)  # DDP under torchrun; unchanged for one process
     optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(
         optimizer,
@@ -136,7 +151,7 @@ def run_policy_gradient(
         kind=cfg.lr_schedule,
     )
     order = DataOrder(len(prompts), cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + distributed.rank())
     est_state: dict = {}
     modules = {"model": model}
     state = run_.restore(
@@ -152,14 +167,14 @@ def run_policy_gradient(
 
     for step in run_.steps():
         timings: dict[str, float] = {}
-        batch = [prompts[i] for i in order.next(cfg.batch_size)]
+        batch = distributed.shard([prompts[i] for i in order.next(cfg.batch_size)])
         exp = collect(
             backend, model, reference, tokenizer, batch, reward_fn, generator=generator,
             with_policy=cfg.gradient_accumulation_steps > 1, timings=timings, **cfg.collect_args(),
         )  # fmt: skip
         with timed(timings, "training"):
             stats = train_on_batch(model, exp, advantages_of, optimizer, scheduler, cfg)
-        backend.sync_weights(model)
+        backend.sync_weights(distributed.unwrap(model))
 
         if run_.should_log(step):
             run_.log(
@@ -172,7 +187,7 @@ def run_policy_gradient(
                     M.TRAIN_LR: scheduler.get_last_lr()[0],
                 },
             )
-        if cfg.samples_every and step % cfg.samples_every == 0:
+        if cfg.samples_every and step % cfg.samples_every == 0 and distributed.is_main():
             write_samples(run_.dir / "samples.jsonl", step, exp, cfg.samples_count)
         run_.step_done(
             step,

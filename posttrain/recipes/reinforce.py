@@ -13,6 +13,7 @@ import torch
 
 from posttrain.config import check
 from posttrain.recipes._policy_gradient import PolicyGradientConfig, run_policy_gradient
+from posttrain.training import distributed
 
 SUMMARY = "REINFORCE with a moving-average baseline."
 
@@ -33,9 +34,10 @@ class Config(PolicyGradientConfig):
 
 def moving_baseline(rewards: torch.Tensor, state: dict, decay: float) -> torch.Tensor:
     """rewards - b (b = the first batch's mean before any update), then b <- decay * b +
-    (1 - decay) * this batch's mean. rewards (B, K) -> (B, K)."""
-    b = state.get("baseline", float(rewards.mean()))
-    state["baseline"] = decay * b + (1 - decay) * float(rewards.mean())
+    (1 - decay) * this batch's mean (over every process's rows). rewards (B, K) -> (B, K)."""
+    mean = distributed.all_sum(float(rewards.sum())) / distributed.all_sum(rewards.numel())
+    b = state.get("baseline", mean)
+    state["baseline"] = decay * b + (1 - decay) * mean
     return rewards - b
 
 
