@@ -307,7 +307,7 @@ def stage_pretrain(cfg, b, out, init, corpus, data, prog):
         learning_rate=3e-3,
         warmup_steps=max(1, b.pretrain_steps // 20),
         lr_schedule="cosine",
-        logging_steps=max(1, b.pretrain_steps // 10),
+        logging_steps=1,
         max_length=96,
         seed=cfg.seed,
     )
@@ -328,7 +328,7 @@ def stage_sft(cfg, b, out, task, data, prog):
         batch_size=b.batch_size,
         learning_rate=5e-4,
         lr_schedule="cosine",
-        logging_steps=max(1, b.sft_steps // 5),
+        logging_steps=1,
         max_length=96,
         seed=cfg.seed,
     )
@@ -391,7 +391,10 @@ def _last_loss(run_dir: Path) -> str:
         json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()
     ]
     losses = [r["train/loss"] for r in lines if r.get("train/loss") is not None]
-    return f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
+    if not losses:
+        return ""
+    k = max(1, len(losses) // 10)  # single batches are noisy: mean of the first and last tenth
+    return f"train loss {sum(losses[:k]) / k:.3f} -> {sum(losses[-k:]) / k:.3f}"
 
 
 def stage_rm(cfg, b, out, sft_dir, data, prog, facts):
