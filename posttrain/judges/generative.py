@@ -24,7 +24,7 @@ from posttrain.data.chat import encode_prompt, has_chat_template
 from posttrain.data.formats import Prompt
 from posttrain.judges.constitution import Constitution
 from posttrain.judges.llm import conversation_text, judge_body
-from posttrain.judges.pairwise import Item, Verdict, judge_pairs, sample_principles
+from posttrain.judges.pairwise import Item, Verdict, judge_with_principles
 from posttrain.rollout import decode_responses, generate
 
 PAIR_INSTRUCTION = (
@@ -143,13 +143,12 @@ class GenerativeJudge:
         return [None if v is None else float(v == "A") for v in letters]
 
     def verdicts(self, items: Sequence[Item], *, swap: bool | None = None) -> list[Verdict]:
-        texts, ids = sample_principles(self.constitution, len(items), self.rng)
-        return judge_pairs(
+        return judge_with_principles(
             self.first_better,
             items,
+            self.constitution,
+            self.rng,
             swap=self.swap if swap is None else swap,
-            principles=texts,
-            principle_ids=ids,
         )
 
     def compare(self, prompt: Prompt, a: str, b: str) -> float:

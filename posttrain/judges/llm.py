@@ -46,7 +46,7 @@ from posttrain.data.chat import Encoded, encode_prompt, has_chat_template
 from posttrain.data.collate import collate
 from posttrain.data.formats import Prompt
 from posttrain.judges.constitution import Constitution
-from posttrain.judges.pairwise import Item, Verdict, judge_pairs, sample_principles
+from posttrain.judges.pairwise import Item, Verdict, judge_with_principles
 from posttrain.models.logprobs import forward_logprobs
 
 INTRO = "Consider the following conversation between a human and an assistant:"
@@ -159,13 +159,12 @@ class LLMJudge:
 
     def verdicts(self, items: Sequence[Item], *, swap: bool | None = None) -> list[Verdict]:
         """Batched comparisons; one principle sampled per item, shared by both orders."""
-        texts, ids = sample_principles(self.constitution, len(items), self.rng)
-        return judge_pairs(
+        return judge_with_principles(
             self.first_better,
             items,
+            self.constitution,
+            self.rng,
             swap=self.swap if swap is None else swap,
-            principles=texts,
-            principle_ids=ids,
         )
 
     def compare(self, prompt: Prompt, a: str, b: str) -> float:

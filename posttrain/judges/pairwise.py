@@ -110,6 +110,20 @@ def sample_principles(
     return [p.choose for p in drawn], [p.id for p in drawn]
 
 
+def judge_with_principles(
+    first_better: FirstBetter,
+    items: Sequence[Item],
+    constitution: Constitution | None,
+    rng: random.Random,
+    *,
+    swap: bool,
+) -> list[Verdict]:
+    """:func:`judge_pairs` with one principle drawn per item (shared by both orders): the
+    ``verdicts`` of every constitution-guided judge."""
+    texts, ids = sample_principles(constitution, len(items), rng)
+    return judge_pairs(first_better, items, swap=swap, principles=texts, principle_ids=ids)
+
+
 def summarize(verdicts: Sequence[Verdict]) -> dict[str, float | int | None]:
     """Counts and rates of a batch of verdicts (what ``posttrain judge`` prints and records).
 
