@@ -10,6 +10,11 @@ Ethayarajh et al. 2024 (eq. 8). Each step:
 Deviation: z0 is estimated over the whole batch, not per micro-batch, so accumulation changes
 memory, not the result. The reference is a frozen copy, or the policy with LoRA adapters
 disabled. Preference pairs are accepted too: chosen -> desirable, rejected -> undesirable.
+
+Under ``torchrun`` each process takes its slice of the batch (``batch_size`` is the global
+batch) and of the mismatched pairs; z0 is computed from every process's log-probs, the loss is
+divided by the whole batch's size and gradients are summed over processes, so N processes give
+the one-process result.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from posttrain.losses import kto_kl_reference_point, kto_loss
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
 from posttrain.models.lora import adapters_disabled, apply_lora
 from posttrain.recipes.dpo import pair_logps, win
-from posttrain.training import Run
+from posttrain.training import Run, distributed
 
 SUMMARY = "KTO on unpaired data: prompt, completion, label (true = desirable)."
 
@@ -95,14 +100,16 @@ def kto_terms(model, reference, tokenizer, batch: list[Example], max_length: int
 
 @torch.no_grad()
 def reference_point(model, reference, tokenizer, batch: list[Example], max_length: int):
-    """z0 from prompt i paired with response i+1 (mismatched), no gradient (Sec. 4)."""
+    """z0 from prompt i paired with response i+1 (mismatched), no gradient (Sec. 4). Each process
+    computes its slice of the pairs; z0 is taken over all of them."""
     n = len(batch)
-    prompts = [ex.prompt for ex in batch]
-    responses = [batch[(i + 1) % n].response for i in range(n)]
+    rows = distributed.shard(range(n))
+    prompts = [batch[i].prompt for i in rows]
+    responses = [batch[(i + 1) % n].response for i in rows]
     policy = batch_logps(model, tokenizer, prompts, responses, max_length)
     with reference() as ref_model:
         ref = batch_logps(ref_model, tokenizer, prompts, responses, max_length)
-    return kto_kl_reference_point(policy, ref)
+    return kto_kl_reference_point(distributed.gather_cat(policy), distributed.gather_cat(ref))
 
 
 @torch.no_grad()
@@ -152,51 +159,62 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
     frozen = None if cfg.lora.enabled else copy.deepcopy(base).requires_grad_(False).eval()
-    model = apply_lora(base, cfg.lora)
+    policy = apply_lora(base, cfg.lora)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
+        policy.gradient_checkpointing_enable()
+    policy.train()
 
-    def reference():
-        return adapters_disabled(model) if cfg.lora.enabled else contextlib.nullcontext(frozen)
+    def reference():  # the unwrapped policy with adapters off, or the frozen copy
+        return adapters_disabled(policy) if cfg.lora.enabled else contextlib.nullcontext(frozen)
+
+    if frozen is not None and cfg.distributed == "fsdp":
+        distributed.wrap(frozen, "fsdp")  # sharded in place, like the policy
+    model = distributed.wrap(policy, cfg.distributed)
 
     train_state = run_.start_training(model, len(examples))
     order, scheduler = train_state.order, train_state.scheduler
     if run_.start_step == 0 and held_out:
         run_.log(0, evaluate(model, reference, tokenizer, held_out, cfg))
 
-    micro = cfg.batch_size // cfg.gradient_accumulation_steps
+    n = cfg.batch_size
+    micro = n // distributed.world_size() // cfg.gradient_accumulation_steps
     for step in run_.steps():
         t0 = time.time()
-        batch = [examples[i] for i in order.next(cfg.batch_size)]
-        n = len(batch)
+        batch = [examples[i] for i in order.next(n)]
         z0 = reference_point(model, reference, tokenizer, batch, cfg.max_length)
-        loss_sum, rewards, desirable = 0.0, [], []
-        for k in range(0, n, micro):
-            policy, ref, good = kto_terms(
-                model, reference, tokenizer, batch[k : k + micro], cfg.max_length
-            )
-            losses, r = kto_loss(
-                policy,
-                ref,
-                good,
-                z0,
-                beta=cfg.beta,
-                desirable_weight=cfg.desirable_weight,
-                undesirable_weight=cfg.undesirable_weight,
-            )
-            (losses.sum() / n).backward()  # mean over the whole batch
-            loss_sum += float(losses.detach().sum())
-            rewards.append(r)
-            desirable.append(good)
+        mine = distributed.shard(batch)  # this process's slice (all of it for one process)
+        sums = {k: 0.0 for k in ("loss", "good", "n_good", "bad", "n_bad")}
+        with distributed.accumulate(model):
+            for k in range(0, len(mine), micro):
+                policy_logps, ref_logps, good = kto_terms(
+                    model, reference, tokenizer, mine[k : k + micro], cfg.max_length
+                )
+                losses, rewards = kto_loss(
+                    policy_logps,
+                    ref_logps,
+                    good,
+                    z0,
+                    beta=cfg.beta,
+                    desirable_weight=cfg.desirable_weight,
+                    undesirable_weight=cfg.undesirable_weight,
+                )
+                # mean over the whole (global) batch; gradients are summed over processes
+                (losses.sum() / n).backward()
+                for key, value in (
+                    ("loss", losses.detach()),
+                    ("good", rewards[good]),
+                    ("n_good", good),
+                    ("bad", rewards[~good]),
+                    ("n_bad", ~good),
+                ):
+                    sums[key] += float(value.sum())
+        sums = {k: distributed.all_sum(v) for k, v in sums.items()}
         grad_norm = train_state.step(cfg.max_grad_norm)
         if run_.should_log(step):
-            rewards, desirable = torch.cat(rewards), torch.cat(desirable)
-            good, bad = rewards[desirable], rewards[~desirable]
             values = {
-                M.TRAIN_LOSS: loss_sum / n,
-                M.REWARDS_CHOSEN: float(good.mean()) if len(good) else None,
-                M.REWARDS_REJECTED: float(bad.mean()) if len(bad) else None,
+                M.TRAIN_LOSS: sums["loss"] / n,
+                M.REWARDS_CHOSEN: sums["good"] / sums["n_good"] if sums["n_good"] else None,
+                M.REWARDS_REJECTED: sums["bad"] / sums["n_bad"] if sums["n_bad"] else None,
                 M.OBJECTIVE_KL: float(z0),
                 M.TRAIN_GRAD_NORM: grad_norm,
                 M.TRAIN_LR: scheduler.get_last_lr()[0],
@@ -209,4 +227,6 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 values.update(evaluate(model, reference, tokenizer, held_out, cfg))
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
-    print(f"saved {run_.finish(model, tokenizer)}")
+    final = run_.finish(model, tokenizer)
+    if distributed.is_main():
+        print(f"saved {final}")

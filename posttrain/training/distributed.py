@@ -30,7 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -118,6 +118,32 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[r * b // n : (r + 1) * b // n])
 
 
+def map_sharded(fn: Callable[[list[T]], list[Any]], items: Sequence[T]) -> list[Any]:
+    """``fn`` (one result per item) on this rank's :func:`shard` of ``items``; every rank gets all
+    ranks' results in order: the list ``fn(items)`` gives on one process. A collective."""
+    return [x for part in gather_objects(fn(shard(items))) for x in part]
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 alone (e.g. preparing output_dir); its result on every rank. When it
+    raises, rank 0 raises it and the other ranks a ``UserError`` with its message."""
+    if not is_initialized():
+        return fn()
+    from posttrain.errors import UserError
+
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:
+            broadcast_object(("error", str(exc)))
+            raise
+        return broadcast_object(("ok", result))[1]
+    outcome, value = broadcast_object(None)
+    if outcome == "error":
+        raise UserError(value)
+    return value
+
+
 # ----------------------------------------------------------------------------- reductions
 
 
@@ -156,6 +182,14 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D ``t`` (lengths may differ) concatenated in rank order, on ``t``'s device;
+    ``t`` itself for one process."""
+    if not is_initialized():
+        return t
+    return torch.cat(gather_objects(t.detach().cpu())).to(t.device)
 
 
 def broadcast_object(obj: Any) -> Any:
