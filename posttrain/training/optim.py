@@ -15,7 +15,11 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; biases and norm weights (1-D tensors) get no decay."""
+    """AdamW over trainable parameters; biases and norm weights (1-D tensors) get no decay.
+
+    The fused implementation (one kernel over all tensors instead of ~10 small ops per tensor)
+    where it applies: plain, not FSDP-sharded, floating-point tensors on CPU or CUDA. It computes
+    the same update as the per-tensor loop (to float rounding)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -24,7 +28,22 @@ def make_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        fused=_can_fuse(decay + no_decay),
+    )
+
+
+def _can_fuse(params: list[torch.Tensor]) -> bool:
+    return bool(params) and all(
+        type(p.data) is torch.Tensor  # not a DTensor (FSDP shards)
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        for p in params
+    )
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, kind: str) -> float:
