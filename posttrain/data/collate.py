@@ -57,18 +57,48 @@ def collate_packed(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.
     Returns ``input_ids``, ``response_mask``, ``position_ids`` (restarting at 0 for each example)
     and a 4-D boolean ``attention_mask`` (1, 1, T, T): causal within an example, blocked across.
     """
-    ids, resp, pos, seg = [], [], [], []
-    for k, e in enumerate(examples):
-        ids += e.input_ids
-        resp += e.response_mask
-        pos += list(range(len(e.input_ids)))
-        seg += [k] * len(e.input_ids)
-    seg_t = torch.tensor(seg)
-    causal = torch.tril(torch.ones(len(ids), len(ids), dtype=torch.bool))
-    same = seg_t[:, None] == seg_t[None, :]
+    batch = lay_out(examples, [list(range(len(examples)))], pad_id)
+    del batch["segment"]
+    return batch
+
+
+def collate_padding_free(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """The examples packed into as few rows as fit the longest of them (first-fit decreasing):
+    the work of a padded batch without most of its padding. See :func:`lay_out`; per-example sums
+    of per-token values come from :func:`posttrain.models.segment_sums` over ``segment``."""
+    width = max(len(e.input_ids) for e in examples)
+    return lay_out(examples, pack(examples, width), pad_id)
+
+
+def lay_out(
+    examples: Sequence[Encoded], rows: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Row r holds ``examples[i] for i in rows[r]`` end to end, right-padded to the longest row.
+
+    ``input_ids``, ``response_mask``, ``position_ids`` (restarting at 0 for each example),
+    ``segment`` (the example index of each token, -1 on padding), all (R, T); ``attention_mask``
+    (R, 1, T, T) boolean: causal within an example, blocked across (padding attends to padding).
+    """
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    resp = torch.zeros(len(rows), width, dtype=torch.long)
+    pos = torch.zeros(len(rows), width, dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e, n = examples[i], len(examples[i].input_ids)
+            ids[r, at : at + n] = torch.as_tensor(e.input_ids)
+            resp[r, at : at + n] = torch.as_tensor(e.response_mask)
+            pos[r, at : at + n] = torch.arange(n)
+            seg[r, at : at + n] = i
+            at += n
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = seg[:, :, None] == seg[:, None, :]
     return {
-        "input_ids": torch.tensor([ids]),
-        "response_mask": torch.tensor([resp]),
-        "position_ids": torch.tensor([pos]),
-        "attention_mask": (causal & same)[None, None],
+        "input_ids": ids,
+        "response_mask": resp,
+        "position_ids": pos,
+        "segment": seg,
+        "attention_mask": (causal & same)[:, None],
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.data.chat import Encoded, encode_prompt, encode_response, join_truncated
-from posttrain.data.collate import collate
+from posttrain.data.collate import collate, collate_padding_free
 from posttrain.data.formats import Example
 
 
@@ -47,12 +47,17 @@ def encode_pairs(
 
 
 def collate_pairs(
-    pairs: Sequence[EncodedPair], pad_id: int, *, side: str = "right"
+    pairs: Sequence[EncodedPair], pad_id: int, *, side: str = "right", padding_free: bool = False
 ) -> dict[str, torch.Tensor]:
     """(2B, T) ``input_ids`` / ``attention_mask`` / ``response_mask``: chosen rows, then rejected.
 
     Also ``margin`` (B,) (0 where absent). Split model outputs with ``x[:B], x[B:]``.
+
+    ``padding_free``: instead the 2B sequences packed into as few rows as fit the longest
+    (``posttrain.data.collate.collate_padding_free``), with ``segment`` telling sequence ``i``
+    (chosen of pair i for i < B, rejected of pair i - B after) apart.
     """
-    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, side=side)
+    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    batch = collate_padding_free(rows, pad_id) if padding_free else collate(rows, pad_id, side=side)
     batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs])
     return batch

@@ -15,6 +15,7 @@ from posttrain.models.logprobs import (
     forward_logprobs,
     gather_logprobs,
     position_ids_from_mask,
+    segment_sums,
 )
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "load_tokenizer",
     "position_ids_from_mask",
     "save_pretrained",
+    "segment_sums",
     "torch_dtype",
 ]

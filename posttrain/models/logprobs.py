@@ -92,3 +92,20 @@ def forward_logprobs(
     entropy = entropy_of_logits(logits, temperature) * mask if with_entropy else None
     hidden = out.hidden_states[-1] if with_hidden else None
     return TokenLogprobs(logps=logps, mask=mask, entropy=entropy, hidden=hidden)
+
+
+def segment_sums(
+    out: TokenLogprobs, segment: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and response lengths of each of ``n`` sequences packed into rows
+    (``segment`` (R, T): the sequence index of each token, -1 on padding; see
+    ``posttrain.data.collate.lay_out``): (n,), (n,).
+
+    A label counts for the sequence it belongs to only if the position predicting it does too:
+    the first token of a sequence is not predicted from the end of the one before it."""
+    label_seg = segment[:, 1:]
+    inside = (label_seg == segment[:, :-1]).to(out.logps.dtype)
+    index = label_seg.clamp(min=0).flatten()
+    sums = out.logps.new_zeros(n).index_add(0, index, (out.logps * inside).flatten())
+    lengths = out.mask.new_zeros(n).index_add(0, index, (out.mask * inside).flatten())
+    return sums, lengths

@@ -1,6 +1,6 @@
 """What must not change the result of DPO/KTO: gradient accumulation (8 x 1 == 2 x 4), the way
 the reference log-probs are obtained (frozen copy, precomputed cache, LoRA adapters disabled),
-padding (side, batch-mates). tiny-llama in float64, 1e-6."""
+padding (side, batch-mates, padding-free rows). tiny-llama in float64, 1e-6."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from posttrain.data.preference import collate_pairs, encode_pairs
 from posttrain.models import load_model, load_tokenizer
 from posttrain.recipes.dpo import pair_logps
+from posttrain.training import read_metrics
 from tests.helpers_pref import preference_rows
 
 ARGS = ["--model", "tiny-llama", "--learning_rate", "1e-3", "--progress", "false"]
@@ -43,6 +44,8 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
         "8x1": ["--batch_size", "8"],
         "2x4": ["--batch_size", "8", "--gradient_accumulation_steps", "4"],
         "precomputed": ["--batch_size", "8", "--reference", "precomputed"],
+        "padding_free": ["--batch_size", "8", "--padding_free", "true", "--eval_data", train],
+        "padded_eval": ["--batch_size", "8", "--eval_data", train],
     }
     for name, extra in runs.items():
         code, _, err = cli("dpo", *args, *extra, "--output_dir", tmp_path / name)
@@ -52,6 +55,14 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
     assert any(not torch.equal(base[k], start[k]) for k in base)  # training moved the weights
     _assert_same(base, _weights(tmp_path / "2x4"))
     _assert_same(base, _weights(tmp_path / "precomputed"))
+    _assert_same(base, _weights(tmp_path / "padding_free"))
+    padded = read_metrics(tmp_path / "padded_eval" / "metrics.jsonl")
+    free = read_metrics(tmp_path / "padding_free" / "metrics.jsonl")
+    for a, b in zip(padded, free, strict=True):  # the same losses, rewards and held-out numbers
+        assert a.keys() == b.keys()
+        for k in a:
+            if not (k.endswith("per_s") or k.startswith("time/")):
+                assert b[k] == pytest.approx(a[k], abs=1e-9), k
 
 
 def test_kto_batch_8x1_equals_2x4(cli, train, tmp_path):
@@ -83,6 +94,10 @@ def test_pair_logps_ignore_padding_side_and_batch_mates(encoded):
     with torch.no_grad():
         right = pair_logps(model, collate_pairs(pairs, tok.pad_token_id))
         left = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, side="left"))
+        free = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, padding_free=True))
+    for name in ("chosen", "rejected", "chosen_lengths", "rejected_lengths"):
+        torch.testing.assert_close(getattr(free, name), getattr(right, name), atol=1e-10, rtol=0)
+    with torch.no_grad():
         alone = [pair_logps(model, collate_pairs([p], tok.pad_token_id)) for p in pairs]
     torch.testing.assert_close(right.chosen, left.chosen, atol=1e-10, rtol=0)
     torch.testing.assert_close(right.rejected, left.rejected, atol=1e-10, rtol=0)

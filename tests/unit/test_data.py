@@ -233,3 +233,25 @@ def test_pack_respects_max_length():
     assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]
     assert all(sum(len(examples[i].input_ids) for i in row) <= 8 for row in rows)
     assert len(rows) == 3  # 20 tokens need at least 3 rows of 8
+
+
+def test_padding_free_layout_by_hand():
+    """Lengths 5, 3, 2 with width 5: rows [0] and [1, 2]; positions restart, segments name the
+    example, each token attends causally within its own example only."""
+    from posttrain.data.chat import Encoded
+    from posttrain.data.collate import collate_padding_free
+
+    examples = [Encoded([1] * 5, 2, False), Encoded([2] * 3, 1, False), Encoded([3] * 2, 1, False)]
+    b = collate_padding_free(examples, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 1, 1, 1, 1], [2, 2, 2, 3, 3]]
+    assert b["segment"].tolist() == [[0, 0, 0, 0, 0], [1, 1, 1, 2, 2]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert b["response_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 1]]
+    row1 = b["attention_mask"][1, 0].int().tolist()
+    assert row1 == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]

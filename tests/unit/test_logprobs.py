@@ -68,3 +68,16 @@ def test_only_response_tokens_count_and_values_are_real_logprobs():
     torch.testing.assert_close(out.logps[0][mask], manual[mask], atol=1e-10, rtol=0)
     assert (out.logps[0][~mask] == 0).all() and (out.entropy[0][~mask] == 0).all()
     assert (out.entropy[0][mask] > 0).all()
+
+
+def test_segment_sums_by_hand():
+    """Row [a a b b b -]: labels at positions 1..5 belong to a, b, b, b, pad. The label at 2 is the
+    first token of b, predicted from the end of a: it must not count even where it is masked in."""
+    from posttrain.models import TokenLogprobs, segment_sums
+
+    segment = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    logps = torch.tensor([[-1.0, -10.0, -2.0, -3.0, 0.0]])  # labels 1..5
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # label 2 (b's first token) masked in
+    sums, lengths = segment_sums(TokenLogprobs(logps * mask, mask), segment, 2)
+    assert sums.tolist() == [-1.0, -5.0]
+    assert lengths.tolist() == [1.0, 2.0]
