@@ -19,6 +19,14 @@ The value head shares the policy's trunk by default (``posttrain.models.value``)
 ``separate_critic`` it gets its own trunk. With LoRA the reference is the policy with adapters off.
 Math: ``posttrain.losses`` (kl_shaped_rewards, gae, masked_whiten, ppo_policy_loss,
 ppo_value_loss, kl_estimate, explained_variance, value_clipfrac).
+
+Under ``torchrun`` (DDP) each process samples and scores its contiguous slice of the step's
+prompts with its own sampling seed and splits its rows into ``num_minibatches`` minibatches (a
+global minibatch is every process's i-th); advantage (and reward) whitening uses the statistics of
+all processes' rows, a minibatch's loss is normalised by the response tokens of the global
+minibatch (PPO-ptx: each process takes a slice of the ptx batch, normalised by the whole batch's
+tokens), gradients of the policy and of the value model are summed, and the approx-KL early stop
+and the KL controller see means over all processes, so every process takes the same steps.
 """
 
 from __future__ import annotations
@@ -57,7 +65,14 @@ from posttrain.rollout.online import (
     timed,
     write_samples,
 )
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.training import (
+    DataOrder,
+    Run,
+    distributed,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+)
 
 SUMMARY = "PPO with a value head, KL-shaped reward, GAE, adaptive KL, PPO-ptx; exact resume."
 
@@ -106,11 +121,12 @@ class Config(OnlineConfig):
     def validate(self) -> None:
         super().validate()
         check(self.ppo_epochs >= 1, "ppo_epochs", "must be >= 1", self.ppo_epochs)
-        rows = self.batch_size * self.num_samples
+        rows = self.batch_size * self.num_samples // distributed.world_size()  # per process
+        per = " per process" if distributed.world_size() > 1 else ""
         check(
             1 <= self.num_minibatches <= rows and rows % self.num_minibatches == 0,
             "num_minibatches",
-            f"must divide batch_size x num_samples = {rows}",
+            f"must divide batch_size x num_samples{per} = {rows}",
             self.num_minibatches,
         )
         check(
@@ -135,6 +151,12 @@ class Config(OnlineConfig):
             None,
         )
         check(
+            self.ptx_batch_size % distributed.world_size() == 0,
+            "ptx_batch_size",
+            f"must be divisible by the number of processes ({distributed.world_size()})",
+            self.ptx_batch_size,
+        )
+        check(
             self.critic_model is None or self.separate_critic,
             "critic_model",
             "needs --separate_critic",
@@ -157,9 +179,64 @@ def advantages_and_returns(exp: Experience, values: torch.Tensor, kl_coef: float
         clip_zero=cfg.kl_clip_zero,
     )
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, exp.mask, shift_mean=False)
+        rewards = whiten(rewards, exp.mask, shift_mean=False)
     advantages, returns = gae(rewards, values, exp.mask, gamma=cfg.gamma, lam=cfg.lam)
-    return masked_whiten(advantages, exp.mask), returns
+    return whiten(advantages, exp.mask), returns
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """``masked_whiten`` with the mean and variance of every process's masked-in values (this
+    process's alone without torchrun). x, mask (N, T) -> (N, T)."""
+    m = mask.bool()
+    parts = distributed.gather_objects(x[m].detach().cpu())  # (M_r,) per process, rank order
+    values = torch.cat(parts).to(x.device)[None]  # (1, M)
+    white = masked_whiten(values, torch.ones_like(values), shift_mean)[0]
+    start = sum(len(p) for p in parts[: distributed.rank()])
+    out = torch.zeros_like(x)
+    out[m] = white[start : start + int(m.sum())]
+    return out
+
+
+def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns, cfg: Config):
+    """The loss of rows ``mb`` (clipped policy loss + vf_coef * clipped value loss - entropy_coef
+    * entropy, token means over these rows) and their statistics (floats)."""
+    r, m = exp.rollout, exp.mask[mb]
+    out = forward_logprobs(
+        model,
+        r.input_ids[mb],
+        r.attention_mask[mb],
+        r.response_mask[mb],
+        temperature=cfg.temperature,
+        with_entropy=True,
+        with_hidden=distributed.unwrap(value).shares_trunk,
+    )
+    values = value(r.input_ids[mb], r.attention_mask[mb], out.hidden)
+    pg_loss, clipfrac = ppo_policy_loss(
+        out.logps, exp.logps[mb], advantages[mb], m, clip_eps=cfg.clip_eps
+    )
+    vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], m, clip_eps=cfg.value_clip_eps)
+    entropy = masked_mean(out.entropy, m)
+    with torch.no_grad():
+        approx_kl = masked_mean(kl_estimate(exp.logps[mb], out.logps, kind="k3"), m)
+        vclip = value_clipfrac(values, old_values[mb], returns[mb], m, clip_eps=cfg.value_clip_eps)
+    parts = {
+        "pg": pg_loss,
+        "vf": vf_loss,
+        "clip": clipfrac,
+        "akl": approx_kl,
+        "ent": entropy,
+        "vclip": vclip,
+    }
+    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def ptx_term(model, batch: list, pad_id: int) -> torch.Tensor:
+    """PPO-ptx: this process's slice of ``batch`` (SFT examples), its summed NLL divided by the
+    response tokens of the whole batch (so the processes' terms add up to the NLL per token)."""
+    mine = distributed.shard(batch)
+    nll, count = nll_sum(model, collate(mine, pad_id))
+    return nll / max(distributed.all_sum(float(count)), 1.0)
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:
@@ -178,6 +255,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     critic = load_model(cfg.critic_model, dtype=cfg.dtype) if cfg.critic_model else None
     value = disable_dropout(build_value_model(model, separate=cfg.separate_critic, critic=critic))
     model, reference, backend = load_trainable_policy(cfg, tokenizer, model)
+    shares_trunk = value.shares_trunk
+    model, value = distributed.wrap(model), distributed.wrap(value)  # DDP under torchrun
     trainable = torch.nn.ModuleList([model, value]).train()
     optimizer = make_optimizer(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     updates = cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches
@@ -186,7 +265,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     )
     order, ptx_order = DataOrder(len(prompts), cfg.seed), DataOrder(max(len(ptx), 1), cfg.seed + 1)
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + distributed.rank())
     modules = {"model": model, "value": value}
     state = run_.restore(
         modules=modules, optimizer=optimizer, scheduler=scheduler, generators={"sample": generator}
@@ -199,10 +278,10 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     for step in run_.steps():
         timings: dict[str, float] = {}
         # --- 1. rollout and scoring
-        batch = [prompts[i] for i in order.next(cfg.batch_size)]
+        batch = distributed.shard([prompts[i] for i in order.next(cfg.batch_size)])
         exp = collect(
             backend, model, reference, tokenizer, batch, reward_fn, generator=generator,
-            with_hidden=value.shares_trunk, timings=timings, **cfg.collect_args(),
+            with_hidden=shares_trunk, timings=timings, **cfg.collect_args(),
         )  # fmt: skip
         r, mask = exp.rollout, exp.mask
         with timed(timings, "training"):
@@ -212,7 +291,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             advantages, returns = advantages_and_returns(exp, old_values, kl_ctl.value, cfg)
             exp.hidden = None  # (N, T, H): not needed any more
 
-            # --- 4. epochs of minibatches
+            # --- 4. epochs of minibatches (each process: its rows' share of every minibatch)
             n = mask.size(0)
             size = n // cfg.num_minibatches
             micro = size // cfg.gradient_accumulation_steps
@@ -225,63 +304,36 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 perm = torch.randperm(n, generator=generator)
                 epoch_kl = []
                 for start in range(0, n, size):
-                    mb_tokens = mask[perm[start : start + size]].sum().clamp(min=1)
-                    for lo in range(start, start + size, micro):
-                        mb = perm[lo : lo + micro]
-                        out = forward_logprobs(
-                            model,
-                            r.input_ids[mb],
-                            r.attention_mask[mb],
-                            r.response_mask[mb],
-                            temperature=cfg.temperature,
-                            with_entropy=True,
-                            with_hidden=value.shares_trunk,
-                        )
-                        m = mask[mb]
-                        values = value(r.input_ids[mb], r.attention_mask[mb], out.hidden)
-                        pg_loss, clipfrac = ppo_policy_loss(
-                            out.logps, exp.logps[mb], advantages[mb], m, clip_eps=cfg.clip_eps
-                        )
-                        vf_loss = ppo_value_loss(
-                            values, old_values[mb], returns[mb], m, clip_eps=cfg.value_clip_eps
-                        )
-                        entropy = masked_mean(out.entropy, m)
-                        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
-                        loss = loss * m.sum() / mb_tokens  # token share of the minibatch
-                        if cfg.ptx_coef and lo == start:  # PPO-ptx, once per optimizer step
-                            batch = [ptx[i] for i in ptx_order.next(cfg.ptx_batch_size)]
-                            nll, count = nll_sum(model, collate(batch, tokenizer.pad_token_id))
-                            ptx_nll = nll / count.clamp(min=1)
-                            loss = loss + cfg.ptx_coef * ptx_nll
-                            stats["ptx"].append(float(ptx_nll.detach()))
-                        loss.backward()
-                        with torch.no_grad():
-                            approx_kl = masked_mean(
-                                kl_estimate(exp.logps[mb], out.logps, kind="k3"), m
+                    rows = perm[start : start + size]  # of every process's i-th: the minibatch
+                    mb_tokens = max(distributed.all_sum(float(mask[rows].sum())), 1.0)
+                    with distributed.accumulate(model), distributed.accumulate(value):
+                        for lo in range(0, size, micro):
+                            mb = rows[lo : lo + micro]
+                            loss, parts = ppo_terms(
+                                model, value, exp, mb, old_values, advantages, returns, cfg
                             )
-                            vclip = value_clipfrac(
-                                values, old_values[mb], returns[mb], m, clip_eps=cfg.value_clip_eps
-                            )
-                        epoch_kl.append(float(approx_kl))
-                        for key, v in (
-                            ("pg", pg_loss),
-                            ("vf", vf_loss),
-                            ("clip", clipfrac),
-                            ("akl", approx_kl),
-                            ("ent", entropy),
-                            ("vclip", vclip),
-                        ):
-                            stats[key].append(float(v.detach()))
+                            loss = loss * mask[mb].sum() / mb_tokens  # token share of minibatch
+                            if cfg.ptx_coef and lo == 0:  # PPO-ptx, once per optimizer step
+                                batch = [ptx[i] for i in ptx_order.next(cfg.ptx_batch_size)]
+                                ptx_nll = ptx_term(model, batch, tokenizer.pad_token_id)
+                                loss = loss + cfg.ptx_coef * ptx_nll
+                                stats["ptx"].append(distributed.all_sum(float(ptx_nll.detach())))
+                            loss.backward()
+                            epoch_kl.append(parts["akl"])
+                            for key, v in parts.items():
+                                stats[key].append(v)
+                    distributed.reduce_gradients(model)  # summed over processes
+                    distributed.reduce_gradients(value)
                     optimizer_step(trainable.parameters(), optimizer, scheduler, cfg.max_grad_norm)
-                backend.sync_weights(model)
-                if cfg.max_approx_kl is not None and (
-                    sum(epoch_kl) / len(epoch_kl) > cfg.max_approx_kl
-                ):
-                    break
+                backend.sync_weights(distributed.unwrap(model))
+                if cfg.max_approx_kl is not None:  # the mean over every process's micro-batches
+                    total = distributed.all_sum(sum(epoch_kl))
+                    if total / distributed.all_sum(len(epoch_kl)) > cfg.max_approx_kl:
+                        break
 
         # --- 5. KL controller, 6. log and checkpoint
-        metrics = rollout_metrics(exp, kl_ctl.value, timings)
-        kl_ctl.update(metrics.get(M.OBJECTIVE_KL, 0.0), n)
+        metrics = distributed.all_reduce_mean(rollout_metrics(exp, kl_ctl.value, timings))
+        kl_ctl.update(metrics.get(M.OBJECTIVE_KL, 0.0), n * distributed.world_size())
         if run_.should_log(step):
             mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
             run_.log(
@@ -300,7 +352,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                     M.TRAIN_LR: scheduler.get_last_lr()[0],
                 },
             )
-        if cfg.samples_every and step % cfg.samples_every == 0:
+        if cfg.samples_every and step % cfg.samples_every == 0 and distributed.is_main():
             write_samples(run_.dir / "samples.jsonl", step, exp, cfg.samples_count)
         run_.step_done(
             step,
@@ -314,4 +366,6 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 "kl": kl_ctl.state_dict(),
             },
         )
-    print(f"saved {run_.finish(model, tokenizer)} (peak RSS {peak_rss_mb():.0f} MB)")
+    final = run_.finish(model, tokenizer)
+    if distributed.is_main():
+        print(f"saved {final} (peak RSS {peak_rss_mb():.0f} MB)")
