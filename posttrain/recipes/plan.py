@@ -1,41 +1,58 @@
 """``posttrain plan``: how much memory a recipe needs, before running it out of memory.
 
-Peak memory of one process = static state + the largest transient of a step:
+A run holds some state the whole time and passes through phases, each with its own transient
+memory; one process peaks at
 
-    static   = policy weights + gradients + AdamW states (2 per trainable parameter)
-               + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference)
-               + reward model (online recipes with --reward_model) + value head or critic (PPO)
-    step     = saved activations of the training forward + the logits peak of the loss
-               (+ for online recipes the KV cache and prefill logits of generation, which come
-               before training and do not overlap it)
-    peak     = baseline + static + max(step transients)
+    peak  = baseline + state + max(phases)
+    state = policy weights + AdamW states (2 per trainable parameter)
+            + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference)
+            + reward model (online recipes with --reward_model) + value head or critic (PPO)
+            + DDP's gradient buckets (a flat copy of the gradients, several processes)
+    phases:
+      training step  = saved activations + the largest transient of the micro-batch
+                       + FSDP's gathered units + gradients (only with gradient accumulation:
+                       otherwise they are None until backward, which frees activations as it
+                       makes them)
+      optimizer step = gradients (+ DDP: the flat copy they are all-reduced in)
+      rollout        = online recipes: KV cache + prefill logits of generation, or the no-grad
+                       scoring forward over the rollout, whichever is larger
+      final save     = LoRA: the merged copy of the model; FSDP: rank 0's full state dict and
+                       the plain model it is loaded into (2 P w)
 
 Sizes: P parameters, L layers, H hidden, I MLP width, V vocabulary, q = heads x head_dim,
 kv = kv_heads x head_dim, w bytes per element of dtype (8 / 4 / 2), t tokens of one micro-batch
-(rows x max_length; rows = 2 x micro for pairs, batch x num_samples for rollouts).
+(rows x max_length; rows = 2 x micro for pairs, batch x num_samples / num_minibatches for
+rollouts).
 
 Activations saved by one llama decoder layer for backward, per token, in elements (what autograd
 keeps: RMSNorm input and output, q/k/v and the rotated q/k, the attention output, the MLP's gate,
 up, silu(gate) and product; eager attention adds the softmax probabilities and scores):
 
     a_layer = 4 H + 3 q + 3 kv + 4 I   (+ 2 x heads x T with eager attention; sdpa: 0)
+              - 2 H with LoRA (a frozen RMSNorm weight needs no normalised input for its gradient)
 
-    saved activations = t x w x (L x a_layer + 3 H)                  no checkpointing
-                      = t x w x (L x H + a_layer + 3 H)              gradient checkpointing
-                        (each layer keeps only its input; one layer is recomputed at a time)
+    saved activations = t x w x (L x a_layer + 3 H)        no checkpointing
+                      = t x w x (L x H + 3 H)              gradient checkpointing (each layer
+                        keeps only its input; backward recomputes one layer at a time: the
+                        "one layer" transient below)
+                        3 H at the top: final norm input and output, LM head input; 2 H with
+                        LoRA (the frozen LM head keeps nothing)
 
 Logits: the loss runs in c = max(w, 4) bytes (float32, or float64 for float64 models). The
-training forward keeps the log-softmax of the (t, V) logits for backward (counted with the saved
-activations); making it needs the logits and a contiguous / float32 copy of them; backward needs
-the log-softmax's gradient and the logits' gradient:
+forward keeps the log-softmax of the (t, V) logits for backward; recipes that also compute the
+entropy under autograd (ppo, rloo, grpo, reinforce) keep its log-softmax and exp too, until the
+micro-batch's backward is done. Beside those, one of these transients is alive at a time (the
+backward reaches the decoder layers only after the logits' buffers are freed):
 
-    saved log-softmax = t x V x c                      (part of the saved activations)
-    logits forward    = t x V x (w + c)                (the logits and their copy)
-    logits backward   = t x V x 2 c  + one layer's activations (their gradients)
+    saved log-softmax = t x V x c  (x 3 with the entropy)      (part of the saved activations)
+    loss forward      = t x V x (w + c)          the logits and their float32 contiguous copy
+    loss backward     = t x V x 2 c              the loss's and the log-softmax input's gradients
+    one layer         = t x w x a_layer          its recomputation (checkpointing) or gradients
+    step transient    = max(loss forward, loss backward, one layer)
 
-A no-grad forward (reference model, old log-probs) costs t x V x (w + 2 c) and one layer.
-Reward models and critics read hidden states: no V term. Generation (online recipes, rows = prompts
-x samples, P = max_length - max_new_tokens, R = max_new_tokens):
+A no-grad forward (DPO's reference, the rollout's scoring) costs t x V x (w + 2 c) (3 c with the
+entropy) and one layer. Reward models and critics read hidden states: no V term. Generation
+(online recipes, rows = prompts x samples, P = max_length - max_new_tokens, R = max_new_tokens):
 
     KV cache        = 2 x L x kv x rows x (P + R) x w
     prefill logits  = rows x P x V x w            (the prompt forward returns every position's)
@@ -48,7 +65,10 @@ decoder layers, the one computing and the one prefetched), with their gradients.
 On a CPU the peak resident set (RSS) also holds the Python + torch + transformers process itself:
 ``BASELINE_MB`` below, measured as the peak RSS of a fresh process that imports posttrain, builds
 tiny-llama and runs one forward (``benchmarks/bench_plan.py`` re-measures it). On a GPU pass
-``--baseline_mb 0`` (the CUDA context, ~0.3-0.5 GB, is not counted here).
+``--baseline_mb 0`` (the CUDA context, ~0.3-0.5 GB, is not counted here). The plan counts live
+tensors: glibc's malloc keeps freed blocks of up to 32 MB resident in its heap, so a CPU run with
+the default allocator can reach a higher RSS than planned (``benchmarks/plan_vs_measured.md``:
+up to ~1.6x with LoRA); ``MALLOC_MMAP_THRESHOLD_=65536`` returns freed blocks to the system.
 """
 
 from __future__ import annotations
@@ -61,9 +81,9 @@ from posttrain.errors import UserError
 
 SUMMARY = "Estimate peak memory of a recipe and propose settings that fit a budget."
 
-BASELINE_MB = 355.0
+BASELINE_MB = 368.0
 """Peak RSS of a fresh CPU process: python + torch + transformers + posttrain, tiny-llama forward
-(measured on the reference machine: 355 MB; ``benchmarks/bench_plan.py`` prints it)."""
+(measured on the reference machine: 368 MB; ``benchmarks/bench_plan.py`` prints it)."""
 
 MB = 1024**2
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2}
@@ -96,6 +116,9 @@ class Config:
     """Attention kernel: `sdpa` keeps no (T, T) scores for backward, `eager` does."""
     num_samples: int | None = None
     """Online recipes: responses per prompt (default: the recipe's, 4 for rloo/grpo, else 1)."""
+    num_minibatches: int | None = None
+    """PPO: optimizer steps per rollout batch, each on its share of the rows (default: the
+    recipe's, 2)."""
     max_new_tokens: int = 32
     """Online recipes: response tokens generated (the prompt gets max_length - max_new_tokens)."""
     reward_model: str | None = None
@@ -122,12 +145,9 @@ class Config:
             f"{self.gradient_accumulation_steps}",
             self.batch_size,
         )
-        check(
-            self.num_samples is None or self.num_samples >= 1,
-            "num_samples",
-            "must be >= 1",
-            self.num_samples,
-        )
+        for name in ("num_samples", "num_minibatches"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, "must be >= 1", value)
         check(
             0 < self.max_new_tokens < self.max_length,
             "max_new_tokens",
@@ -223,9 +243,13 @@ def lora_params(shape: Shape, lora: LoraConfig) -> int:
 # ----------------------------------------------------------------------------- the formulas
 
 
-def layer_activation_elements(shape: Shape, seq_len: int, attention: str = "sdpa") -> int:
+def layer_activation_elements(
+    shape: Shape, seq_len: int, attention: str = "sdpa", *, frozen_norms: bool = False
+) -> int:
     """a_layer: elements one decoder layer saves for backward, per token (module doc)."""
     a = 4 * shape.hidden + 3 * shape.q + 3 * shape.kv + 4 * shape.intermediate
+    if frozen_norms:  # a frozen RMSNorm weight needs no normalised input for its gradient
+        a -= 2 * shape.hidden
     if attention == "eager":
         a += 2 * shape.heads * seq_len
     return a
@@ -237,31 +261,43 @@ def loss_bytes(w: int) -> int:
 
 
 def activation_bytes(
-    shape: Shape, tokens: int, seq_len: int, w: int, *, checkpointing: bool, attention: str
+    shape: Shape,
+    tokens: int,
+    seq_len: int,
+    w: int,
+    *,
+    checkpointing: bool,
+    attention: str,
+    frozen_norms: bool = False,
 ) -> int:
-    """Saved activations of a training forward over ``tokens`` (excluding the log-softmax)."""
-    a = layer_activation_elements(shape, seq_len, attention)
-    per_token = (shape.layers * shape.hidden + a) if checkpointing else shape.layers * a
-    return tokens * w * (per_token + 3 * shape.hidden)
+    """Saved activations of the decoder over ``tokens`` (without the loss's log-softmax)."""
+    a = layer_activation_elements(shape, seq_len, attention, frozen_norms=frozen_norms)
+    per_token = shape.layers * (shape.hidden if checkpointing else a)
+    top = (2 if frozen_norms else 3) * shape.hidden  # final norm in/out, LM head input
+    return tokens * w * (per_token + top)
 
 
-def saved_logsoftmax_bytes(shape: Shape, tokens: int, w: int) -> int:
-    return tokens * shape.vocab * loss_bytes(w)
+def saved_logits_bytes(shape: Shape, tokens: int, w: int, *, entropy: bool = False) -> int:
+    """The loss's log-softmax, kept for backward; with the entropy computed under autograd also
+    its own log-softmax and exp (alive until the micro-batch's backward)."""
+    return tokens * shape.vocab * loss_bytes(w) * (3 if entropy else 1)
 
 
 def logits_forward_bytes(shape: Shape, tokens: int, w: int) -> int:
-    """The logits and their contiguous / float32 copy, next to the log-softmax being made."""
+    """Beside the saved log-softmax: the logits and their float32 contiguous copy (or, with the
+    entropy, the logits and its p log p product)."""
     return tokens * shape.vocab * (w + loss_bytes(w))
 
 
 def logits_backward_bytes(shape: Shape, tokens: int, w: int) -> int:
-    """The log-softmax's gradient and the logits' gradient."""
+    """Beside the saved log-softmax: the loss's gradient and the log-softmax input's gradient."""
     return tokens * shape.vocab * 2 * loss_bytes(w)
 
 
-def nograd_logits_bytes(shape: Shape, tokens: int, w: int) -> int:
-    """A forward without gradients: logits, their copy and the log-softmax, all transient."""
-    return tokens * shape.vocab * (w + 2 * loss_bytes(w))
+def nograd_logits_bytes(shape: Shape, tokens: int, w: int, *, entropy: bool = False) -> int:
+    """A forward without gradients: the logits, then their copy and the log-softmax (with the
+    entropy: its log-softmax, exp and product), all transient."""
+    return tokens * shape.vocab * (w + (3 if entropy else 2) * loss_bytes(w))
 
 
 def kv_cache_bytes(shape: Shape, rows: int, width: int, w: int) -> int:
@@ -270,93 +306,110 @@ def kv_cache_bytes(shape: Shape, rows: int, width: int, w: int) -> int:
 
 REFERENCED = ("dpo", "kto", "ppo", "rloo", "grpo", "reinforce", "online-dpo")
 SAMPLES = {"ppo": 1, "rloo": 4, "grpo": 4, "reinforce": 1, "online-dpo": 2}  # recipe defaults
+MINIBATCHES = {"ppo": 2}  # recipe defaults
+ENTROPY = ("ppo", "rloo", "grpo", "reinforce")  # the training forward also returns the entropy
+STATE = ("weights", "adamw", "reference", "reward_model", "value", "ddp_buckets")
+PHASES = {"train": "training step", "optimizer": "optimizer step", "rollout": "rollout",
+          "save": "final save"}  # fmt: skip
 
 
 @dataclass
 class Estimate:
-    """Bytes per component of one process, and the peak."""
+    """Bytes per component of one process, the bytes of each phase on top of the state, and the
+    peak (baseline + state + the largest phase)."""
 
     parts: dict[str, float]
+    phases: dict[str, float]
     peak: float
     micro_rows: int
+
+    @property
+    def largest_phase(self) -> str:
+        return max(self.phases, key=self.phases.__getitem__)
 
 
 def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -> Estimate:
     """Peak memory of one of ``nproc`` processes running ``cfg`` (module doc for the formulas)."""
     w = DTYPE_BYTES[cfg.dtype]
     shard = nproc if fsdp and nproc > 1 else 1
+    ddp = nproc > 1 and shard == 1
     P, T = shape.params, cfg.max_length
-    n_lora = lora_params(shape, cfg.lora) if cfg.lora.enabled else 0
-    trainable = n_lora if cfg.lora.enabled else P
-    wt = 4 if (cfg.lora.enabled and w < 4) else w  # peft keeps adapters in float32
+    lora = cfg.lora.enabled
+    n_lora = lora_params(shape, cfg.lora) if lora else 0
+    trainable = n_lora if lora else P
+    wt = 4 if (lora and w < 4) else w  # peft keeps adapters in float32
+
+    # --- state that lives through the run
     parts: dict[str, float] = {
         "weights": (P * w + n_lora * wt) / shard,
-        "gradients": trainable * wt / shard,
         "adamw": 2 * trainable * wt / shard,
+        "ddp_buckets": trainable * wt if ddp else 0.0,  # DDP's flat gradient buckets
     }
-    # a frozen reference copy, unless LoRA (adapters off) or reference-free
     referenced = cfg.recipe in REFERENCED and cfg.reference != "none"
-    copy = referenced and (cfg.reference == "model" or not cfg.lora.enabled)
+    copy = referenced and (cfg.reference == "model" or not lora)  # LoRA: adapters off instead
     parts["reference"] = P * w / shard if copy else 0.0
+    online = cfg.recipe in ONLINE
     parts["reward_model"] = (
-        model_shape(cfg.reward_model).params * w
-        if cfg.recipe in ONLINE and cfg.reward_model
-        else 0.0
+        model_shape(cfg.reward_model).params * w if online and cfg.reward_model else 0.0
     )
     critic = cfg.recipe == "ppo" and cfg.separate_critic
     head = (shape.hidden + 1) * 4 * 4  # weights, gradient, 2 AdamW states (float32)
     parts["value"] = (4 * P * w / shard if critic else head) if cfg.recipe == "ppo" else 0.0
-    parts["fsdp_gathered"] = (
-        (shape.root_params + 2 * shape.layer_params) * (w + (0 if cfg.lora.enabled else wt))
-        if shard > 1
-        else 0.0
-    )
 
-    # --- the training step of one micro-batch on one process
-    online = cfg.recipe in ONLINE
+    # --- the training step of one micro-batch
     samples = cfg.num_samples if cfg.num_samples is not None else SAMPLES.get(cfg.recipe, 1)
     per_process = cfg.batch_size // nproc
-    if online:
-        rows = per_process * samples
-    else:
-        rows = per_process * (2 if cfg.recipe in ("rm", "dpo", "kto") else 1)
-    micro = max(1, rows // cfg.gradient_accumulation_steps)
+    rows = per_process * (samples if online else 2 if cfg.recipe in ("rm", "dpo", "kto") else 1)
+    minibatches = cfg.num_minibatches or MINIBATCHES.get(cfg.recipe, 1)
+    micro = max(1, rows // minibatches // cfg.gradient_accumulation_steps)
     t = micro * T
-    ckpt, attn = cfg.gradient_checkpointing, cfg.attention
-    acts = activation_bytes(shape, t, T, w, checkpointing=ckpt, attention=attn)
+    trunk = dict(checkpointing=cfg.gradient_checkpointing, attention=cfg.attention)
+    acts = activation_bytes(shape, t, T, w, frozen_norms=lora, **trunk)
     if critic:  # the critic trunk's own forward with gradients (hidden states only)
-        acts += activation_bytes(shape, t, T, w, checkpointing=ckpt, attention=attn)
-    layer = t * w * layer_activation_elements(shape, T, attn)  # one layer's activation grads
-    vocab = cfg.recipe != "rm"  # a reward model reads hidden states: no logits
-    if vocab:
-        acts += saved_logsoftmax_bytes(shape, t, w)
-    transients = {
-        "loss forward": logits_forward_bytes(shape, t, w) if vocab else 0.0,
-        "backward": (logits_backward_bytes(shape, t, w) if vocab else 0.0) + layer,
-    }
+        acts += activation_bytes(shape, t, T, w, **trunk)
+    layer = t * w * layer_activation_elements(shape, T, cfg.attention)
+    transients = {"one layer": layer}  # recomputed (checkpointing) or its gradients
+    if cfg.recipe != "rm":  # a reward model reads hidden states: no logits
+        acts += saved_logits_bytes(shape, t, w, entropy=cfg.recipe in ENTROPY)
+        transients["loss forward"] = logits_forward_bytes(shape, t, w)
+        transients["loss backward"] = logits_backward_bytes(shape, t, w)
     if copy and cfg.recipe in ("dpo", "kto"):  # reference forward while activations are saved
         transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer
     parts["activations"] = acts
     parts["step_transient"] = max(transients.values())
+    parts["gradients"] = trainable * wt / shard
+    parts["fsdp_gathered"] = (
+        (shape.root_params + 2 * shape.layer_params) * (w + (0 if lora else wt))
+        if shard > 1
+        else 0.0
+    )
+    accumulating = cfg.gradient_accumulation_steps > 1  # else gradients are None until backward
+    phases = {
+        "train": acts
+        + parts["step_transient"]
+        + parts["fsdp_gathered"]
+        + (parts["gradients"] if accumulating else 0.0),
+        "optimizer": parts["gradients"] * (2 if ddp else 1),  # DDP: + the flat all-reduce copy
+    }
 
     # --- generation and scoring (online recipes), before the training step
-    parts["kv_cache"] = parts["generation_peak"] = 0.0
+    parts["kv_cache"] = 0.0
     if online:
         n = per_process * samples
         prompt = T - cfg.max_new_tokens
         parts["kv_cache"] = kv_cache_bytes(shape, n, T, w)
-        prefill = n * prompt * w * (shape.vocab + layer_activation_elements(shape, prompt, attn))
-        nograd = nograd_logits_bytes(shape, n * T, w) + n * T * w * (
-            layer_activation_elements(shape, T, attn)
-        )  # old log-probs / reference over the whole rollout
-        parts["generation_peak"] = max(parts["kv_cache"] + prefill, nograd)
+        prefill = n * prompt * w * (shape.vocab + layer_activation_elements(shape, prompt))
+        scoring = nograd_logits_bytes(shape, n * T, w, entropy=True) + n * T * w * (
+            layer_activation_elements(shape, T, cfg.attention)
+        )  # old log-probs and entropy / reference over the whole rollout
+        phases["rollout"] = max(parts["kv_cache"] + prefill, scoring)
+
+    # --- final/: LoRA merges a copy; FSDP gathers a full state dict and loads it into a model
+    phases["save"] = (2 * P * w if shard > 1 else 0.0) + (P * w if lora else 0.0)
+
     parts["baseline"] = cfg.baseline_mb * MB
-    static = sum(
-        parts[k] for k in ("weights", "gradients", "adamw", "reference", "reward_model", "value")
-    )
-    step = parts["activations"] + parts["step_transient"]
-    peak = parts["baseline"] + static + parts["fsdp_gathered"] + max(step, parts["generation_peak"])
-    return Estimate(parts=parts, peak=peak, micro_rows=micro)
+    peak = parts["baseline"] + sum(parts[k] for k in STATE) + max(phases.values())
+    return Estimate(parts=parts, phases=phases, peak=peak, micro_rows=micro)
 
 
 # ----------------------------------------------------------------------------- proposals
@@ -419,16 +472,16 @@ def propose(cfg: Config, shape: Shape, budget_bytes: float) -> list[tuple[str, C
 
 ROWS = [
     ("weights", "weights (policy)"),
-    ("gradients", "gradients"),
     ("adamw", "AdamW states"),
     ("reference", "reference model"),
     ("reward_model", "reward model"),
     ("value", "value head / critic"),
+    ("ddp_buckets", "DDP gradient buckets"),
+    ("gradients", "gradients"),
     ("fsdp_gathered", "FSDP gathered units"),
     ("activations", "activations (saved)"),
     ("step_transient", "logits / backward peak"),
     ("kv_cache", "KV cache (rollout)"),
-    ("generation_peak", "generation + scoring peak"),
     ("baseline", "process baseline"),
 ]
 
@@ -443,15 +496,19 @@ def table(cfg: Config, shape: Shape) -> str:
         columns.append((f"DDP x{cfg.nproc}", estimate(cfg, shape, nproc=cfg.nproc)))
         columns.append((f"FSDP x{cfg.nproc}", estimate(cfg, shape, nproc=cfg.nproc, fsdp=True)))
     width = 28
-    lines = [
-        f"{'component (per process)':<{width}}" + "".join(f"{name:>16}" for name, _ in columns)
-    ]
-    for key, label in ROWS:
-        lines.append(f"{label:<{width}}" + "".join(f"{_mb(e.parts[key]):>16}" for _, e in columns))
-    lines.append(f"{'peak':<{width}}" + "".join(f"{_mb(e.peak):>16}" for _, e in columns))
-    lines.append(
-        f"{'micro-batch rows':<{width}}" + "".join(f"{e.micro_rows:>16}" for _, e in columns)
-    )
+
+    def row(label: str, cells) -> str:
+        return f"{label:<{width}}" + "".join(f"{c:>16}" for c in cells)
+
+    lines = [row("component (per process)", [name for name, _ in columns])]
+    lines += [row(label, [_mb(e.parts[key]) for _, e in columns]) for key, label in ROWS]
+    lines.append("phases (on top of the state: weights .. DDP buckets; the largest counts)")
+    for key, label in PHASES.items():
+        if any(key in e.phases for _, e in columns):
+            lines.append(row(f"  {label}", [_mb(e.phases.get(key, 0.0)) for _, e in columns]))
+    lines.append(row("peak", [_mb(e.peak) for _, e in columns]))
+    lines.append(row("  at", [PHASES[e.largest_phase] for _, e in columns]))
+    lines.append(row("micro-batch rows", [e.micro_rows for _, e in columns]))
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 Shape: P = 1000 parameters, L = 2 layers, H = 8, I = 16, 2 heads, 1 kv head, head_dim 4
 (q = 8, kv = 4), V = 10; one layer 300 parameters, root 400.
     a_layer = 4H + 3q + 3kv + 4I = 32 + 24 + 12 + 64 = 132 (sdpa); eager at T = 5 adds
-              2 x heads x T = 20 -> 152.
+              2 x heads x T = 20 -> 152; LoRA (frozen norms) takes 2H = 16 off -> 116.
 """
 
 from __future__ import annotations
@@ -37,23 +37,31 @@ def cfg(**kw) -> plan.Config:
 def test_layer_activations_sdpa_and_eager():
     assert plan.layer_activation_elements(SHAPE, 5, "sdpa") == 132
     assert plan.layer_activation_elements(SHAPE, 5, "eager") == 152
+    assert plan.layer_activation_elements(SHAPE, 5, "sdpa", frozen_norms=True) == 116
 
 
 def test_saved_activations_with_and_without_checkpointing():
     # 10 tokens x 4 bytes x (L a_layer + 3H) = 40 x (264 + 24) = 11520
     assert plan.activation_bytes(SHAPE, 10, 5, 4, checkpointing=False, attention="sdpa") == 11520
-    # checkpointing: 40 x (L H + a_layer + 3H) = 40 x (16 + 132 + 24) = 6880
-    assert plan.activation_bytes(SHAPE, 10, 5, 4, checkpointing=True, attention="sdpa") == 6880
+    # checkpointing: 40 x (L H + 3H) = 40 x (16 + 24) = 1600 (the recomputed layer is transient)
+    assert plan.activation_bytes(SHAPE, 10, 5, 4, checkpointing=True, attention="sdpa") == 1600
+    # LoRA: 40 x (L x 116 + 2H) = 40 x (232 + 16) = 9920
+    lora = plan.activation_bytes(
+        SHAPE, 10, 5, 4, checkpointing=False, attention="sdpa", frozen_norms=True
+    )
+    assert lora == 9920
 
 
 def test_logits_and_kv_cache():
     # 10 tokens x V 10; the loss in c = 4 bytes (8 for float64)
-    assert plan.saved_logsoftmax_bytes(SHAPE, 10, 4) == 400
+    assert plan.saved_logits_bytes(SHAPE, 10, 4) == 400
+    assert plan.saved_logits_bytes(SHAPE, 10, 4, entropy=True) == 1200  # + its log-softmax, exp
     assert plan.logits_forward_bytes(SHAPE, 10, 4) == 800  # logits 4 + contiguous copy 4
     assert plan.logits_forward_bytes(SHAPE, 10, 2) == 600  # bf16 logits 2 + float32 copy 4
     assert plan.logits_forward_bytes(SHAPE, 10, 8) == 1600  # float64 throughout
     assert plan.logits_backward_bytes(SHAPE, 10, 4) == 800  # two float32 gradients
     assert plan.nograd_logits_bytes(SHAPE, 10, 4) == 1200  # logits, copy, log-softmax
+    assert plan.nograd_logits_bytes(SHAPE, 10, 4, entropy=True) == 1600  # log-softmax, exp, p log p
     # 2 (k, v) x L x kv x rows x width x w = 2 x 2 x 4 x 3 x 7 x 2
     assert plan.kv_cache_bytes(SHAPE, 3, 7, 2) == 672
 
@@ -66,16 +74,24 @@ def test_lora_parameters():
 
 def test_sft_peak_by_hand():
     e = plan.estimate(cfg(), SHAPE)
-    # static: weights 4000 + gradients 4000 + AdamW 8000
+    # state: weights 4000 + AdamW 8000; gradients 4000 only in the optimizer step
     assert (e.parts["weights"], e.parts["gradients"], e.parts["adamw"]) == (4000, 4000, 8000)
-    assert e.parts["reference"] == 0
+    assert e.parts["reference"] == 0 and e.parts["ddp_buckets"] == 0
     # t = 4 rows x 5 = 20 tokens: activations 80 x 288 = 23040 + saved log-softmax 20 x 10 x 4
-    # = 800 -> 23840; backward transient: logits' gradients 20 x 10 x 8 = 1600 + one layer
-    # 80 x 132 = 10560 -> 12160 (> the forward's 1600)
+    # = 800 -> 23840; transient: max(loss forward 20 x 10 x 8 = 1600, loss backward 1600, one
+    # layer 80 x 132 = 10560) = 10560
     assert e.parts["activations"] == 23840
-    assert e.parts["step_transient"] == 12160
-    assert e.peak == 16000 + 23840 + 12160
+    assert e.parts["step_transient"] == 10560
+    assert e.phases == {"train": 34400, "optimizer": 4000, "save": 0}
+    assert e.peak == 12000 + 34400 and e.largest_phase == "train"
     assert plan.estimate(cfg(baseline_mb=1.0), SHAPE).peak == e.peak + plan.MB
+
+
+def test_accumulation_keeps_gradients_through_the_step():
+    e = plan.estimate(cfg(gradient_accumulation_steps=2), SHAPE)
+    # 2 rows, t = 10: activations 40 x 288 + 10 x 10 x 4 = 11920, one layer 40 x 132 = 5280,
+    # gradients 4000 (alive from the first micro-batch's backward on)
+    assert e.micro_rows == 2 and e.phases["train"] == 11920 + 5280 + 4000
 
 
 def test_dpo_adds_a_reference_and_pairs_and_lora_removes_the_copy():
@@ -87,6 +103,9 @@ def test_dpo_adds_a_reference_and_pairs_and_lora_removes_the_copy():
     e = plan.estimate(cfg(recipe="dpo", batch_size=2, lora=lora), SHAPE)
     assert e.parts["reference"] == 0  # adapters disabled is the reference
     assert e.parts["weights"] == 4000 + 112 * 4 and e.parts["adamw"] == 2 * 112 * 4
+    # frozen norms: 80 x (2 x 116 + 16) = 19840, + the log-softmax 800
+    assert e.parts["activations"] == 20640
+    assert e.phases["save"] == 4000  # final/ merges a copy of the model
 
 
 def test_fsdp_divides_state_and_adds_gathered_units():
@@ -94,19 +113,33 @@ def test_fsdp_divides_state_and_adds_gathered_units():
     assert (e.parts["weights"], e.parts["adamw"], e.parts["reference"]) == (2000, 4000, 2000)
     # root 400 + 2 layers x 300 = 1000 parameters, with their gradients: x (4 + 4)
     assert e.parts["fsdp_gathered"] == 8000
+    # final/: rank 0's full state dict and the plain model it loads: 2 x 1000 x 4
+    assert e.phases["save"] == 8000
     ddp = plan.estimate(cfg(recipe="dpo", batch_size=4, nproc=2), SHAPE, nproc=2)
     assert ddp.parts["weights"] == 4000 and ddp.micro_rows == 4  # 2 pairs per process
+    # DDP: its gradient buckets 4000 in the state; the optimizer step's flat all-reduce copy
+    assert ddp.parts["ddp_buckets"] == 4000 and ddp.phases["optimizer"] == 8000
 
 
-def test_online_recipe_counts_generation():
+def test_online_recipe_counts_generation_and_the_entropy():
     c = cfg(recipe="rloo", batch_size=2, max_length=5, max_new_tokens=2, num_samples=3)
     e = plan.estimate(c, SHAPE)
     # 6 rows x width 5: KV cache 2 x 2 x 4 x 6 x 5 x 4 = 1920
     assert e.parts["kv_cache"] == 1920
     # prefill over P = 3: 6 x 3 x 4 x (V 10 + a_layer 132) = 10224 -> 12144 with the cache;
-    # the no-grad scoring forward: 30 tokens x (10 x 12) + 30 x 4 x 132 = 3600 + 15840 = 19440
-    assert e.parts["generation_peak"] == 19440
+    # the no-grad scoring forward with the entropy: 30 tokens x (10 x 16) + 30 x 4 x 132
+    # = 4800 + 15840 = 20640
+    assert e.phases["rollout"] == 20640
     assert e.parts["reference"] == 4000
+    # training forward over 30 tokens: 120 x 288 = 34560 + log-softmax, entropy's log-softmax
+    # and exp 30 x 10 x 12 = 3600
+    assert e.parts["activations"] == 38160
+
+
+def test_ppo_trains_on_minibatches():
+    c = cfg(recipe="ppo", batch_size=2, max_length=5, max_new_tokens=2, num_samples=3)
+    assert plan.estimate(c, SHAPE).micro_rows == 3  # 6 rows in the recipe's 2 minibatches
+    assert plan.estimate(replace(c, num_minibatches=1), SHAPE).micro_rows == 6
 
 
 def test_proposals_try_checkpointing_then_accumulation():
