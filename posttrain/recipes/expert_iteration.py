@@ -5,25 +5,33 @@ lecture notes; Llama 2's rejection sampling).
 Round R writes ``round-R/best.jsonl`` (``posttrain.recipes.best_of_n``, all samples and scores)
 and ``round-R/sft.jsonl`` (the kept responses), and trains with ``posttrain.recipes.sft`` into
 ``round-R/sft/`` (its own config, metrics and final/). ``final/`` is the last round's model;
-``rounds.jsonl`` holds each round's mean best-of-n and mean sample score.
+``rounds.jsonl`` holds each round's mean best-of-n and mean sample score. ``--resume`` skips the
+rounds whose ``round-R/sft/final`` exists and continues the SFT of an unfinished round from its
+last checkpoint (``sft.save_steps``); more ``--rounds`` than before add rounds.
+
+Under ``torchrun`` each process samples and scores its contiguous slice of the prompts with its
+own seed (all n samples of a prompt on one process, so keeping the best is exact); rank 0 writes
+the rows of all processes; the SFT of each round runs on every process as ``posttrain sft`` does
+(its batch split over the processes, gradients summed).
 """
 
 from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from posttrain.config import check
-from posttrain.data import load_examples, write_jsonl
+from posttrain.data import load_examples, read_records, write_jsonl
 from posttrain.judges.sources import load_reward_source
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.recipes import sft
 from posttrain.recipes.best_of_n import best_of_n, sft_config, write_kept
-from posttrain.training import prepare_output_dir
+from posttrain.training import distributed, prepare_output_dir
 
 SUMMARY = "Expert iteration: rounds of best-of-n sampling and SFT on the kept responses."
 
@@ -68,35 +76,57 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     reward_fn = load_reward_source(cfg.reward, policy_tokenizer=load_tokenizer(cfg.model))
     out = Path(cfg.output_dir)
     sft_config(cfg.model, out / "x.jsonl", out / "x", cfg.sft, cfg.seed)  # bad settings fail now
-    prepare_output_dir(out, resume=False, overwrite=flags.get("overwrite", False))
+    resume = flags.get("resume", False) and out.is_dir()
+    distributed.init()  # a no-op without a launcher
+    if not resume:
+        distributed.on_main(
+            lambda: prepare_output_dir(out, resume=False, overwrite=flags.get("overwrite", False))
+        )
     model_name, summary = cfg.model, []
     for r in range(1, cfg.rounds + 1):
-        tokenizer = load_tokenizer(model_name)
-        model = load_model(model_name, tokenizer=tokenizer)
-        rows = best_of_n(
-            model,
-            tokenizer,
-            prompts,
-            reward_fn,
-            n=cfg.n,
-            generator=torch.Generator().manual_seed(cfg.seed + r),
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            batch_size=cfg.batch_size,
-        )
         round_dir = out / f"round-{r}"
-        write_jsonl(round_dir / "best.jsonl", rows)
-        write_kept(rows, round_dir / "sft.jsonl")
+        done = resume and (round_dir / "sft" / "final").is_dir()
+        if done:  # --resume: this round's samples and model are there
+            rows = [rec.data for rec in read_records(round_dir / "best.jsonl")]
+        else:
+            sample = partial(sample_best, model_name=model_name, reward_fn=reward_fn, cfg=cfg, r=r)
+            rows = distributed.map_sharded(sample, prompts)  # each process its slice, gathered
+            if distributed.is_main():
+                write_jsonl(round_dir / "best.jsonl", rows)
+                write_kept(rows, round_dir / "sft.jsonl")
+            distributed.barrier()  # every process reads sft.jsonl
         best = sum(row["score"] for row in rows) / len(rows)
         mean = sum(s for row in rows for s in row["scores"]) / (len(rows) * cfg.n)
         summary.append({"round": r, "best_of_n": best, "mean": mean})
-        print(f"round {r}: mean best-of-{cfg.n} score {best:.3f}, mean sample score {mean:.3f}")
-        round_cfg = sft_config(
-            model_name, round_dir / "sft.jsonl", round_dir / "sft", cfg.sft, cfg.seed + r
-        )
-        sft.run(round_cfg, {"overwrite": True})
+        if distributed.is_main():
+            print(f"round {r}: mean best-of-{cfg.n} score {best:.3f}, mean sample score {mean:.3f}")
+        if not done:
+            round_cfg = sft_config(
+                model_name, round_dir / "sft.jsonl", round_dir / "sft", cfg.sft, cfg.seed + r
+            )
+            sft.run(round_cfg, {"resume": resume, "overwrite": True})
         model_name = str(round_dir / "sft" / "final")
-    write_jsonl(out / "rounds.jsonl", summary)
-    shutil.copytree(model_name, out / "final")
-    print(f"saved {out / 'final'}")
+    if distributed.is_main():
+        write_jsonl(out / "rounds.jsonl", summary)
+        shutil.copytree(model_name, out / "final", dirs_exist_ok=True)
+        print(f"saved {out / 'final'}")
+    distributed.barrier()
+
+
+def sample_best(prompts: list, *, model_name: str, reward_fn, cfg: Config, r: int) -> list[dict]:
+    """Round ``r``'s best-of-n rows of ``prompts`` (this process's slice) from ``model_name``."""
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, tokenizer=tokenizer)
+    seed = cfg.seed + r * distributed.world_size() + distributed.rank()  # one per round, process
+    return best_of_n(
+        model,
+        tokenizer,
+        prompts,
+        reward_fn,
+        n=cfg.n,
+        generator=torch.Generator().manual_seed(seed),
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+    )

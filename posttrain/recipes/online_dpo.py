@@ -30,6 +30,13 @@ on-policy). Round metrics describe the round whose pairs the logged step trained
 ``eval_data`` (prompts) and a ``task:`` or ``reward-model`` judge, ``eval/scores`` is the mean
 score of one sample per held-out prompt (fixed sampling seed) at step 0, every ``eval_steps`` and
 at the end.
+
+Under ``torchrun`` (DDP) each process samples and judges its contiguous slice of a round's
+prompts with its own sampling seed; the judged pairs are gathered, so every process holds the
+round's pairs (ties dropped, metrics over all of them) and takes its slice of each step's pairs.
+The loss is divided by the step's number of pairs and gradients are summed over processes, so
+every process takes the same step. Held-out scores are computed on every process (the same
+numbers everywhere).
 """
 
 from __future__ import annotations
@@ -54,7 +61,14 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.recipes.dpo import make_reference, pair_logps, preference_loss
 from posttrain.recipes.sample import sample_texts
-from posttrain.training import DataOrder, Run, make_optimizer, make_scheduler, optimizer_step
+from posttrain.training import (
+    DataOrder,
+    Run,
+    distributed,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+)
 
 SUMMARY = "Online DPO from AI feedback (OAIF) and iterative DPO: sample, judge, DPO step."
 
@@ -128,10 +142,10 @@ class Config(TrainConfig):
         check(self.judge_batch_size >= 1, "judge_batch_size", "must be >= 1", self.judge_batch_size)
 
 
-def sample_and_judge(
-    policy, tokenizer, judge, prompts, cfg: Config, generator
-) -> tuple[list[dict], dict]:
-    """Two samples per prompt from ``policy``, judged; returns (pairs without ties, metrics)."""
+def sample_and_judge(policy, tokenizer, judge, prompts, cfg: Config, generator) -> list[dict]:
+    """Two samples per prompt from ``policy``, the judge's verdict on them and, for score-based
+    judges, their scores: one record per prompt (``prompt``, ``samples``, ``verdict``,
+    ``scores``)."""
     samples = sample_texts(
         policy,
         tokenizer,
@@ -147,28 +161,41 @@ def sample_and_judge(
     verdicts = judge.verdicts(
         [(p, a, b) for p, (a, b) in zip(prompts, samples)], swap=cfg.judge_swap
     )
+    scores = [None] * len(prompts)
+    if getattr(judge, "kind", "") in SCORE_KINDS:
+        flat = judge.score([p for p in prompts for _ in range(2)], [s for x in samples for s in x])
+        scores = [flat[2 * i : 2 * i + 2] for i in range(len(prompts))]
+    return [
+        {"prompt": p, "samples": x, "verdict": v, "scores": sc}
+        for p, x, v, sc in zip(prompts, samples, verdicts, scores)
+    ]
+
+
+def round_pairs(judged: list[dict], tokenizer) -> tuple[list[dict], dict]:
+    """The preference pairs of a round's judged records (ties left out) and its metrics."""
     pairs = []
-    for p, (a, b), v in zip(prompts, samples, verdicts):
+    for j in judged:
+        v, (a, b) = j["verdict"], j["samples"]
         if v.tie:
             continue
         chosen, rejected = (a, b) if v.p > 0.5 else (b, a)
-        pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected, "p": max(v.p, 1 - v.p)})
-    stats = summarize(verdicts)
+        pairs.append(
+            {"prompt": j["prompt"], "chosen": chosen, "rejected": rejected, "p": max(v.p, 1 - v.p)}
+        )
+    stats = summarize([j["verdict"] for j in judged])
+    samples = [s for j in judged for s in j["samples"]]
     values = {
-        M.JUDGE_TIES: stats["ties"] / max(len(verdicts), 1),
+        M.JUDGE_TIES: stats["ties"] / max(len(judged), 1),
         M.JUDGE_P_CHOSEN: sum(x["p"] for x in pairs) / len(pairs) if pairs else None,
         M.RESPONSE_LENGTH: sum(
-            len(tokenizer(s, add_special_tokens=False)["input_ids"])
-            for pair in samples
-            for s in pair
+            len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in samples
         )
-        / (2 * len(samples)),
+        / len(samples),
     }
     if stats["position_bias_rate"] is not None:
         values[M.JUDGE_POSITION_BIAS] = stats["position_bias_rate"]
-    if getattr(judge, "kind", "") in SCORE_KINDS:
-        flat = [s for pair in samples for s in pair]
-        scores = judge.score([p for p in prompts for _ in range(2)], flat)
+    scores = [s for j in judged if j["scores"] is not None for s in j["scores"]]
+    if scores:
         values[M.OBJECTIVE_SCORES] = sum(scores) / len(scores)
     return pairs, values
 
@@ -196,8 +223,20 @@ def eval_scores(policy, tokenizer, judge, prompts, cfg: Config) -> float:
     return sum(scores) / len(scores)
 
 
+PAIR_METRICS = (
+    M.TRAIN_LOSS,
+    M.REWARDS_CHOSEN,
+    M.REWARDS_REJECTED,
+    M.REWARDS_MARGINS,
+    M.REWARDS_ACCURACIES,
+    M.LOGPS_CHOSEN,
+    M.LOGPS_REJECTED,
+)
+
+
 def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_total: int):
-    """Sum over ``pairs`` of the DPO loss / n_total (so micro-batches add up to the batch mean).
+    """Sum over ``pairs`` of the DPO loss / n_total (so micro-batches, and processes, add up to
+    the step's mean), and the sums over ``pairs`` of the :data:`PAIR_METRICS`.
 
     ``ref(batch, split, idx)`` is the DPO recipe's reference (a frozen copy, or the policy with
     LoRA adapters off); the loss is its ``preference_loss`` (``posttrain.losses.dpo_loss``)."""
@@ -229,6 +268,7 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
             label_smoothing=cfg.label_smoothing,
         )
     logs = {
+        M.TRAIN_LOSS: losses.detach().sum().item(),
         M.REWARDS_CHOSEN: c_r.sum().item(),
         M.REWARDS_REJECTED: r_r.sum().item(),
         M.REWARDS_MARGINS: (c_r - r_r).sum().item(),
@@ -264,7 +304,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         cfg.judge,
         cfg.judge_model,
         constitution=cfg.constitution,
-        seed=cfg.seed,
+        seed=cfg.seed + distributed.rank(),  # its own random choices on each process
         swap=cfg.judge_swap,
         batch_size=cfg.judge_batch_size,
         dtype=cfg.dtype,
@@ -281,13 +321,14 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     policy.train()
-    optimizer = make_optimizer(policy, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model = distributed.wrap(policy)  # DDP under torchrun; ``policy`` samples and is the reference
+    optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(
         optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, kind=cfg.lr_schedule
     )
     order = DataOrder(len(prompts), cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    modules = {"model": policy}
+    generator = torch.Generator().manual_seed(cfg.seed + distributed.rank())
+    modules = {"model": model}
     if cfg.ref_update == "round":  # a refreshed reference is state; a fixed one is rebuilt
         modules["reference"] = reference
     state = run_.restore(
@@ -298,13 +339,13 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if state is not None:
         order.load_state_dict(state["data"])
         buffer, round_values = state["buffer"], state["round_values"]
-        if hasattr(judge, "rng"):
-            judge.rng.setstate(state["judge_rng"])
+        if hasattr(judge, "rng"):  # every process's own
+            judge.rng.setstate(state["judge_rng"][distributed.rank()])
 
     if held_out and run_.start_step == 0:
         run_.log(0, {M.EVAL_SCORES: eval_scores(policy, tokenizer, judge, held_out, cfg)})
 
-    micro = cfg.batch_size // cfg.gradient_accumulation_steps
+    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
     for step in run_.steps():
         t0 = time.time()
         k = (step - 1) % cfg.steps_per_round
@@ -312,24 +353,30 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             if cfg.ref_update == "round" and step > 1:
                 reference.load_state_dict(policy.state_dict())
             round_prompts = [prompts[i] for i in order.next(cfg.batch_size * cfg.steps_per_round)]
-            buffer, round_values = sample_and_judge(
-                policy, tokenizer, judge, round_prompts, cfg, generator
+            judged = distributed.map_sharded(  # each process its slice, gathered
+                lambda ps: sample_and_judge(policy, tokenizer, judge, ps, cfg, generator),
+                round_prompts,
             )
+            buffer, round_values = round_pairs(judged, tokenizer)  # the same on every process
             policy.train()
         share = len(buffer) / cfg.steps_per_round  # this step's slice of the round's pairs
         pairs = buffer[round(k * share) : round((k + 1) * share)]
+        mine = distributed.shard(pairs)  # this process's (all of them for one process)
         logs: dict[str, float] = {}
         if pairs:
-            for s in range(0, len(pairs), micro):
-                loss, parts = dpo_step_loss(
-                    policy, ref, tokenizer, pairs[s : s + micro], cfg, len(pairs)
-                )
-                loss.backward()
-                logs[M.TRAIN_LOSS] = logs.get(M.TRAIN_LOSS, 0.0) + loss.item()
-                for key, v in parts.items():
-                    logs[key] = logs.get(key, 0.0) + v / len(pairs)
+            sums = dict.fromkeys(PAIR_METRICS, 0.0)
+            with distributed.accumulate(model):
+                for s in range(0, len(mine), micro):
+                    loss, parts = dpo_step_loss(
+                        model, ref, tokenizer, mine[s : s + micro], cfg, len(pairs)
+                    )
+                    loss.backward()
+                    for key, v in parts.items():
+                        sums[key] += v
+            logs = {key: distributed.all_sum(v) / len(pairs) for key, v in sums.items()}
+            distributed.reduce_gradients(model)  # summed over processes
             logs[M.TRAIN_GRAD_NORM] = optimizer_step(
-                policy.parameters(), optimizer, scheduler, cfg.max_grad_norm
+                model.parameters(), optimizer, scheduler, cfg.max_grad_norm
             )
         else:  # every pair of this slice was a tie: nothing to learn from, keep the schedule
             scheduler.step()
@@ -356,8 +403,11 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 "data": order.state_dict(),
                 "buffer": buffer,
                 "round_values": round_values,
-                "judge_rng": judge.rng.getstate() if hasattr(judge, "rng") else None,
+                "judge_rng": distributed.gather_objects(
+                    judge.rng.getstate() if hasattr(judge, "rng") else None
+                ),
             },
         )
-    final = run_.finish(policy, tokenizer)
-    print(f"saved {final}")
+    final = run_.finish(model, tokenizer)
+    if distributed.is_main():
+        print(f"saved {final}")

@@ -1,0 +1,91 @@
+"""Online DPO and expert iteration under ``torchrun --nproc_per_node 2``: each process samples
+(and judges or scores) its half of the prompts with its own seed, the results are gathered, and
+training splits the batch over the processes with gradients summed. Each run learns as its
+one-process run does (``tests/integration/test_online_dpo.py``, ``test_best_of_n.py``), rank 0
+writes the outputs, and it resumes under 2 processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from posttrain.tasks import get_task
+from posttrain.training import read_metrics
+from tests.invariance.helpers_distributed import assert_moved, final_weights, torchrun
+
+TASK = get_task("counting")
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    """tiny-llama fine-tuned on the counting corpus (as in test_online_dpo.py), and prompts."""
+    from posttrain.cli import main
+
+    root = tmp_path_factory.mktemp("online")
+    data = root / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TASK.sft_records(640, seed=0)))
+    args = ["sft", "--model", "tiny-llama", "--train_data", data, "--output_dir", root / "sft"]
+    args += ["--max_steps", "60", "--batch_size", "16", "--learning_rate", "3e-3"]
+    args += ["--max_length", "48", "--logging_steps", "60", "--progress", "false"]
+    assert main([str(a) for a in args]) == 0
+    prompts, held_out = root / "prompts.jsonl", root / "eval_prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in TASK.prompts(96, seed=1)))
+    held_out.write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in TASK.prompts(64, seed=99))
+    )
+    return root / "sft" / "final", prompts, held_out
+
+
+def test_online_dpo_on_two_processes_learns_and_resumes(sft_model, tmp_path):
+    model, prompts, held_out = sft_model
+    out = tmp_path / "oaif"
+    args = ["online-dpo", "--model", model, "--train_data", prompts, "--judge", "task:counting"]
+    args += ["--batch_size", "8", "--learning_rate", "5e-4", "--beta", "0.1", "--max_steps", "30"]
+    args += ["--max_new_tokens", "16", "--max_length", "48", "--lr_schedule", "constant"]
+    args += ["--logging_steps", "1", "--progress", "false", "--eval_data", held_out]
+    args += ["--save_steps", "28", "--output_dir", out]
+    proc = torchrun(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(out / "metrics.jsonl")
+    sft, online = rows[0]["eval/scores"], rows[-1]["eval/scores"]  # gold reward, held-out
+    print(f"2-process online DPO: gold reward sft {sft:.3f} -> {online:.3f}")
+    assert online > sft + 0.05, (sft, online)
+    assert [r["step"] for r in rows] == list(range(31))
+    assert all(r["train/pairs"] <= 8 for r in rows[1:])  # the global batch's pairs
+    weights = final_weights(out)
+    # resume from checkpoint-28 under the same number of processes: steps 29-30 again, exactly
+    proc = torchrun(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_metrics(out / "metrics.jsonl")
+    for key in ("train/loss", "objective/scores", "eval/scores"):
+        assert [r.get(key) for r in again[-2:]] == [r.get(key) for r in rows[-2:]], key
+    resumed = final_weights(out)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
+def test_expert_iteration_on_two_processes_improves_and_resumes(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    texts = ("The movie was", "I think that", "Today the", "Hello") * 2
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
+    out, config = tmp_path / "ei", tmp_path / "ei.yaml"
+    config.write_text("n: 8\n")  # torchrun would take --n for an abbreviation of its own options
+    args = ["expert-iteration", "--config", config, "--model", "tiny-llama", "--prompts", prompts]
+    args += ["--reward", "tests.helpers_rl:count_e", "--output_dir", out, "--max_new_tokens", "16"]
+    args += ["--sft", "{max_steps: 40, learning_rate: 0.01, lr_schedule: constant}"]
+    proc = torchrun(*args, "--rounds", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    print(f"2-process expert iteration: {rounds}")
+    # round 2 samples from the model SFT'd on round 1's best: its average sample is better
+    assert rounds[1]["mean"] > 1.3 * rounds[0]["mean"], rounds
+    best = [json.loads(line) for line in (out / "round-1" / "best.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in best] == list(texts)  # both processes' rows, in order
+    assert_moved(final_weights(out))
+    # --resume with one more round: rounds 1-2 are kept, round 3 starts from round 2's model
+    proc = torchrun(*args, "--rounds", "3", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert again[:2] == rounds and len(again) == 3
+    assert (out / "round-3" / "sft" / "final").is_dir()
