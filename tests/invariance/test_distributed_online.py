@@ -8,37 +8,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-from posttrain.tasks import get_task
 from posttrain.training import read_metrics
+from tests.integration.test_online_dpo import sft_model  # noqa: F401  (the fixture)
 from tests.invariance.helpers_distributed import assert_moved, final_weights, torchrun
 
-TASK = get_task("counting")
 
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    """tiny-llama fine-tuned on the counting corpus (as in test_online_dpo.py), and prompts."""
-    from posttrain.cli import main
-
-    root = tmp_path_factory.mktemp("online")
-    data = root / "sft.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in TASK.sft_records(640, seed=0)))
-    args = ["sft", "--model", "tiny-llama", "--train_data", data, "--output_dir", root / "sft"]
-    args += ["--max_steps", "60", "--batch_size", "16", "--learning_rate", "3e-3"]
-    args += ["--max_length", "48", "--logging_steps", "60", "--progress", "false"]
-    assert main([str(a) for a in args]) == 0
-    prompts, held_out = root / "prompts.jsonl", root / "eval_prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in TASK.prompts(96, seed=1)))
-    held_out.write_text(
-        "".join(json.dumps({"prompt": p}) + "\n" for p in TASK.prompts(64, seed=99))
-    )
-    return root / "sft" / "final", prompts, held_out
-
-
-def test_online_dpo_on_two_processes_learns_and_resumes(sft_model, tmp_path):
+def test_online_dpo_on_two_processes_learns_and_resumes(sft_model, tmp_path):  # noqa: F811
     model, prompts, held_out = sft_model
     out = tmp_path / "oaif"
     args = ["online-dpo", "--model", model, "--train_data", prompts, "--judge", "task:counting"]
