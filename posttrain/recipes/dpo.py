@@ -17,8 +17,10 @@ The reference policy, ``reference``:
 - ``model``: a frozen copy of the starting model (or of ``reference_model``);
 - ``lora``: the policy itself with its LoRA adapters disabled (no second model in memory);
 - ``precomputed``: reference log-probs computed once before training with a frozen copy that is
-  then freed, cached in ``output_dir/reference_logps.pt`` (written atomically, keyed by the
-  tokenised data and the reference model) and reused on ``--resume``;
+  then freed: for the pairs the run will visit (a run shorter than an epoch does not pay for the
+  rest), in length-sorted batches, split over the processes under ``torchrun``; cached in
+  ``output_dir/reference_logps.pt`` (written atomically, keyed by the tokenised data and the
+  reference model; rows not computed are NaN) and reused on ``--resume``;
 - ``auto`` (default): ``lora`` when LoRA is on, else ``model``; ``none``: reference-free.
 
 The loss of a step is the mean over the batch's pairs, so gradient accumulation changes memory,
@@ -60,7 +62,7 @@ from posttrain.models import (
     segment_sums,
 )
 from posttrain.models.lora import adapters_disabled, apply_lora
-from posttrain.training import Run, distributed
+from posttrain.training import DataOrder, Run, distributed
 
 SUMMARY = "DPO and its family (IPO, hinge, robust, cDPO, RPO, SimPO, ORPO, unlikelihood) on pairs."
 
@@ -282,16 +284,46 @@ def preference_loss(
 def reference_logps(
     reference, pairs: list[EncodedPair], pad_id: int, batch_size: int, padding_free: bool = False
 ) -> torch.Tensor:
-    """(N, 2) summed reference log-probs [chosen, rejected] of every pair, in order (float64)."""
+    """(N, 2) summed reference log-probs [chosen, rejected] of every pair, in order (float64).
+
+    Batched by length (the pairs sorted by their longer response, results put back in order), so
+    batches carry little padding."""
     was = reference.training
     reference.eval()
-    rows = [torch.zeros(0, 2, dtype=torch.float64)]
-    for i in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[i : i + batch_size], pad_id, padding_free=padding_free)
+    out = torch.zeros(len(pairs), 2, dtype=torch.float64)
+    by_length = sorted(range(len(pairs)), key=lambda i: _longer(pairs[i]))
+    for k in range(0, len(pairs), batch_size):
+        idx = by_length[k : k + batch_size]
+        batch = collate_pairs([pairs[i] for i in idx], pad_id, padding_free=padding_free)
         lp = pair_logps(reference, batch)
-        rows.append(torch.stack([lp.chosen, lp.rejected], -1).double())
+        out[idx] = torch.stack([lp.chosen, lp.rejected], -1).double()
     reference.train(was)
-    return torch.cat(rows)
+    return out
+
+
+def _longer(pair: EncodedPair) -> int:
+    return max(len(pair.chosen.input_ids), len(pair.rejected.input_ids))
+
+
+def visited(n: int, cfg: Config) -> list[int]:
+    """The training pairs a run of ``cfg.max_steps`` steps uses (``Run.start_training``'s data
+    order): all of them once it passes an epoch."""
+    return sorted(DataOrder(n, cfg.seed).next(min(n, cfg.max_steps * cfg.batch_size)))
+
+
+def fill_reference_cache(
+    cache: dict, wanted: dict[str, tuple[list[EncodedPair], list[int]]], compute
+) -> bool:
+    """Compute the rows of ``cache[split]`` (NaN = not computed yet) that ``wanted[split] =
+    (pairs, indices)`` asks for, with ``compute(pairs) -> (n, 2)``; True if any were missing."""
+    filled = False
+    for split, (pairs, indices) in wanted.items():
+        idx = torch.tensor(indices, dtype=torch.long)
+        missing = idx[cache[split][idx, 0].isnan()].tolist()
+        if missing:
+            cache[split][missing] = compute([pairs[i] for i in missing])
+            filled = True
+    return filled
 
 
 def data_key(pairs: list[EncodedPair], *parts: str) -> str:
@@ -426,17 +458,32 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     elif kind == "precomputed":  # computed once (kept across --resume), then the copy is freed
         path = run_.dir / REFERENCE_CACHE
         key = data_key(train + held_out, cfg.reference_model or cfg.model, cfg.dtype)
-        cache = load_reference_cache(path, key)
-        if cache is None:
-            copy_ = frozen_reference()
-            cache = {
-                "key": key,
-                "train": reference_logps(copy_, train, pad, cfg.batch_size, cfg.padding_free),
-                "eval": reference_logps(copy_, held_out, pad, cfg.batch_size, cfg.padding_free),
-            }
-            del copy_
-            if distributed.is_main():  # every process computed the same numbers
-                save_reference_cache(path, cache)
+        cache = load_reference_cache(path, key) or {
+            "key": key,
+            "train": torch.full((len(train), 2), float("nan"), dtype=torch.float64),
+            "eval": torch.full((len(held_out), 2), float("nan"), dtype=torch.float64),
+        }
+        wanted = {  # only the pairs this run will see (more on a resume with more steps)
+            "train": (train, visited(len(train), cfg)),
+            "eval": (held_out, list(range(len(held_out)))),
+        }
+        copy_ = None
+
+        def compute(pairs: list[EncodedPair]) -> torch.Tensor:
+            nonlocal copy_
+            if copy_ is None:
+                copy_ = frozen_reference()
+            rows = distributed.map_sharded(  # each process its share, every process all rows
+                lambda part: list(
+                    reference_logps(copy_, part, pad, cfg.batch_size, cfg.padding_free)
+                ),
+                pairs,
+            )
+            return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
+
+        if fill_reference_cache(cache, wanted, compute) and distributed.is_main():
+            save_reference_cache(path, cache)
+        del copy_
     model = apply_lora(base, cfg.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

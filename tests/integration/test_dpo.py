@@ -163,9 +163,12 @@ def test_kill_minus_9_then_resume_is_bit_identical(cli, pairs, tmp_path, referen
     assert code == 0, err
     if reference == "precomputed":
         assert cache.stat().st_mtime_ns == written
-        assert torch.equal(
+        torch.testing.assert_close(  # NaN: rows of pairs the run does not visit
             torch.load(cache)["train"],
             torch.load(tmp_path / "straight" / "reference_logps.pt")["train"],
+            rtol=0,
+            atol=0,
+            equal_nan=True,
         )
     a, b = _weights(tmp_path / "straight"), _weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,5 +1,6 @@
 """DPO under ``torchrun --nproc_per_node 2`` (gloo, CPU): 2 processes x batch 4 pairs give the
 weights of 1 process x batch 8 (tiny-llama, 1e-5) with a frozen reference copy (DDP, float64), with
+precomputed reference log-probs (each process computes its share) and padding-free rows, with
 FSDP (policy and reference sharded; float32), and with LoRA under FSDP (reference = adapters
 disabled; the final model gathered and merged; float64); the logged
 implicit-reward metrics are those of the whole batch."""
@@ -34,10 +35,11 @@ def train(tmp_path_factory):
     "extra",
     [
         [],
+        ["--reference", "precomputed", "--padding_free", "true"],
         ["--distributed", "fsdp", "--dtype", "float32"],  # float32: gloo's plain-SUM path
         ["--lora.enabled", "true", "--learning_rate", "1e-2", "--distributed", "fsdp"],
     ],
-    ids=["ddp", "fsdp-float32", "lora-fsdp"],
+    ids=["ddp", "ddp-precomputed-padding-free", "fsdp-float32", "lora-fsdp"],
 )
 def test_dpo_2x4_equals_1x8(train, tmp_path, extra):
     from posttrain.cli import main

@@ -164,6 +164,36 @@ def test_reference_logps_and_cache(model, tok, pairs, tmp_path):
     assert dpo.load_reference_cache(path, "other data") is None  # stale: recomputed
 
 
+def test_precomputed_reference_covers_only_the_visited_pairs_and_fills_in_more():
+    """A 2-step run of 3 pairs over 100 computes 6 rows (those Run's data order will serve); a
+    resume to more steps computes the rows it adds, and only those."""
+    from posttrain.training import DataOrder
+
+    n = 100
+    cfg = _config(beta=0.1, max_steps=2, batch_size=3)
+    first = dpo.visited(n, cfg)
+    order = DataOrder(n, cfg.seed)
+    assert first == sorted(order.next(3) + order.next(3))
+    cache = {"train": torch.full((n, 2), float("nan"), dtype=torch.float64)}
+    asked = []
+
+    def compute(rows):
+        asked.append(list(rows))
+        return torch.tensor([[-float(r), -float(r) - 0.5] for r in rows], dtype=torch.float64)
+
+    items = list(range(n))  # stand-ins for pairs: compute(rows) sees the items themselves
+    assert dpo.fill_reference_cache(cache, {"train": (items, first)}, compute)
+    assert asked == [first] and not cache["train"][first].isnan().any()
+    assert int((~cache["train"][:, 0].isnan()).sum()) == 6
+    more = dpo.visited(n, _config(beta=0.1, max_steps=4, batch_size=3))
+    assert set(first) < set(more)
+    assert dpo.fill_reference_cache(cache, {"train": (items, more)}, compute)
+    assert asked[1] == sorted(set(more) - set(first))
+    assert not dpo.fill_reference_cache(cache, {"train": (items, more)}, compute)  # all there
+    assert dpo.visited(n, _config(beta=0.1, max_steps=40, batch_size=3)) == list(range(n))
+    assert cache["train"][more[0]].tolist() == [-more[0], -more[0] - 0.5]
+
+
 def test_precomputed_reference_serves_rows_by_index(pairs, tok):
     cache = {"train": torch.tensor([[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]])}
     ref = dpo.make_reference("precomputed", None, None, cache)
