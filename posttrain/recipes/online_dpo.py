@@ -61,6 +61,7 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.recipes.dpo import make_reference, pair_logps, preference_loss
 from posttrain.recipes.sample import sample_texts
+from posttrain.rollout.online import check_ddp_only
 from posttrain.training import (
     DataOrder,
     Run,
@@ -112,6 +113,7 @@ class Config(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_ddp_only(self)
         check(self.beta > 0, "beta", "must be > 0", self.beta)
         check(
             self.loss_type in DPO_LOSS_TYPES,

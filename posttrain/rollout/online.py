@@ -49,6 +49,18 @@ from posttrain.rollout.generate import (
 )
 
 
+def check_ddp_only(cfg: TrainConfig) -> None:
+    """Online recipes sample from the policy, and sampling under FSDP would need every process to
+    make the same number of forward passes: they take DDP only (exit 2 before anything runs)."""
+    check(
+        cfg.distributed == "ddp",
+        "distributed",
+        "online recipes run under DDP only (sampling under FSDP would need every process to make "
+        "the same number of forward passes); --lora.enabled true saves the most memory",
+        cfg.distributed,
+    )
+
+
 @dataclass(kw_only=True)
 class OnlineConfig(TrainConfig):
     """Fields of every online recipe (on top of the training ones)."""
@@ -95,6 +107,7 @@ class OnlineConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_ddp_only(self)
         check(
             self.train_data is not None or self.task is not None,
             "train_data",

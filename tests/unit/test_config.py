@@ -111,3 +111,17 @@ def test_bad_yaml_names_the_file(tmp_path):
     f.write_text("model: [unclosed\n")
     with pytest.raises(UserError, match=r"c.yaml:\d*: not valid YAML"):
         parse_args(Config, ["--config", str(f)])
+
+
+@pytest.mark.parametrize("recipe", ["rloo", "grpo", "reinforce", "ppo", "online_dpo"])
+def test_online_recipes_refuse_fsdp_with_a_reason(recipe):
+    import importlib
+
+    module = importlib.import_module(f"posttrain.recipes.{recipe}")
+    args = ["--model", "tiny-llama", "--task", "sentiment", "--output_dir", "o"]
+    if recipe == "online_dpo":
+        args = ["--model", "tiny-llama", "--train_data", "p.jsonl", "--judge", "task:sentiment"]
+        args += ["--output_dir", "o", "--beta", "0.1"]
+    parse_args(module.Config, args)  # DDP (the default) is fine
+    with pytest.raises(UserError, match="DDP only"):
+        parse_args(module.Config, [*args, "--distributed", "fsdp"])
