@@ -373,7 +373,9 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
         acts += saved_logits_bytes(shape, t, w, entropy=cfg.recipe in ENTROPY)
         transients["loss forward"] = logits_forward_bytes(shape, t, w)
         transients["loss backward"] = logits_backward_bytes(shape, t, w)
-    if copy and cfg.recipe in ("dpo", "kto"):  # reference forward while activations are saved
+    # DPO/KTO's reference forward (a frozen copy, or the policy with its adapters disabled) runs
+    # while the policy's activations are saved
+    if referenced and cfg.recipe in ("dpo", "kto"):
         transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer
     parts["activations"] = acts
     parts["step_transient"] = max(transients.values())

@@ -102,6 +102,7 @@ def test_dpo_adds_a_reference_and_pairs_and_lora_removes_the_copy():
     lora = LoraConfig(enabled=True, r=2, target_modules=["q_proj", "v_proj"])
     e = plan.estimate(cfg(recipe="dpo", batch_size=2, lora=lora), SHAPE)
     assert e.parts["reference"] == 0  # adapters disabled is the reference
+    assert e.parts["step_transient"] == 12960  # ... and runs its forward all the same
     assert e.parts["weights"] == 4000 + 112 * 4 and e.parts["adamw"] == 2 * 112 * 4
     # frozen norms: 80 x (2 x 116 + 16) = 19840, + the log-softmax 800
     assert e.parts["activations"] == 20640
