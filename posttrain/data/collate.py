@@ -65,7 +65,7 @@ def collate_packed(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.
 def collate_padding_free(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """The examples packed into as few rows as fit the longest of them (first-fit decreasing):
     the work of a padded batch without most of its padding. See :func:`lay_out`; per-example sums
-    of per-token values come from :func:`posttrain.models.segment_sums` over ``segment``."""
+    model outputs go back to one row per example with :func:`posttrain.models.unpack`."""
     width = max(len(e.input_ids) for e in examples)
     return lay_out(examples, pack(examples, width), pad_id)
 

@@ -15,7 +15,7 @@ from posttrain.models.logprobs import (
     forward_logprobs,
     gather_logprobs,
     position_ids_from_mask,
-    segment_sums,
+    unpack,
 )
 
 __all__ = [
@@ -30,6 +30,6 @@ __all__ = [
     "load_tokenizer",
     "position_ids_from_mask",
     "save_pretrained",
-    "segment_sums",
+    "unpack",
     "torch_dtype",
 ]

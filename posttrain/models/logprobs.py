@@ -94,18 +94,22 @@ def forward_logprobs(
     return TokenLogprobs(logps=logps, mask=mask, entropy=entropy, hidden=hidden)
 
 
-def segment_sums(
-    out: TokenLogprobs, segment: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs and response lengths of each of ``n`` sequences packed into rows
-    (``segment`` (R, T): the sequence index of each token, -1 on padding; see
-    ``posttrain.data.collate.lay_out``): (n,), (n,).
+def unpack(
+    out: TokenLogprobs, segment: torch.Tensor, position_ids: torch.Tensor, n: int
+) -> TokenLogprobs:
+    """Log-probs of ``n`` sequences packed into rows, laid out as a right-padded batch would give
+    them: (n, L - 1), L the longest sequence. ``segment`` (R, T) is the sequence index of each
+    token (-1 on padding), ``position_ids`` (R, T) its position within its sequence (see
+    ``posttrain.data.collate.lay_out``).
 
-    A label counts for the sequence it belongs to only if the position predicting it does too:
-    the first token of a sequence is not predicted from the end of the one before it."""
+    A label belongs to its sequence only if the position predicting it does too: the first token
+    of a sequence is not predicted from the end of the one before it."""
     label_seg = segment[:, 1:]
-    inside = (label_seg == segment[:, :-1]).to(out.logps.dtype)
-    index = label_seg.clamp(min=0).flatten()
-    sums = out.logps.new_zeros(n).index_add(0, index, (out.logps * inside).flatten())
-    lengths = out.mask.new_zeros(n).index_add(0, index, (out.mask * inside).flatten())
-    return sums, lengths
+    inside = label_seg == segment[:, :-1]
+    where = (label_seg[inside], position_ids[:, 1:][inside] - 1)
+    width = int(position_ids.max()) if n else 0
+
+    def place(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(n, width).index_put(where, values[inside])
+
+    return TokenLogprobs(logps=place(out.logps), mask=place(out.mask))

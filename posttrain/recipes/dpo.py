@@ -59,7 +59,7 @@ from posttrain.models import (
     forward_logprobs,
     load_model,
     load_tokenizer,
-    segment_sums,
+    unpack,
 )
 from posttrain.models.lora import adapters_disabled, apply_lora
 from posttrain.training import DataOrder, Run, distributed
@@ -102,10 +102,10 @@ class Config(TrainConfig):
     """A different model to use as reference (default: the starting model)."""
     aspect_weights: dict[str, float] | None = None
     """For scored data: weight of each aspect when turning scores into pairs."""
-    padding_free: bool = False
+    padding_free: bool = True
     """Pack a batch's chosen and rejected sequences end to end into as few rows as fit the
     longest (each attends only to itself) instead of padding every row to the longest: the same
-    numbers with less compute when lengths vary. Not with loss_type unlikelihood (per-token)."""
+    numbers (to float rounding) with less compute when lengths vary; false pads."""
 
     def validate(self) -> None:
         super().validate()
@@ -122,12 +122,6 @@ class Config(TrainConfig):
             self.label_smoothing,
         )
         check(self.rpo_alpha >= 0, "rpo_alpha", "must be >= 0", self.rpo_alpha)
-        check(
-            not (self.padding_free and self.loss_type == "unlikelihood"),
-            "padding_free",
-            "does not work with loss_type unlikelihood (it needs per-token log-probs)",
-            self.padding_free,
-        )
         check(
             self.reference != "lora" or self.lora.enabled,
             "reference",
@@ -179,15 +173,15 @@ class PairLogps:
     rejected: torch.Tensor  # (B,)
     chosen_lengths: torch.Tensor  # (B,)
     rejected_lengths: torch.Tensor  # (B,)
-    chosen_tokens: torch.Tensor | None  # (B, T-1) per-token log-probs (0 off the response)
-    rejected_tokens: torch.Tensor | None  # (None for padding-free batches)
-    chosen_mask: torch.Tensor | None  # (B, T-1)
-    rejected_mask: torch.Tensor | None
+    chosen_tokens: torch.Tensor  # (B, T-1) per-token log-probs (0 off the response)
+    rejected_tokens: torch.Tensor
+    chosen_mask: torch.Tensor  # (B, T-1)
+    rejected_mask: torch.Tensor
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
-    """One forward over chosen and rejected rows together (see ``collate_pairs``); padded or
-    padding-free (then without per-token log-probs: ``chosen_tokens`` etc. are None)."""
+    """One forward over chosen and rejected rows together (see ``collate_pairs``), padded or
+    padding-free."""
     out = forward_logprobs(
         model,
         batch["input_ids"],
@@ -196,9 +190,8 @@ def pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
         position_ids=batch.get("position_ids"),
     )
     b = batch["margin"].shape[0]
-    if "segment" in batch:  # padding-free rows
-        sums, lengths = segment_sums(out, batch["segment"], 2 * b)
-        return PairLogps(sums[:b], sums[b:], lengths[:b], lengths[b:], None, None, None, None)
+    if "segment" in batch:  # padding-free rows -> one row per sequence
+        out = unpack(out, batch["segment"], batch["position_ids"], 2 * b)
     sums, lengths = out.sum(), out.lengths()
     return PairLogps(
         sums[:b],

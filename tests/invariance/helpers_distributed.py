@@ -36,7 +36,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def assert_moved(weights: dict, model: str = "tiny-llama") -> None:

@@ -36,7 +36,10 @@ def train(tmp_path_factory):
     [
         [],
         ["--reference", "precomputed", "--padding_free", "true"],
-        ["--distributed", "fsdp", "--dtype", "float32"],  # float32: gloo's plain-SUM path
+        # float32: gloo's plain-SUM path; padded rows, because packing 8 sequences per process
+        # instead of 16 in one lays the rows out differently, which float32 rounds differently
+        # (AdamW turns that into ~1e-5 on a few weights); packing itself is checked in float64
+        ["--distributed", "fsdp", "--dtype", "float32", "--padding_free", "false"],
         ["--lora.enabled", "true", "--learning_rate", "1e-2", "--distributed", "fsdp"],
     ],
     ids=["ddp", "ddp-precomputed-padding-free", "fsdp-float32", "lora-fsdp"],
@@ -54,5 +57,9 @@ def test_dpo_2x4_equals_1x8(train, tmp_path, extra):
     tolerance = 1e-5 if "float32" in extra else 1e-9  # float32 sums in another order
     for a, b in zip(read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")):
         for key in ("train/loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
-            if key in a:
+            # at step 1 the policy is the reference: every pair is a tie (win 0.5) unless the
+            # reference log-probs come from other batches (precomputed), whose last-bit rounding
+            # then decides the accuracy
+            tie_break = key == "rewards/accuracies" and a["step"] == 1 and "precomputed" in extra
+            if key in a and not tie_break:
                 assert abs(a[key] - b[key]) < tolerance * max(1.0, abs(a[key])), key

@@ -44,8 +44,9 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
         "8x1": ["--batch_size", "8"],
         "2x4": ["--batch_size", "8", "--gradient_accumulation_steps", "4"],
         "precomputed": ["--batch_size", "8", "--reference", "precomputed"],
-        "padding_free": ["--batch_size", "8", "--padding_free", "true", "--eval_data", train],
-        "padded_eval": ["--batch_size", "8", "--eval_data", train],
+        "padded": ["--batch_size", "8", "--padding_free", "false"],  # the default is padding-free
+        "padding_free_eval": ["--batch_size", "8", "--eval_data", train],
+        "padded_eval": ["--batch_size", "8", "--padding_free", "false", "--eval_data", train],
     }
     for name, extra in runs.items():
         code, _, err = cli("dpo", *args, *extra, "--output_dir", tmp_path / name)
@@ -55,9 +56,9 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
     assert any(not torch.equal(base[k], start[k]) for k in base)  # training moved the weights
     _assert_same(base, _weights(tmp_path / "2x4"))
     _assert_same(base, _weights(tmp_path / "precomputed"))
-    _assert_same(base, _weights(tmp_path / "padding_free"))
+    _assert_same(base, _weights(tmp_path / "padded"))
     padded = read_metrics(tmp_path / "padded_eval" / "metrics.jsonl")
-    free = read_metrics(tmp_path / "padding_free" / "metrics.jsonl")
+    free = read_metrics(tmp_path / "padding_free_eval" / "metrics.jsonl")
     for a, b in zip(padded, free, strict=True):  # the same losses, rewards and held-out numbers
         assert a.keys() == b.keys()
         for k in a:
@@ -95,7 +96,7 @@ def test_pair_logps_ignore_padding_side_and_batch_mates(encoded):
         right = pair_logps(model, collate_pairs(pairs, tok.pad_token_id))
         left = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, side="left"))
         free = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, padding_free=True))
-    for name in ("chosen", "rejected", "chosen_lengths", "rejected_lengths"):
+    for name in ("chosen", "rejected", "chosen_lengths", "rejected_lengths", "chosen_tokens"):
         torch.testing.assert_close(getattr(free, name), getattr(right, name), atol=1e-10, rtol=0)
     with torch.no_grad():
         alone = [pair_logps(model, collate_pairs([p], tok.pad_token_id)) for p in pairs]

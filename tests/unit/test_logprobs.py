@@ -70,14 +70,17 @@ def test_only_response_tokens_count_and_values_are_real_logprobs():
     assert (out.entropy[0][mask] > 0).all()
 
 
-def test_segment_sums_by_hand():
-    """Row [a a b b b -]: labels at positions 1..5 belong to a, b, b, b, pad. The label at 2 is the
-    first token of b, predicted from the end of a: it must not count even where it is masked in."""
-    from posttrain.models import TokenLogprobs, segment_sums
+def test_unpack_by_hand():
+    """Row [a0 a1 b0 b1 b2 -] (a: 2 tokens, b: 3): labels at positions 1..5 are a1, b0, b1, b2,
+    pad. b0 is predicted from the end of a, so it belongs to nobody even where it is masked in;
+    the rest land where a right-padded batch [[a0 a1 -], [b0 b1 b2]] would have them."""
+    from posttrain.models import TokenLogprobs, unpack
 
     segment = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    positions = torch.tensor([[0, 1, 0, 1, 2, 0]])
     logps = torch.tensor([[-1.0, -10.0, -2.0, -3.0, 0.0]])  # labels 1..5
-    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # label 2 (b's first token) masked in
-    sums, lengths = segment_sums(TokenLogprobs(logps * mask, mask), segment, 2)
-    assert sums.tolist() == [-1.0, -5.0]
-    assert lengths.tolist() == [1.0, 2.0]
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # b0's label masked in on purpose
+    out = unpack(TokenLogprobs(logps * mask, mask), segment, positions, 2)
+    assert out.logps.tolist() == [[-1.0, 0.0], [-2.0, -3.0]]
+    assert out.mask.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert out.sum().tolist() == [-1.0, -5.0] and out.lengths().tolist() == [1.0, 2.0]
