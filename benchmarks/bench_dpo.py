@@ -1,15 +1,18 @@
 """DPO speed: posttrain dpo vs TRL's DPOTrainer, and seconds/step on SmolLM2-135M.
 
-    .venv/bin/python benchmarks/bench_dpo.py vs-trl --trl_python /tmp/trlvenv/bin/python
+    .venv/bin/python benchmarks/bench_dpo.py vs-trl --trl_python /tmp/trlvenv/bin/python \
+        [--size tiny|small] [--data short|varied] [--steps 200]
     .venv/bin/python benchmarks/bench_dpo.py smollm2
 
-``vs-trl``: the same tiny model directory, preference data, batch, steps, precision (float32 —
-TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing, both turned off here), lr
-schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer`` (TRL in its own venv), each
-with a frozen reference copy (``--precomputed``: both precompute the reference log-probs
-instead); whole process wall time (imports, data, training, saving) and its CPU time,
-alternately in one invocation; prints the ratios. CPU time is the steadier number on a shared
-machine.
+``vs-trl``: the same model directory (a random llama with tiny-llama's tokenizer: ``tiny`` is
+2 x 64 wide, where every step is framework overhead; ``small`` is 4 x 256), preference data
+(``short``: ~9-token sequences; ``varied``: responses of 1-60 words, as real pairs vary), batch,
+steps, precision (float32 — TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing,
+both turned off here), lr schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer``
+(TRL in its own venv): each with a frozen reference copy and with precomputed reference
+log-probs, and posttrain also with padded batches instead of its default padding-free rows;
+whole process wall time (imports, data, training, saving) and its CPU time, the programs
+alternately in one invocation, best of ``--repeats``; prints the ratios.
 
 ``smollm2``: one DPO step (4 pairs x 256 tokens: forward of policy and reference, backward,
 AdamW) on SmolLM2-135M-Instruct in float32 and bfloat16, with and without LoRA, each in a fresh
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -50,73 +54,78 @@ print(json.dumps({"seconds": time.time() - t0}))
 """
 
 
+# model sizes: overrides of tiny-llama's config (same tokenizer, 833 tokens)
+SIZES = {
+    "tiny": {},  # 2 layers x 64: every step is framework overhead
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    ),
+}
+
+
+def varied_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Pairs whose responses vary in length (1-60 words, ~2-120 tokens), as real ones do."""
+    from tests.helpers_pref import BAD, GOOD, TOPICS
+
+    rng = random.Random(seed)
+
+    def review(words: list[str]) -> str:
+        return " " + ", ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) + "."
+
+    return [
+        {"prompt": f"The {rng.choice(TOPICS)} was", "chosen": review(GOOD), "rejected": review(BAD)}
+        for _ in range(n)
+    ]
+
+
 def cmd_vs_trl(args) -> None:
     sys.path.insert(0, str(ROOT))
-    from posttrain.models import load_policy, save_pretrained
+    from posttrain.models import load_tokenizer, save_pretrained
+    from posttrain.models.tiny import build_tiny_llama
     from tests.helpers_pref import preference_rows
 
     work = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
-    model, tok = load_policy("tiny-llama")
-    save_pretrained(model, tok, work / "tiny")
+    tok = load_tokenizer("tiny-llama")
+    model = build_tiny_llama(tok, **SIZES[args.size])
+    save_pretrained(model, tok, work / "model")
+    n_params = sum(p.numel() for p in model.parameters())
     data = work / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in preference_rows(2000)))
+    rows = varied_rows(2000) if args.data == "varied" else preference_rows(2000)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (work / "run_trl_dpo.py").write_text(TRL_SCRIPT)
-    steps, bs, lr, maxlen, beta = str(args.steps), str(args.batch), "5e-4", "128", "0.1"
-    reference = "precomputed" if args.precomputed else "model"
-    ours = [
-        sys.executable,
-        "-m",
-        "posttrain.cli",
-        "dpo",
-        "--model",
-        str(work / "tiny"),
-        "--train_data",
-        str(data),
-        "--max_steps",
-        steps,
-        "--batch_size",
-        bs,
-        "--learning_rate",
-        lr,
-        "--max_length",
-        maxlen,
-        "--beta",
-        beta,
-        "--reference",
-        reference,
-        "--logging_steps",
-        "10",
-        "--save_steps",
-        "0",
-        "--progress",
-        "false",
-    ]
-    wall: dict[str, list[float]] = {"posttrain": [], "trl": []}
-    cpu: dict[str, list[float]] = {"posttrain": [], "trl": []}
+    steps, bs, lr, maxlen, beta = str(args.steps), str(args.batch), "5e-4", "256", "0.1"
+    ours = [sys.executable, "-m", "posttrain.cli", "dpo", "--model", str(work / "model")]
+    ours += ["--train_data", str(data), "--max_steps", steps, "--batch_size", bs]
+    ours += ["--learning_rate", lr, "--max_length", maxlen, "--beta", beta]
+    ours += ["--logging_steps", "10", "--save_steps", "0", "--progress", "false"]
+    trl = [args.trl_python, str(work / "run_trl_dpo.py"), str(work / "model"), str(data)]
+    programs = {  # name -> command given its output directory
+        "posttrain (frozen copy)": lambda out: [*ours, "--reference", "model", "--output_dir", out],
+        "posttrain (precomputed)": lambda out: [
+            *ours, "--reference", "precomputed", "--output_dir", out
+        ],
+        "posttrain (frozen copy, padded)": lambda out: [
+            *ours, "--reference", "model", "--padding_free", "false", "--output_dir", out
+        ],
+        "TRL (frozen copy)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "0"],
+        "TRL (precomputed)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "1"],
+    }  # fmt: skip
+    wall: dict[str, list[float]] = {name: [] for name in programs}
+    cpu: dict[str, list[float]] = {name: [] for name in programs}
     for rep in range(args.repeats):
-        for name in ("posttrain", "trl"):
-            out = work / f"{name}-{rep}"
-            cmd = (
-                [*ours, "--output_dir", str(out)]
-                if name == "posttrain"
-                else [
-                    args.trl_python,
-                    str(work / "run_trl_dpo.py"),
-                    str(work / "tiny"),
-                    str(data),
-                    str(out),
-                    steps,
-                    bs,
-                    lr,
-                    maxlen,
-                    beta,
-                    str(int(args.precomputed)),
-                ]
-            )
+        for k, (name, cmd) in enumerate(programs.items()):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run(
-                cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                cmd(str(work / f"run{k}-{rep}")),
+                check=True,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             wall[name].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -125,13 +134,23 @@ def cmd_vs_trl(args) -> None:
                 f"{name} run {rep}: {wall[name][-1]:.1f}s wall, {cpu[name][-1]:.1f}s CPU",
                 flush=True,
             )
-    a, b = min(wall["posttrain"]), min(wall["trl"])
-    ca, cb = min(cpu["posttrain"]), min(cpu["trl"])
+    best = {name: (min(wall[name]), min(cpu[name])) for name in programs}
     print(
-        f"tiny-llama DPO, {steps} steps x {bs} pairs, float32, reference {reference}, whole process, "
-        f"best of {args.repeats}: posttrain {a:.1f}s ({ca:.1f}s CPU) | TRL DPOTrainer {b:.1f}s ({cb:.1f}s CPU) "
-        f"| ratio {b / a:.2f}x wall, {cb / ca:.2f}x CPU"
+        f"\n{args.size} llama ({n_params / 1e6:.2f}M parameters), {args.data} pairs, {steps} steps x "
+        f"{bs} pairs, float32, whole process, best of {args.repeats}:\n"
+        "| program | wall | CPU |\n|---|---|---|"
     )
+    for name, (w, c) in best.items():
+        print(f"| {name} | {w:.1f} s | {c:.1f} s |")
+    print("\n| comparison | ratio (wall / CPU) |\n|---|---|")
+    for trl_name, ours_name in (
+        ("TRL (frozen copy)", "posttrain (frozen copy)"),
+        ("TRL (precomputed)", "posttrain (precomputed)"),
+        ("TRL (frozen copy)", "posttrain (precomputed)"),
+        ("TRL (frozen copy)", "posttrain (frozen copy, padded)"),
+    ):
+        a, b = best[ours_name], best[trl_name]
+        print(f"| {trl_name} / {ours_name} | {b[0] / a[0]:.2f}x / {b[1] / a[1]:.2f}x |")
 
 
 def one_config(dtype: str, lora: bool, steps: int) -> None:
@@ -211,7 +230,8 @@ def main() -> None:
     v.add_argument("--steps", type=int, default=200)
     v.add_argument("--batch", type=int, default=8)
     v.add_argument("--repeats", type=int, default=2)
-    v.add_argument("--precomputed", action="store_true", help="both precompute reference log-probs")
+    v.add_argument("--size", choices=list(SIZES), default="tiny")
+    v.add_argument("--data", choices=["short", "varied"], default="short")
     s = sub.add_parser("smollm2")
     s.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
