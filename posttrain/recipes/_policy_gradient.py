@@ -19,7 +19,10 @@ old log-probs then come from a no-grad forward first.
 Under ``torchrun`` each process samples and scores its contiguous slice of the step's prompts
 (all K samples of a prompt stay on one process, so the leave-one-out and group baselines are
 exact), with its own sampling seed; the loss is normalised by the response tokens of the whole
-batch and gradients are summed over processes (DDP), so every process takes the same step.
+batch and gradients are summed over processes, so every process takes the same step. Under
+``--distributed fsdp`` the policy and the frozen reference are sharded; every process makes the
+same forwards (sampling runs until every process's rows have ended; the same number of rows and
+micro-batches everywhere), as FSDP's per-forward weight gathering needs.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def run_policy_gradient(
     run_ = Run(cfg, flags, name)
     torch.manual_seed(cfg.seed)
     model, reference, backend = load_trainable_policy(cfg, tokenizer)
-    model = distributed.wrap(model)  # DDP under torchrun; unchanged for one process
+    model = distributed.wrap(model, cfg.distributed)  # DDP / FSDP under torchrun
     optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(
         optimizer,
@@ -197,4 +200,6 @@ def run_policy_gradient(
             generators={"sample": generator},
             state={"data": order.state_dict(), "estimator": est_state},
         )
-    print(f"saved {run_.finish(model, tokenizer)} (peak RSS {peak_rss_mb():.0f} MB)")
+    final = run_.finish(model, tokenizer)
+    if distributed.is_main():
+        print(f"saved {final} (peak RSS {peak_rss_mb():.0f} MB)")

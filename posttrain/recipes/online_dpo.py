@@ -31,12 +31,14 @@ on-policy). Round metrics describe the round whose pairs the logged step trained
 score of one sample per held-out prompt (fixed sampling seed) at step 0, every ``eval_steps`` and
 at the end.
 
-Under ``torchrun`` (DDP) each process samples and judges its contiguous slice of a round's
+Under ``torchrun`` each process samples and judges its contiguous slice of a round's
 prompts with its own sampling seed; the judged pairs are gathered, so every process holds the
 round's pairs (ties dropped, metrics over all of them) and takes its slice of each step's pairs.
 The loss is divided by the step's number of pairs and gradients are summed over processes, so
 every process takes the same step. Held-out scores are computed on every process (the same
-numbers everywhere).
+numbers everywhere). Under ``--distributed fsdp`` the policy and a frozen reference are sharded
+and every process makes the same forwards: sampling runs until every process's rows have ended,
+and a process left with fewer pairs (ties) makes weight-0 passes (:func:`micro_batches`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,6 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.recipes.dpo import make_reference, pair_logps, preference_loss
 from posttrain.recipes.sample import sample_texts
-from posttrain.rollout.online import check_ddp_only
 from posttrain.training import (
     DataOrder,
     Run,
@@ -113,7 +114,6 @@ class Config(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_ddp_only(self)
         check(self.beta > 0, "beta", "must be > 0", self.beta)
         check(
             self.loss_type in DPO_LOSS_TYPES,
@@ -281,6 +281,17 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
     return losses.sum() / n_total, logs
 
 
+def micro_batches(mine: list, micro: int, sharded: bool) -> list[list]:
+    """This process's pairs in chunks of ``micro``. The ties a judge drops can leave processes
+    with different numbers of pairs (even none); when ``sharded`` (FSDP: every forward and
+    backward is a collective) the list is padded with empty chunks to the largest number of
+    chunks of any process, so every process makes the same number of passes."""
+    chunks = [mine[s : s + micro] for s in range(0, len(mine), micro)]
+    if sharded:
+        chunks += [[]] * (max(distributed.gather_objects(len(chunks))) - len(chunks))
+    return chunks
+
+
 def run(cfg: Config, flags: dict[str, bool]) -> None:
     # --- validate everything before output_dir exists
     check_model_name(cfg.model)
@@ -319,11 +330,13 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     # the reference: a frozen copy, or (LoRA, fixed) the policy with its adapters switched off
     lora_ref = cfg.lora.enabled and cfg.ref_update == "fixed"
     reference = None if lora_ref else copy.deepcopy(policy).eval().requires_grad_(False)
+    if reference is not None:  # sharded like the policy under FSDP
+        reference = distributed.wrap_frozen(reference, cfg.distributed)
     ref = make_reference("lora" if lora_ref else "model", policy, reference, None)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     policy.train()
-    model = distributed.wrap(policy)  # DDP under torchrun; ``policy`` samples and is the reference
+    model = distributed.wrap(policy, cfg.distributed)  # ``policy`` samples (and is the LoRA ref)
     optimizer = make_optimizer(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(
         optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps, kind=cfg.lr_schedule
@@ -368,13 +381,14 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         if pairs:
             sums = dict.fromkeys(PAIR_METRICS, 0.0)
             with distributed.accumulate(model):
-                for s in range(0, len(mine), micro):
+                for chunk in micro_batches(mine, micro, distributed.is_fsdp(model)):
+                    # an empty chunk stands in (FSDP): a forward and backward of weight 0
                     loss, parts = dpo_step_loss(
-                        model, ref, tokenizer, mine[s : s + micro], cfg, len(pairs)
+                        model, ref, tokenizer, chunk or pairs[:1], cfg, len(pairs)
                     )
-                    loss.backward()
+                    (loss if chunk else loss * 0).backward()
                     for key, v in parts.items():
-                        sums[key] += v
+                        sums[key] += v if chunk else 0.0
             logs = {key: distributed.all_sum(v) / len(pairs) for key, v in sums.items()}
             distributed.reduce_gradients(model)  # summed over processes
             logs[M.TRAIN_GRAD_NORM] = optimizer_step(

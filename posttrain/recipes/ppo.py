@@ -20,13 +20,16 @@ The value head shares the policy's trunk by default (``posttrain.models.value``)
 Math: ``posttrain.losses`` (kl_shaped_rewards, gae, masked_whiten, ppo_policy_loss,
 ppo_value_loss, kl_estimate, explained_variance, value_clipfrac).
 
-Under ``torchrun`` (DDP) each process samples and scores its contiguous slice of the step's
+Under ``torchrun`` each process samples and scores its contiguous slice of the step's
 prompts with its own sampling seed and splits its rows into ``num_minibatches`` minibatches (a
 global minibatch is every process's i-th); advantage (and reward) whitening uses the statistics of
 all processes' rows, a minibatch's loss is normalised by the response tokens of the global
 minibatch (PPO-ptx: each process takes a slice of the ptx batch, normalised by the whole batch's
 tokens), gradients of the policy and of the value model are summed, and the approx-KL early stop
 and the KL controller see means over all processes, so every process takes the same steps.
+Under ``--distributed fsdp`` the policy, the value model (head, and critic trunk) and the frozen
+reference are sharded; every process makes the same forwards (sampling runs until every
+process's rows have ended; minibatches have the same number of rows everywhere).
 """
 
 from __future__ import annotations
@@ -256,7 +259,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     value = disable_dropout(build_value_model(model, separate=cfg.separate_critic, critic=critic))
     model, reference, backend = load_trainable_policy(cfg, tokenizer, model)
     shares_trunk = value.shares_trunk
-    model, value = distributed.wrap(model), distributed.wrap(value)  # DDP under torchrun
+    model = distributed.wrap(model, cfg.distributed)  # DDP / FSDP under torchrun
+    value = distributed.wrap(value, cfg.distributed)
     trainable = torch.nn.ModuleList([model, value]).train()
     optimizer = make_optimizer(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     updates = cfg.max_steps * cfg.ppo_epochs * cfg.num_minibatches

@@ -20,7 +20,10 @@ GPU notes (vLLM): every process of a ``torchrun`` job runs its own engine on its
 the trainer ("colocated"), generating for its shard of the prompts; give it a slice of the memory
 (``gpu_memory_utilization=0.3``) and start it from an HF directory of the starting policy
 (:meth:`VLLMBackend.from_model` writes one). Weight sync copies the full state dict once per
-optimizer step: on 1-8B models it costs well under a second on one node.
+optimizer step: on 1-8B models it costs well under a second on one node. Under ``--distributed
+fsdp`` every process gathers the full weights for its engine (``hf_state_dict``); not with LoRA.
+The built-in engine samples from the training model itself, sharded or not (see
+``posttrain.rollout.generate``: under FSDP every process makes the same number of forwards).
 """
 
 from __future__ import annotations
@@ -76,12 +79,23 @@ def rollout_from_tokens(
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
-    """The policy's weights under plain Hugging Face names: unwrapped from DDP, LoRA adapters
-    merged into the base weights (``W + B A * alpha / r``), peft's prefixes removed."""
+    """The policy's weights under plain Hugging Face names: unwrapped from DDP, gathered whole on
+    every process from FSDP shards (a collective), LoRA adapters merged into the base weights
+    (``W + B A * alpha / r``), peft's prefixes removed. An FSDP-sharded LoRA policy is refused
+    (its adapters would have to be merged shard by shard)."""
     from posttrain.models.lora import is_lora
-    from posttrain.training.distributed import unwrap
+    from posttrain.training import distributed
 
-    model = unwrap(model)
+    model = distributed.unwrap(model)
+    if distributed.is_fsdp(model):
+        if is_lora(model):
+            raise UserError(
+                "a vLLM backend cannot take an FSDP-sharded LoRA policy's weights; use DDP with "
+                "LoRA, FSDP without it, or the built-in engine"
+            )
+        return {
+            k: v.detach() for k, v in distributed.full_state_dict(model, every_rank=True).items()
+        }
     if not is_lora(model):
         return {k: v.detach() for k, v in model.state_dict().items()}
     model.merge_adapter()
@@ -130,7 +144,8 @@ class VLLMBackend:
 
     @classmethod
     def from_model(cls, model, tokenizer, workdir: str | Path, **kwargs) -> VLLMBackend:
-        """Save ``model`` (merged) as an HF directory under ``workdir`` and start vLLM on it."""
+        """Save ``model`` (merged; not FSDP-sharded yet: build the backend before
+        ``distributed.wrap``) as an HF directory under ``workdir`` and start vLLM on it."""
         from posttrain.models import save_pretrained
         from posttrain.training.distributed import unwrap
 

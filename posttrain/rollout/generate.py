@@ -13,6 +13,9 @@ ratios need). ``train_logps`` is left for the caller to fill with the training f
 
 A row ends at an EOS id, at a stop string (the response then keeps the token that completed it;
 :func:`decode_responses` cuts the text before the stop string), or after ``max_new_tokens``.
+Sampling stops once every row has ended; with an FSDP-sharded model (``torchrun`` with
+``--distributed fsdp``), once every row of every process has ended (:func:`all_finished`), since
+each forward is then a collective.
 
 :class:`GenerationBackend` is the small interface a sampler implements (``generate`` and
 ``sync_weights``); :class:`EngineBackend` is the built-in one, this module's :func:`generate`.
@@ -28,6 +31,7 @@ import torch
 
 from posttrain.data.collate import pad
 from posttrain.models.logprobs import gather_logprobs, position_ids_from_mask
+from posttrain.training import distributed
 
 
 @dataclass
@@ -156,6 +160,18 @@ class _StopStrings:
         return out
 
 
+def all_finished(done: torch.Tensor, sharded: bool) -> bool:
+    """Whether sampling can stop: every row of ``done`` (N,) bool has ended, on every process
+    when ``sharded``. An FSDP-sharded model gathers each layer's weights from all processes in
+    every forward (a collective), so all processes must make the same number of decoding forwards:
+    one whose rows have all ended keeps stepping (its rows emit pad, masked out of the response)
+    until every process's have; one all-reduce of a flag per step. Unsharded (one process, DDP):
+    this process's rows alone."""
+    if not sharded:
+        return bool(done.all())
+    return distributed.all_sum(float(not bool(done.all()))) == 0
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -196,6 +212,7 @@ def generate(
     )
     logits = out.logits[:, -1].float()  # (N, V)
     next_pos = positions[:, -1:] + 1
+    sharded = distributed.is_fsdp(model)  # every process must make the same number of forwards
     done = torch.zeros(n, dtype=torch.bool, device=device)
     stopped = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, logps, alive = [], [], []
@@ -218,7 +235,7 @@ def generate(
             stopped |= hit
             ended |= hit
         done = done | ended
-        if bool(done.all()):
+        if all_finished(done, sharded):
             break
         attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
         out = model(

@@ -3,6 +3,9 @@ the reference policy, K samples per prompt scored by a reward source (with no-EO
 penalties), policy and reference log-probs from the training forward, KL to the reference, the KL
 controller, metrics, the sample table and peak memory. The recipes keep only what makes them
 different; the functions take plain arguments (no config object), so other recipes can call them.
+Under ``torchrun --distributed fsdp`` the frozen reference is sharded like the policy
+(:func:`make_reference`) and the built-in sampler samples from the sharded policy, every process
+making the same number of forwards (``posttrain.rollout.generate.all_finished``).
 
 A typical step::
 
@@ -47,18 +50,7 @@ from posttrain.rollout.generate import (
     SamplingParams,
     decode_responses,
 )
-
-
-def check_ddp_only(cfg: TrainConfig) -> None:
-    """Online recipes sample from the policy, and sampling under FSDP would need every process to
-    make the same number of forward passes: they take DDP only (exit 2 before anything runs)."""
-    check(
-        cfg.distributed == "ddp",
-        "distributed",
-        "online recipes run under DDP only (sampling under FSDP would need every process to make "
-        "the same number of forward passes); --lora.enabled true saves the most memory",
-        cfg.distributed,
-    )
+from posttrain.training import distributed
 
 
 @dataclass(kw_only=True)
@@ -107,7 +99,6 @@ class OnlineConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_ddp_only(self)
         check(
             self.train_data is not None or self.task is not None,
             "train_data",
@@ -183,23 +174,28 @@ def load_inputs(cfg: OnlineConfig):
 
 def load_trainable_policy(cfg: OnlineConfig, tokenizer, model=None):
     """``(policy, reference, backend)``: ``model`` (default: ``cfg.model`` loaded) with LoRA when
-    configured, dropout off, in train mode; the reference (:func:`make_reference`); the built-in
-    sampler on it."""
+    configured, dropout off, in train mode; the reference (:func:`make_reference`, sharded like
+    the policy under ``--distributed fsdp``); the built-in sampler on it. Wrap the policy with
+    ``distributed.wrap(policy, cfg.distributed)`` afterwards (FSDP shards it in place, so the
+    sampler then samples from the sharded policy)."""
     if model is None:
         model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
     model = disable_dropout(apply_lora(model, cfg.lora)).train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model, make_reference(model, cfg.lora.enabled), EngineBackend(model, tokenizer)
+    reference = make_reference(model, cfg.lora.enabled, cfg.distributed)
+    return model, reference, EngineBackend(model, tokenizer)
 
 
-def make_reference(model, lora_enabled: bool):
+def make_reference(model, lora_enabled: bool, strategy: str = "ddp"):
     """A zero-argument context factory yielding the reference policy: the policy with adapters
-    disabled under LoRA, else a frozen copy of the starting model. Call it with the model as
-    ``apply_lora`` returned it, before the first update."""
+    disabled under LoRA, else a frozen copy of the starting model (FSDP-sharded when ``strategy``
+    is ``fsdp``, like the policy). Call it with the model as ``apply_lora`` returned it, before
+    the first update."""
     if lora_enabled:
         return lambda: adapters_disabled(model)
     frozen = copy.deepcopy(model).requires_grad_(False).eval()
+    frozen = distributed.wrap_frozen(frozen, strategy)
     return lambda: contextlib.nullcontext(frozen)
 
 

@@ -238,6 +238,13 @@ def wrap(model: torch.nn.Module, strategy: str = "ddp") -> torch.nn.Module:
     return model
 
 
+def wrap_frozen(model: torch.nn.Module, strategy: str = "ddp") -> torch.nn.Module:
+    """Prepare a frozen model that runs beside a policy wrapped with ``strategy`` (a reference
+    copy): under ``fsdp`` sharded in place the same way (its forwards then gather weights, so every
+    rank must run them equally often); otherwise unchanged (no gradients: nothing for DDP to do)."""
+    return wrap(model, "fsdp") if strategy == "fsdp" else model
+
+
 def _local_only(state, bucket):  # no return annotation: DDP checks it against a typing form
     """DDP communication hook that leaves each rank's gradients as they are."""
     fut = torch.futures.Future()
@@ -305,17 +312,17 @@ def reduce_gradients(model: torch.nn.Module) -> None:
             offset += g.numel()
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on the CPU: on rank 0 under FSDP (a collective: call it on every
-    rank; other ranks get ``{}``), the plain ``state_dict`` otherwise."""
+def full_state_dict(model: torch.nn.Module, *, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """The whole model's weights: under FSDP (a collective: call it on every rank) on rank 0's CPU
+    (other ranks get ``{}``), or with ``every_rank`` on every rank, on its device; the plain
+    ``state_dict`` otherwise."""
     model = unwrap(model)
     if not is_fsdp(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
+    return get_model_state_dict(model, options=options)
 
 
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

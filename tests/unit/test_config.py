@@ -114,7 +114,8 @@ def test_bad_yaml_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["rloo", "grpo", "reinforce", "ppo", "online_dpo"])
-def test_online_recipes_refuse_fsdp_with_a_reason(recipe):
+def test_online_recipes_take_fsdp(recipe):
+    """Online recipes run under FSDP too (tests/invariance/test_distributed_fsdp_online.py)."""
     import importlib
 
     module = importlib.import_module(f"posttrain.recipes.{recipe}")
@@ -122,6 +123,5 @@ def test_online_recipes_refuse_fsdp_with_a_reason(recipe):
     if recipe == "online_dpo":
         args = ["--model", "tiny-llama", "--train_data", "p.jsonl", "--judge", "task:sentiment"]
         args += ["--output_dir", "o", "--beta", "0.1"]
-    parse_args(module.Config, args)  # DDP (the default) is fine
-    with pytest.raises(UserError, match="DDP only"):
-        parse_args(module.Config, [*args, "--distributed", "fsdp"])
+    config, _ = parse_args(module.Config, [*args, "--distributed", "fsdp"])
+    assert config.distributed == "fsdp"
