@@ -7,7 +7,9 @@ memory; one process peaks at
     state = policy weights + AdamW states (2 per trainable parameter)
             + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference)
             + reward model (online recipes with --reward_model) + value head or critic (PPO)
-            + DDP's gradient buckets (a flat copy of the gradients, several processes)
+            + DDP's gradient buckets (a flat copy of the gradients, several processes; posttrain
+              all-reduces its own copy instead, so on a CPU their pages are never touched and
+              not resident: counted anyway, as on a GPU they are allocated)
     phases:
       training step  = saved activations + the largest transient of the micro-batch
                        + FSDP's gathered units + gradients (only with gradient accumulation:
