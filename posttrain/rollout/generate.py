@@ -164,9 +164,10 @@ def all_finished(done: torch.Tensor, sharded: bool) -> bool:
     """Whether sampling can stop: every row of ``done`` (N,) bool has ended, on every process
     when ``sharded``. An FSDP-sharded model gathers each layer's weights from all processes in
     every forward (a collective), so all processes must make the same number of decoding forwards:
-    one whose rows have all ended keeps stepping (its rows emit pad, masked out of the response)
-    until every process's have; one all-reduce of a flag per step. Unsharded (one process, DDP):
-    this process's rows alone."""
+    one whose rows have all ended keeps making forwards (their output unused; it samples nothing
+    more, so its rollout and random stream are those of an unsharded run) until every process's
+    have; one all-reduce of a flag per step. Unsharded (one process, DDP): this process's rows
+    alone."""
     if not sharded:
         return bool(done.all())
     return distributed.all_sum(float(not bool(done.all()))) == 0
@@ -217,24 +218,25 @@ def generate(
     stopped = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, logps, alive = [], [], []
     for _ in range(max_new_tokens):
-        if temperature == 0:
-            tok = logits.argmax(-1)
-            lp = gather_logprobs(logits, tok)
-        else:
-            scaled = logits / temperature
-            probs = torch.softmax(filter_logits(scaled, top_k=top_k, top_p=top_p), dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            lp = gather_logprobs(scaled, tok)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        alive.append(~done)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(lp), lp))
-        ended = torch.isin(tok, eos) & ~done
-        if stop is not None:
-            hit = stop.hits(tokens, ~done & ~ended)
-            stopped |= hit
-            ended |= hit
-        done = done | ended
+        if not bool(done.all()):  # FSDP: a finished process only keeps step (all_finished)
+            if temperature == 0:
+                tok = logits.argmax(-1)
+                lp = gather_logprobs(logits, tok)
+            else:
+                scaled = logits / temperature
+                probs = torch.softmax(filter_logits(scaled, top_k=top_k, top_p=top_p), dim=-1)
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                lp = gather_logprobs(scaled, tok)
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            alive.append(~done)
+            tokens.append(tok)
+            logps.append(torch.where(done, torch.zeros_like(lp), lp))
+            ended = torch.isin(tok, eos) & ~done
+            if stop is not None:
+                hit = stop.hits(tokens, ~done & ~ended)
+                stopped |= hit
+                ended |= hit
+            done = done | ended
         if all_finished(done, sharded):
             break
         attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
