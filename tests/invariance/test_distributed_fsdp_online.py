@@ -15,21 +15,39 @@ from posttrain.training import read_metrics
 from tests.helpers_rl import COMMON, reward_curve
 from tests.integration.test_online_dpo import sft_model  # noqa: F401  (the fixture)
 from tests.invariance.helpers_distributed import assert_moved, final_weights, torchrun
+from tests.invariance.test_distributed_ppo import ARGS as PPO  # the DDP tests' settings
+from tests.invariance.test_distributed_rloo import ARGS as RLOO
 
 FSDP = ["--distributed", "fsdp", "--dtype", "float32"]
 
 
+def assert_learns(out, name: str, max_kl: float) -> None:
+    """The mean reward rises by a large margin while the KL to the reference stays bounded."""
+    start, end, kl = reward_curve(out)
+    print(f"2-process FSDP {name}: reward {start:.3f} -> {end:.3f}, max KL {kl:.2f}")
+    assert end > 1.6 * start, (start, end)
+    assert kl < max_kl, kl
+
+
+def assert_resumes_exactly(args: list, out, keys: tuple[str, ...]) -> None:
+    """``--resume`` from the last checkpoint repeats the last two logged steps (``keys``) and
+    the final weights bit for bit."""
+    rows, weights = read_metrics(out / "metrics.jsonl"), final_weights(out)
+    proc = torchrun(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_metrics(out / "metrics.jsonl")
+    for key in keys:
+        assert [r.get(key) for r in again[-2:]] == [r.get(key) for r in rows[-2:]], key
+    resumed = final_weights(out)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
 def test_rloo_under_fsdp_learns_and_resumes(tmp_path):
     out = tmp_path / "rloo"
-    args = ["rloo", *COMMON, *FSDP, "--batch_size", "8", "--num_samples", "4"]
-    args += ["--learning_rate", "1e-2", "--lr_schedule", "constant", "--kl_coef", "0.1"]
-    args += ["--save_steps", "10", "--output_dir", out]
+    args = [*RLOO, *FSDP, "--output_dir", out]
     proc = torchrun(*args, "--max_steps", "20")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    start, end, max_kl = reward_curve(out)
-    print(f"2-process FSDP RLOO: reward {start:.3f} -> {end:.3f}, max KL {max_kl:.2f}")
-    assert end > 1.6 * start, (start, end)
-    assert max_kl < 20, max_kl
+    assert_learns(out, "RLOO", max_kl=20)
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 21))
     assert_moved(final_weights(out))
     # two more steps from checkpoint-20 (full weights, loaded back into the shards)
@@ -60,27 +78,15 @@ def test_grpo_under_fsdp_samples_and_steps_as_under_ddp(tmp_path):
 
 def test_ppo_under_fsdp_learns_and_resumes_exactly(tmp_path):
     out = tmp_path / "ppo"
-    args = ["ppo", *COMMON, *FSDP, "--batch_size", "16", "--learning_rate", "5e-3"]
-    args += ["--kl_coef", "0.02", "--num_minibatches", "1", "--kl_target", "6"]
-    args += ["--max_steps", "20", "--save_steps", "9", "--output_dir", out]
+    args = [*PPO, *FSDP, "--output_dir", out]  # 20 steps, checkpoints every 9
     proc = torchrun(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    start, end, max_kl = reward_curve(out)
-    print(f"2-process FSDP PPO: reward {start:.3f} -> {end:.3f}, max KL {max_kl:.2f}")
-    assert end > 1.6 * start, (start, end)
-    assert max_kl < 15, max_kl
-    rows = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(1, 21))
-    weights = final_weights(out)
-    assert_moved(weights)
-    # resume from checkpoint-18 (policy and value head): steps 19-20 again, exactly
-    proc = torchrun(*args, "--resume")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = read_metrics(out / "metrics.jsonl")
-    for key in ("objective/scores", "objective/kl", "objective/kl_coef", "loss/policy"):
-        assert [r[key] for r in again[-2:]] == [r[key] for r in rows[-2:]], key
-    resumed = final_weights(out)
-    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    assert_learns(out, "PPO", max_kl=15)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 21))
+    assert_moved(final_weights(out))
+    # from checkpoint-18 (policy and value head, both sharded): steps 19-20 again
+    keys = ("objective/scores", "objective/kl", "objective/kl_coef", "loss/policy")
+    assert_resumes_exactly(args, out, keys)
 
 
 def test_online_dpo_under_fsdp_learns_and_resumes(sft_model, tmp_path):  # noqa: F811
@@ -89,10 +95,10 @@ def test_online_dpo_under_fsdp_learns_and_resumes(sft_model, tmp_path):  # noqa:
     model, prompts, held_out = sft_model
     out = tmp_path / "oaif"
     args = ["online-dpo", "--model", model, "--train_data", prompts, "--judge", "task:counting"]
-    args += [*FSDP, "--batch_size", "8", "--learning_rate", "5e-4", "--beta", "0.1"]
-    args += ["--max_steps", "20", "--max_new_tokens", "16", "--max_length", "48"]
-    args += ["--lr_schedule", "constant", "--logging_steps", "1", "--progress", "false"]
-    args += ["--eval_data", held_out, "--save_steps", "18", "--output_dir", out]
+    args += [*FSDP, "--batch_size", "8", "--learning_rate", "5e-4", "--max_steps", "20"]
+    args += ["--max_new_tokens", "16", "--max_length", "48", "--lr_schedule", "constant"]
+    args += ["--logging_steps", "1", "--progress", "false", "--eval_data", held_out]
+    args += ["--save_steps", "18", "--output_dir", out]
     proc = torchrun(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out / "metrics.jsonl")
@@ -101,12 +107,5 @@ def test_online_dpo_under_fsdp_learns_and_resumes(sft_model, tmp_path):  # noqa:
     assert online > sft + 0.05, (sft, online)
     pairs = [r["train/pairs"] for r in rows[1:]]
     assert any(p % 2 for p in pairs), pairs  # an odd number of pairs: the processes' differ
-    weights = final_weights(out)
-    # resume from checkpoint-18: steps 19-20 again, exactly
-    proc = torchrun(*args, "--resume")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = read_metrics(out / "metrics.jsonl")
-    for key in ("train/loss", "objective/scores", "eval/scores"):
-        assert [r.get(key) for r in again[-2:]] == [r.get(key) for r in rows[-2:]], key
-    resumed = final_weights(out)
-    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    # from checkpoint-18: steps 19-20 again
+    assert_resumes_exactly(args, out, ("train/loss", "objective/scores", "eval/scores"))
