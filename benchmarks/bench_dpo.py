@@ -39,7 +39,7 @@ t0 = time.time()
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
-model_dir, data, out, steps, bs, lr, maxlen, beta, precompute = sys.argv[1:10]
+model_dir, data, out, steps, bs, lr, maxlen, beta, precompute, bf16 = sys.argv[1:11]
 rows = [json.loads(l) for l in open(data)]
 ds = Dataset.from_list(rows)
 tok = AutoTokenizer.from_pretrained(model_dir)
@@ -47,7 +47,7 @@ model = AutoModelForCausalLM.from_pretrained(model_dir)
 cfg = DPOConfig(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(bs), learning_rate=float(lr),
                 max_length=int(maxlen), beta=float(beta), logging_steps=10, save_strategy="no", report_to=[],
                 use_cpu=True, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0,
-                dataloader_num_workers=0, disable_tqdm=True, seed=0, bf16=False,
+                dataloader_num_workers=0, disable_tqdm=True, seed=0, bf16=bf16 == "1",
                 gradient_checkpointing=False, precompute_ref_log_probs=precompute == "1")
 DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok).train()
 print(json.dumps({"seconds": time.time() - t0}))
@@ -94,7 +94,7 @@ def cmd_vs_trl(args) -> None:
     save_pretrained(model, tok, work / "model")
     n_params = sum(p.numel() for p in model.parameters())
     data = work / "pairs.jsonl"
-    rows = varied_rows(2000) if args.data == "varied" else preference_rows(2000)
+    rows = varied_rows(args.pairs) if args.data == "varied" else preference_rows(args.pairs)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (work / "run_trl_dpo.py").write_text(TRL_SCRIPT)
     steps, bs, lr, maxlen, beta = str(args.steps), str(args.batch), "5e-4", "256", "0.1"
@@ -102,6 +102,8 @@ def cmd_vs_trl(args) -> None:
     ours += ["--train_data", str(data), "--max_steps", steps, "--batch_size", bs]
     ours += ["--learning_rate", lr, "--max_length", maxlen, "--beta", beta]
     ours += ["--logging_steps", "10", "--save_steps", "0", "--progress", "false"]
+    ours += ["--bf16_autocast", "true"] if args.bf16 else []
+    bf16 = str(int(args.bf16))
     trl = [args.trl_python, str(work / "run_trl_dpo.py"), str(work / "model"), str(data)]
     programs = {  # name -> command given its output directory
         "posttrain (frozen copy)": lambda out: [*ours, "--reference", "model", "--output_dir", out],
@@ -111,8 +113,8 @@ def cmd_vs_trl(args) -> None:
         "posttrain (frozen copy, padded)": lambda out: [
             *ours, "--reference", "model", "--padding_free", "false", "--output_dir", out
         ],
-        "TRL (frozen copy)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "0"],
-        "TRL (precomputed)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "1"],
+        "TRL (frozen copy)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "0", bf16],
+        "TRL (precomputed)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "1", bf16],
     }  # fmt: skip
     wall: dict[str, list[float]] = {name: [] for name in programs}
     cpu: dict[str, list[float]] = {name: [] for name in programs}
@@ -136,8 +138,10 @@ def cmd_vs_trl(args) -> None:
             )
     best = {name: (min(wall[name]), min(cpu[name])) for name in programs}
     print(
-        f"\n{args.size} llama ({n_params / 1e6:.2f}M parameters), {args.data} pairs, {steps} steps x "
-        f"{bs} pairs, float32, whole process, best of {args.repeats}:\n"
+        f"\n{args.size} llama ({n_params / 1e6:.2f}M parameters), {args.pairs} {args.data} pairs, "
+        f"{steps} steps x {bs} pairs ({args.steps * args.batch / args.pairs:.1f} epochs), "
+        f"{'bfloat16 autocast' if args.bf16 else 'float32'}, "
+        f"whole process, best of {args.repeats}:\n"
         "| program | wall | CPU |\n|---|---|---|"
     )
     for name, (w, c) in best.items():
@@ -232,6 +236,10 @@ def main() -> None:
     v.add_argument("--repeats", type=int, default=2)
     v.add_argument("--size", choices=list(SIZES), default="tiny")
     v.add_argument("--data", choices=["short", "varied"], default="short")
+    v.add_argument("--bf16", action="store_true", help="both under bfloat16 autocast")
+    v.add_argument(
+        "--pairs", type=int, default=2000, help="dataset size (epochs = steps x batch / pairs)"
+    )
     s = sub.add_parser("smollm2")
     s.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
