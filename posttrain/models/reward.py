@@ -134,8 +134,9 @@ class RewardModel(nn.Module):
         """A reward source ``(prompts, completions) -> list[float]`` (see :class:`RewardScorer`)."""
         return RewardScorer(self, normalize=normalize, batch_size=batch_size)
 
-    def save(self, path: str | Path) -> None:
-        """Write the HF directory atomically (temp sibling, then rename)."""
+    def save(self, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the HF directory atomically (temp sibling, then rename). ``state``: the full
+        weights when this module's own are FSDP shards (``distributed.full_state_dict``)."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -144,11 +145,21 @@ class RewardModel(nn.Module):
             import copy
 
             trunk = copy.deepcopy(trunk).merge_and_unload()
-        trunk.save_pretrained(tmp, safe_serialization=True)
+        if state is None:
+            trunk.save_pretrained(tmp, safe_serialization=True)
+            head = self.head.state_dict()
+        else:
+
+            def part(prefix: str) -> dict[str, torch.Tensor]:
+                return {n.split(".", 1)[1]: v for n, v in state.items() if n.startswith(prefix)}
+
+            named = {n for n, _ in [*trunk.named_parameters(), *trunk.named_buffers()]}
+            tied = set(trunk.state_dict()) - named  # second names of shared tensors (lm_head)
+            weights = {k: v for k, v in part("trunk.").items() if k not in tied}
+            trunk.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            head = part("head.")
         self.tokenizer.save_pretrained(tmp)
-        save_file(
-            {k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / HEAD_FILE)
-        )
+        save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))
         meta = {
             "heads": self.heads,
             "weights": self.weights.tolist(),

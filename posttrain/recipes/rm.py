@@ -81,9 +81,9 @@ class Config(TrainConfig):
             self.aspect_weights,
         )
         check(
-            self.distributed == "ddp",
+            not (self.distributed == "fsdp" and self.lora.enabled),
             "distributed",
-            "rm supports ddp (a full replica per process)",
+            "fsdp with LoRA is not supported by rm (use ddp: LoRA already saves the memory)",
             self.distributed,
         )
         if self.head_weights is not None:

@@ -8,6 +8,7 @@ restores the same checkpoint (see ``posttrain.training.distributed``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -296,15 +297,18 @@ class Run:
 
     def finish(self, model, tokenizer=None, *, save=None) -> Path:
         """Save ``final/`` atomically: an HF directory with the tokenizer, or through ``save(path)``
-        for models with their own format (reward models). With several processes call it on
-        every rank: rank 0 saves (FSDP shards are gathered first), the others wait."""
+        for models with their own format (reward models; under FSDP ``save(path, state=full
+        weights)``). With several processes call it on every rank: rank 0 saves (FSDP shards are
+        gathered first), the others wait."""
         from posttrain.models import save_pretrained
 
         if self._bar is not None:
             self._bar.close()
         final = self.dir / "final"
         model = distributed.unwrap(model)
-        if distributed.is_fsdp(model):
+        if distributed.is_fsdp(model) and save is not None:  # its own format, full weights
+            save = functools.partial(save, state=distributed.full_state_dict(model))
+        elif distributed.is_fsdp(model):
             model = _gathered_copy(model)  # a collective; None off rank 0
         if distributed.is_main():
             if save is not None:

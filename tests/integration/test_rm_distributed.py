@@ -1,6 +1,7 @@
 """posttrain rm: how a batch is split changes memory, not results. Gradient accumulation 4 x 2
 pairs == 1 x 8 pairs, and under ``torchrun --nproc_per_node 2`` (DDP, gloo on CPU) 2 processes x
-4 pairs == 1 process x 8 pairs: the same trunk, head and saved reward statistics (float64)."""
+4 pairs == 1 process x 8 pairs: the same trunk, head and saved reward statistics (float64), with
+DDP and with FSDP."""
 
 from __future__ import annotations
 
@@ -70,4 +71,17 @@ def test_ddp_2x4_equals_1x8(setup):
     for a, b in zip(one[1:], two[1:]):
         for key in ("train/loss", "rewards/accuracies", "rewards/margins", "train/grad_norm"):
             assert abs(a[key] - b[key]) < 1e-9, key
+    assert proc.stdout.count("saved ") == 1  # rank 0 speaks
+
+
+def test_fsdp_2x4_equals_1x8(setup):
+    """FSDP: the trunk's layers and the head sharded over 2 processes (float64); the final
+    directory, saved from the gathered weights, holds the one-process model."""
+    d, extra = setup
+    proc = torchrun("rm", *ARGS, *extra, "--distributed", "fsdp", "--output_dir", d / "fsdp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (w1, meta1), (w2, meta2) = _final(d / "single"), _final(d / "fsdp")
+    assert_same_weights(w1, w2)
+    assert meta1["mean"] == pytest.approx(meta2["mean"], abs=1e-6)
+    assert meta1["std"] == pytest.approx(meta2["std"], abs=1e-6)
     assert proc.stdout.count("saved ") == 1  # rank 0 speaks
