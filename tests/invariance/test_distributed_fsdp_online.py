@@ -15,6 +15,7 @@ from posttrain.training import read_metrics
 from tests.helpers_rl import COMMON, reward_curve
 from tests.integration.test_online_dpo import sft_model  # noqa: F401  (the fixture)
 from tests.invariance.helpers_distributed import assert_moved, final_weights, torchrun
+from tests.invariance.test_distributed_online import oaif_args, run_and_check_gain
 from tests.invariance.test_distributed_ppo import ARGS as PPO  # the DDP tests' settings
 from tests.invariance.test_distributed_rloo import ARGS as RLOO
 
@@ -92,19 +93,9 @@ def test_ppo_under_fsdp_learns_and_resumes_exactly(tmp_path):
 def test_online_dpo_under_fsdp_learns_and_resumes(sft_model, tmp_path):  # noqa: F811
     """The judge's ties leave the processes different numbers of pairs (even none): the process
     with fewer makes weight-0 passes so both make the same forwards and backwards."""
-    model, prompts, held_out = sft_model
     out = tmp_path / "oaif"
-    args = ["online-dpo", "--model", model, "--train_data", prompts, "--judge", "task:counting"]
-    args += [*FSDP, "--batch_size", "8", "--learning_rate", "5e-4", "--max_steps", "20"]
-    args += ["--max_new_tokens", "16", "--max_length", "48", "--lr_schedule", "constant"]
-    args += ["--logging_steps", "1", "--progress", "false", "--eval_data", held_out]
-    args += ["--save_steps", "18", "--output_dir", out]
-    proc = torchrun(*args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(out / "metrics.jsonl")
-    sft, online = rows[0]["eval/scores"], rows[-1]["eval/scores"]  # gold reward, held-out
-    print(f"2-process FSDP online DPO: gold reward sft {sft:.3f} -> {online:.3f}")
-    assert online > sft + 0.05, (sft, online)
+    args = [*oaif_args(sft_model, out, steps=20, save_steps=18), *FSDP]
+    rows = run_and_check_gain(args, out, "2-process FSDP online DPO")
     pairs = [r["train/pairs"] for r in rows[1:]]
     assert any(p % 2 for p in pairs), pairs  # an odd number of pairs: the processes' differ
     # from checkpoint-18: steps 19-20 again

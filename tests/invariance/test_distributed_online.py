@@ -15,20 +15,33 @@ from tests.integration.test_online_dpo import sft_model  # noqa: F401  (the fixt
 from tests.invariance.helpers_distributed import assert_moved, final_weights, torchrun
 
 
-def test_online_dpo_on_two_processes_learns_and_resumes(sft_model, tmp_path):  # noqa: F811
-    model, prompts, held_out = sft_model
-    out = tmp_path / "oaif"
+def oaif_args(sft: tuple, out, *, steps: int, save_steps: int) -> list:
+    """online-dpo from the SFT model on its prompts, judged by the counting task, with the gold
+    reward of held-out prompts logged every step. ``sft``: the ``sft_model`` fixture."""
+    model, prompts, held_out = sft
     args = ["online-dpo", "--model", model, "--train_data", prompts, "--judge", "task:counting"]
-    args += ["--batch_size", "8", "--learning_rate", "5e-4", "--beta", "0.1", "--max_steps", "30"]
+    args += ["--batch_size", "8", "--learning_rate", "5e-4", "--beta", "0.1", "--max_steps", steps]
     args += ["--max_new_tokens", "16", "--max_length", "48", "--lr_schedule", "constant"]
     args += ["--logging_steps", "1", "--progress", "false", "--eval_data", held_out]
-    args += ["--save_steps", "28", "--output_dir", out]
+    return [*args, "--save_steps", save_steps, "--output_dir", out]
+
+
+def run_and_check_gain(args: list, out, label: str) -> list[dict]:
+    """Run ``args`` under torchrun; the held-out gold reward must rise clearly above the SFT
+    model's (step 0). Returns the metrics rows."""
     proc = torchrun(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out / "metrics.jsonl")
-    sft, online = rows[0]["eval/scores"], rows[-1]["eval/scores"]  # gold reward, held-out
-    print(f"2-process online DPO: gold reward sft {sft:.3f} -> {online:.3f}")
+    sft, online = rows[0]["eval/scores"], rows[-1]["eval/scores"]
+    print(f"{label}: gold reward sft {sft:.3f} -> {online:.3f}")
     assert online > sft + 0.05, (sft, online)
+    return rows
+
+
+def test_online_dpo_on_two_processes_learns_and_resumes(sft_model, tmp_path):  # noqa: F811
+    out = tmp_path / "oaif"
+    args = oaif_args(sft_model, out, steps=30, save_steps=28)
+    rows = run_and_check_gain(args, out, "2-process online DPO")
     assert [r["step"] for r in rows] == list(range(31))
     assert all(r["train/pairs"] <= 8 for r in rows[1:])  # the global batch's pairs
     weights = final_weights(out)
