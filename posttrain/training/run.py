@@ -176,27 +176,21 @@ class Run:
         self.recipe = recipe
         self.dir = Path(config.output_dir)
         distributed.init()  # a no-op without a launcher
-        if distributed.is_main():
-            try:
-                self.resume_from = prepare_output_dir(
-                    self.dir,
-                    resume=flags.get("resume", False),
-                    overwrite=flags.get("overwrite", False),
-                )
-                cfglib.save_yaml(config, self.dir / "config.yaml")
-            except Exception as exc:  # tell the other ranks, then fail like them
-                distributed.broadcast_object(("error", str(exc)))
-                raise
-            distributed.broadcast_object(("ok", self.resume_from))
-        else:
-            outcome, value = distributed.broadcast_object(None)
-            if outcome == "error":
-                raise UserError(value)
-            self.resume_from = value
+        # rank 0 prepares output_dir; its result, or its error, reaches every rank
+        self.resume_from = distributed.on_main(lambda: self._prepare(flags))
         self.start_step = 0
         self.metrics: MetricsLog | None = None
         self._bar = None
         self._t0 = time.time()
+
+    def _prepare(self, flags: dict[str, bool]) -> Path | None:
+        """Create (or check, or clear) output_dir and write config.yaml; the checkpoint to resume
+        from, if any."""
+        resume_from = prepare_output_dir(
+            self.dir, resume=flags.get("resume", False), overwrite=flags.get("overwrite", False)
+        )
+        cfglib.save_yaml(self.config, self.dir / "config.yaml")
+        return resume_from
 
     def restore(
         self, *, modules, optimizer=None, scheduler=None, generators=None
