@@ -200,6 +200,4 @@ def run_policy_gradient(
             generators={"sample": generator},
             state={"data": order.state_dict(), "estimator": est_state},
         )
-    final = run_.finish(model, tokenizer)
-    if distributed.is_main():
-        print(f"saved {final} (peak RSS {peak_rss_mb():.0f} MB)")
+    run_.finish(model, tokenizer, note=lambda: f" (peak RSS {peak_rss_mb():.0f} MB)")

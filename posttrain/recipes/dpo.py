@@ -542,6 +542,4 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 values.update(evaluate(model, ref, held_out, pad, **eval_args))
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
-    final = run_.finish(model, tokenizer)
-    if distributed.is_main():
-        print(f"saved {final}")
+    run_.finish(model, tokenizer)

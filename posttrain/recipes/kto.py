@@ -227,6 +227,4 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 values.update(evaluate(model, reference, tokenizer, held_out, cfg))
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
-    final = run_.finish(model, tokenizer)
-    if distributed.is_main():
-        print(f"saved {final}")
+    run_.finish(model, tokenizer)

@@ -424,6 +424,4 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 ),
             },
         )
-    final = run_.finish(model, tokenizer)
-    if distributed.is_main():
-        print(f"saved {final}")
+    run_.finish(model, tokenizer)

@@ -370,6 +370,4 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 "kl": kl_ctl.state_dict(),
             },
         )
-    final = run_.finish(model, tokenizer)
-    if distributed.is_main():
-        print(f"saved {final} (peak RSS {peak_rss_mb():.0f} MB)")
+    run_.finish(model, tokenizer, note=lambda: f" (peak RSS {peak_rss_mb():.0f} MB)")

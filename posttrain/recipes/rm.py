@@ -253,6 +253,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
     rm.mean, rm.std = reward_stats(rm, train, pad, cfg.batch_size)
-    final = run_.finish(model, save=rm.save)
-    if distributed.is_main():
-        print(f"saved {final} (training-set reward mean {rm.mean:.4g}, std {rm.std:.4g})")
+    run_.finish(
+        model,
+        save=rm.save,
+        note=lambda: f" (training-set reward mean {rm.mean:.4g}, std {rm.std:.4g})",
+    )

@@ -193,6 +193,4 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 )
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
-    final = run_.finish(model, tokenizer)
-    if distributed.is_main():
-        print(f"saved {final}")
+    run_.finish(model, tokenizer)

@@ -289,11 +289,12 @@ class Run:
                 keep=self.config.save_total_limit,
             )
 
-    def finish(self, model, tokenizer=None, *, save=None) -> Path:
+    def finish(self, model, tokenizer=None, *, save=None, note=None) -> Path:
         """Save ``final/`` atomically: an HF directory with the tokenizer, or through ``save(path)``
         for models with their own format (reward models; under FSDP ``save(path, state=full
         weights)``). With several processes call it on every rank: rank 0 saves (FSDP shards are
-        gathered first), the others wait."""
+        gathered first), the others wait. Rank 0 then prints ``saved PATH`` and ``note()`` (a
+        zero-argument callable, evaluated after saving, e.g. the peak memory)."""
         from posttrain.models import save_pretrained
 
         if self._bar is not None:
@@ -310,6 +311,8 @@ class Run:
             else:
                 save_pretrained(model, tokenizer, final)
         distributed.barrier()
+        if distributed.is_main():
+            print(f"saved {final}{note() if note else ''}")
         return final
 
 
