@@ -35,11 +35,16 @@ def collate(
 
 def pack(examples: Sequence[Encoded], max_length: int) -> list[list[int]]:
     """Group example indices into rows of at most ``max_length`` tokens (first-fit decreasing)."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    return first_fit([len(e.input_ids) for e in examples], max_length)
+
+
+def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into bins of at most ``capacity`` (first-fit decreasing)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
     room: list[int] = []
     for i in order:
-        n = len(examples[i].input_ids)
+        n = lengths[i]
         for r, free in enumerate(room):
             if n <= free:
                 rows[r].append(i)
@@ -47,7 +52,7 @@ def pack(examples: Sequence[Encoded], max_length: int) -> list[list[int]]:
                 break
         else:
             rows.append([i])
-            room.append(max_length - n)
+            room.append(capacity - n)
     return rows
 
 
@@ -62,12 +67,84 @@ def collate_packed(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.
     return batch
 
 
-def collate_padding_free(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """The examples packed into as few rows as fit the longest of them (first-fit decreasing):
-    the work of a padded batch without most of its padding. See :func:`lay_out`; per-example sums
-    model outputs go back to one row per example with :func:`posttrain.models.unpack`."""
-    width = max(len(e.input_ids) for e in examples)
-    return lay_out(examples, pack(examples, width), pad_id)
+def collate_shared_prefix(
+    groups: Sequence[Sequence[Encoded]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """A padding-free batch of sequences that come in groups sharing their start (a pair's chosen
+    and rejected share the prompt): each shared start is computed once.
+
+    A group is laid out as its members' longest common prefix followed by each member's remainder,
+    whose positions continue from the prefix; a remainder attends to the prefix and to itself
+    only, so every member's tokens see exactly what they would alone. Groups go end to end into as
+    few rows as fit the longest group (first-fit decreasing); a group attends only to itself. With
+    groups of one this is plain padding-free packing.
+
+    Sequences are numbered member-major: member j of group g is sequence ``j * G + g`` (every group
+    has the same number of members). Returns ``input_ids``, ``position_ids`` (R, T), boolean
+    ``attention_mask`` (R, 1, T, T), and what :func:`posttrain.models.forward_logprobs` needs to
+    give the response log-probs one row per sequence, as a right-padded batch of the sequences
+    would (L the longest sequence; K the response tokens after the first position):
+    ``label_mask`` (n, L - 1) each sequence's ``response_mask[1:]``; ``label_from`` (K,) the flat
+    index in (R, T) of the position whose logits predict a response token; ``label_ids`` (K,) the
+    token; ``label_to`` (K,) its flat index in (n, L - 1).
+    """
+    size = {len(g) for g in groups}
+    assert len(size) == 1, "every group needs the same number of members"
+    k, n_groups = size.pop(), len(groups)
+    shared = [_common_prefix([m.input_ids for m in g]) for g in groups]
+    extent = [p + sum(len(m.input_ids) - p for m in g) for g, p in zip(groups, shared, strict=True)]
+    rows = first_fit(extent, max(extent))
+    width = max(sum(extent[g] for g in row) for row in rows)
+    longest = max(len(m.input_ids) for g in groups for m in g)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros(len(rows), width, dtype=torch.long)
+    unit = torch.full((len(rows), width), -1, dtype=torch.long)  # the group of each token
+    branch = torch.zeros(len(rows), width, dtype=torch.long)  # 0 prefix, j + 1 member j's rest
+    label_mask = torch.zeros(k * n_groups, max(longest - 1, 0), dtype=torch.long)
+    label_from, label_ids, label_to = [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for g in row:
+            p, first = shared[g], groups[g][0].input_ids
+            ids[r, at : at + p] = torch.as_tensor(first[:p], dtype=torch.long)
+            pos[r, at : at + p] = torch.arange(p)
+            unit[r, at : at + extent[g]] = g
+            rest = at + p  # where the next member's remainder starts
+            for j, m in enumerate(groups[g]):
+                n, seq = len(m.input_ids), j * n_groups + g
+                ids[r, rest : rest + n - p] = torch.as_tensor(m.input_ids[p:], dtype=torch.long)
+                pos[r, rest : rest + n - p] = torch.arange(p, n)
+                branch[r, rest : rest + n - p] = j + 1
+                label_mask[seq, : n - 1] = torch.as_tensor(m.response_mask[1:])
+                t = torch.arange(max(m.response_start, 1), n)  # response tokens after the first
+                before = torch.where(t - 1 < p, at + t - 1, rest + t - 1 - p)  # predicts t
+                label_from.append(r * width + before)
+                label_ids.append(torch.as_tensor(m.input_ids, dtype=torch.long)[t])
+                label_to.append(seq * label_mask.shape[1] + t - 1)
+                rest += n - p
+            at += extent[g]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = unit[:, :, None] == unit[:, None, :]
+    # a token sees the prefix and its own branch (padding: unit -1, branch 0, sees padding)
+    visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+    return {
+        "input_ids": ids,
+        "position_ids": pos,
+        "attention_mask": (causal & same & visible)[:, None],
+        "label_mask": label_mask,
+        "label_from": torch.cat(label_from),
+        "label_ids": torch.cat(label_ids),
+        "label_to": torch.cat(label_to),
+    }
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of ``seqs``."""
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return n
 
 
 def lay_out(

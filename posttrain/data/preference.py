@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.data.chat import Encoded, encode_prompt, encode_response, join_truncated
-from posttrain.data.collate import collate, collate_padding_free
+from posttrain.data.collate import collate, collate_shared_prefix
 from posttrain.data.formats import Example
 
 
@@ -53,11 +53,14 @@ def collate_pairs(
 
     Also ``margin`` (B,) (0 where absent). Split model outputs with ``x[:B], x[B:]``.
 
-    ``padding_free``: instead the 2B sequences packed into as few rows as fit the longest
-    (``posttrain.data.collate.collate_padding_free``), with ``segment`` telling sequence ``i``
-    (chosen of pair i for i < B, rejected of pair i - B after) apart.
+    ``padding_free``: instead each pair's prompt (the common prefix of chosen and rejected) once,
+    followed by both responses, pairs packed into as few rows as fit the longest
+    (``posttrain.data.collate.collate_shared_prefix``; sequence i is the chosen of pair i for
+    i < B, the rejected of pair i - B after); read with ``models.forward_packed_logprobs``.
     """
-    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batch = collate_padding_free(rows, pad_id) if padding_free else collate(rows, pad_id, side=side)
+    if padding_free:
+        batch = collate_shared_prefix([(p.chosen, p.rejected) for p in pairs], pad_id)
+    else:
+        batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, side=side)
     batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs])
     return batch

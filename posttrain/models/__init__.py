@@ -13,9 +13,9 @@ from posttrain.models.logprobs import (
     TokenLogprobs,
     entropy_of_logits,
     forward_logprobs,
+    forward_packed_logprobs,
     gather_logprobs,
     position_ids_from_mask,
-    unpack,
 )
 
 __all__ = [
@@ -24,12 +24,12 @@ __all__ = [
     "check_model_name",
     "entropy_of_logits",
     "forward_logprobs",
+    "forward_packed_logprobs",
     "gather_logprobs",
     "load_model",
     "load_policy",
     "load_tokenizer",
     "position_ids_from_mask",
     "save_pretrained",
-    "unpack",
     "torch_dtype",
 ]

@@ -1,10 +1,11 @@
-"""Per-token log-probabilities of response tokens: the ONE implementation every recipe uses.
+"""Per-token log-probabilities of response tokens: the one implementation every recipe uses.
 
 Convention (all recipes, the rollout engine and the losses): for a batch of sequences
 ``input_ids`` (B, T) the model's logits at position t predict token t + 1, so the outputs are
 (B, T - 1): entry ``[:, t]`` is log p(input_ids[:, t + 1] | input_ids[:, :t + 1]), and the
 matching mask is ``response_mask[:, 1:]``. Position ids are derived from the attention mask, so
-left- and right-padded batches give the same numbers.
+left- and right-padded batches give the same numbers. Packed rows (several sequences per row, a
+shared prompt once) go through ``forward_packed_logprobs``, which gives the same layout.
 """
 
 from __future__ import annotations
@@ -94,22 +95,21 @@ def forward_logprobs(
     return TokenLogprobs(logps=logps, mask=mask, entropy=entropy, hidden=hidden)
 
 
-def unpack(
-    out: TokenLogprobs, segment: torch.Tensor, position_ids: torch.Tensor, n: int
-) -> TokenLogprobs:
-    """Log-probs of ``n`` sequences packed into rows, laid out as a right-padded batch would give
-    them: (n, L - 1), L the longest sequence. ``segment`` (R, T) is the sequence index of each
-    token (-1 on padding), ``position_ids`` (R, T) its position within its sequence (see
-    ``posttrain.data.collate.lay_out``).
-
-    A label belongs to its sequence only if the position predicting it does too: the first token
-    of a sequence is not predicted from the end of the one before it."""
-    label_seg = segment[:, 1:]
-    inside = label_seg == segment[:, :-1]
-    where = (label_seg[inside], position_ids[:, 1:][inside] - 1)
-    width = int(position_ids.max()) if n else 0
-
-    def place(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(n, width).index_put(where, values[inside])
-
-    return TokenLogprobs(logps=place(out.logps), mask=place(out.mask))
+def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogprobs:
+    """Response log-probs of the sequences packed in ``batch`` (see
+    ``posttrain.data.collate.collate_shared_prefix``), one row per sequence as a right-padded batch
+    of them would give: (n, L - 1), zero off the response. Only the response tokens' log-softmax
+    is taken."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    logits = out.logits.flatten(0, 1)[batch["label_from"]]  # (K, V)
+    if logits.dtype not in (torch.float32, torch.float64):  # log-probs in at least float32
+        logits = logits.float()
+    values = gather_logprobs(logits, batch["label_ids"])
+    mask = batch["label_mask"].to(values.dtype)
+    logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
+    return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)

@@ -1,8 +1,9 @@
 """Direct preference optimisation and its family, offline, on preference pairs.
 
 setup -> pairs (validated before anything is written) -> policy, reference -> resume ->
-for each step: ONE forward of chosen and rejected together (2B rows), the loss of ``loss_type``,
-clipped AdamW step -> log -> checkpoint -> final/.
+for each step: ONE forward of chosen and rejected together (padding-free: each prompt once, both
+responses after it; or 2B padded rows), the loss of ``loss_type``, clipped AdamW step -> log ->
+checkpoint -> final/.
 
 Objectives (all pure functions in ``posttrain.losses``):
 - ``sigmoid`` DPO (Rafailov et al. 2023, eq. 7); with ``label_smoothing`` > 0 conservative DPO;
@@ -57,9 +58,9 @@ from posttrain.losses import (
 from posttrain.models import (
     check_model_name,
     forward_logprobs,
+    forward_packed_logprobs,
     load_model,
     load_tokenizer,
-    unpack,
 )
 from posttrain.models.lora import adapters_disabled, apply_lora
 from posttrain.training import DataOrder, Run, distributed
@@ -103,9 +104,10 @@ class Config(TrainConfig):
     aspect_weights: dict[str, float] | None = None
     """For scored data: weight of each aspect when turning scores into pairs."""
     padding_free: bool = True
-    """Pack a batch's chosen and rejected sequences end to end into as few rows as fit the
-    longest (each attends only to itself) instead of padding every row to the longest: the same
-    numbers (to float rounding) with less compute when lengths vary; false pads."""
+    """Lay each pair out once as its prompt followed by both responses (each response sees the
+    prompt and itself), pairs packed end to end into as few rows as fit the longest, instead of
+    2B rows each padded to the longest: the same numbers (to float rounding) without computing
+    the prompt twice or the padding; false pads."""
 
     def validate(self) -> None:
         super().validate()
@@ -180,18 +182,15 @@ class PairLogps:
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
-    """One forward over chosen and rejected rows together (see ``collate_pairs``), padded or
-    padding-free."""
-    out = forward_logprobs(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["response_mask"],
-        position_ids=batch.get("position_ids"),
-    )
+    """One forward over chosen and rejected together (see ``collate_pairs``): padded rows, or
+    padding-free rows holding each prompt once."""
+    if "label_from" in batch:
+        out = forward_packed_logprobs(model, batch)
+    else:
+        out = forward_logprobs(
+            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
     b = batch["margin"].shape[0]
-    if "segment" in batch:  # padding-free rows -> one row per sequence
-        out = unpack(out, batch["segment"], batch["position_ids"], 2 * b)
     sums, lengths = out.sum(), out.lengths()
     return PairLogps(
         sums[:b],

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from posttrain.data.preference import collate_pairs, encode_pairs
 from posttrain.models import load_model, load_tokenizer
-from posttrain.recipes.dpo import pair_logps
+from posttrain.recipes.dpo import PairLogps, pair_logps
 from posttrain.training import read_metrics
 from tests.helpers_pref import preference_rows
 
@@ -59,11 +59,14 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
     _assert_same(base, _weights(tmp_path / "padded"))
     padded = read_metrics(tmp_path / "padded_eval" / "metrics.jsonl")
     free = read_metrics(tmp_path / "padding_free_eval" / "metrics.jsonl")
-    for a, b in zip(padded, free, strict=True):  # the same losses, rewards and held-out numbers
+    # the same losses, rewards and held-out numbers; to 1e-7 relative, not float64 rounding: HF's
+    # RMSNorm works in float32, and a prompt shared by chosen and rejected sums its two gradients
+    # before that rounding instead of after (exact in float64: the gradient test below)
+    for a, b in zip(padded, free, strict=True):
         assert a.keys() == b.keys()
         for k in a:
             if not (k.endswith("per_s") or k.startswith("time/")):
-                assert b[k] == pytest.approx(a[k], abs=1e-9), k
+                assert b[k] == pytest.approx(a[k], rel=1e-7, abs=1e-9), k
 
 
 def test_kto_batch_8x1_equals_2x4(cli, train, tmp_path):
@@ -81,6 +84,8 @@ def encoded():
     tok = load_tokenizer("tiny-llama")
     rows = preference_rows(6, seed=2)
     rows[1]["chosen"] = " great and lovely and wonderful, truly, a brilliant night out."  # long
+    rows[2]["rejected"] = rows[2]["chosen"] + " Not."  # responses sharing their start
+    rows[3]["rejected"] = rows[3]["chosen"]  # identical: the whole sequence is shared
     examples = [Example("preference", "t", r["prompt"], **_responses(r)) for r in rows]
     return tok, encode_pairs(tok, examples, 64)[0]
 
@@ -96,7 +101,7 @@ def test_pair_logps_ignore_padding_side_and_batch_mates(encoded):
         right = pair_logps(model, collate_pairs(pairs, tok.pad_token_id))
         left = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, side="left"))
         free = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, padding_free=True))
-    for name in ("chosen", "rejected", "chosen_lengths", "rejected_lengths", "chosen_tokens"):
+    for name in PairLogps.__dataclass_fields__:
         torch.testing.assert_close(getattr(free, name), getattr(right, name), atol=1e-10, rtol=0)
     with torch.no_grad():
         alone = [pair_logps(model, collate_pairs([p], tok.pad_token_id)) for p in pairs]
@@ -108,6 +113,33 @@ def test_pair_logps_ignore_padding_side_and_batch_mates(encoded):
     torch.testing.assert_close(
         right.rejected, torch.cat([a.rejected for a in alone]), atol=1e-10, rtol=0
     )
+
+
+def test_shared_prompt_gives_the_padded_gradients(encoded, monkeypatch):
+    """Padding-free rows hold each prompt once for chosen and rejected; the gradient of a DPO-like
+    objective equals the padded batch's to float64 rounding. HF's RMSNorm computes in float32
+    even in a float64 model, which would round the shared prompt's summed gradient differently
+    (about 1e-8 relative), so the norm is computed in float64 here."""
+    from transformers.models.llama import modeling_llama
+
+    def norm64(self, hidden):
+        return (
+            self.weight
+            * hidden
+            * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        )
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", norm64)
+    tok, pairs = encoded
+    model = load_model("tiny-llama", dtype="float64", tokenizer=tok)
+    grads = []
+    for padding_free in (False, True):
+        model.zero_grad()
+        lp = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, padding_free=padding_free))
+        (lp.chosen.sum() - 0.7 * lp.rejected.sum()).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert any(g.abs().max() > 0.1 for g in grads[0].values())
+    _assert_same(grads[0], grads[1], atol=1e-12)
 
 
 def test_lora_policy_with_adapters_disabled_is_the_starting_model(encoded):

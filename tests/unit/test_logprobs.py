@@ -70,17 +70,31 @@ def test_only_response_tokens_count_and_values_are_real_logprobs():
     assert (out.entropy[0][mask] > 0).all()
 
 
-def test_unpack_by_hand():
-    """Row [a0 a1 b0 b1 b2 -] (a: 2 tokens, b: 3): labels at positions 1..5 are a1, b0, b1, b2,
-    pad. b0 is predicted from the end of a, so it belongs to nobody even where it is masked in;
-    the rest land where a right-padded batch [[a0 a1 -], [b0 b1 b2]] would have them."""
-    from posttrain.models import TokenLogprobs, unpack
+def test_forward_packed_logprobs_places_labels_by_hand():
+    """Rows [[1 2 3 4 5], [6 7 8 9 -]] of pairs A (1 2|3 4 vs 1 2|5) and B (6|7 vs 6|8 9), as in
+    ``test_shared_prefix_layout_by_hand``. With fixed logits, the log-prob of each response token
+    is log-softmax at the position predicting it, placed as in a right-padded batch."""
+    from types import SimpleNamespace
 
-    segment = torch.tensor([[0, 0, 1, 1, 1, -1]])
-    positions = torch.tensor([[0, 1, 0, 1, 2, 0]])
-    logps = torch.tensor([[-1.0, -10.0, -2.0, -3.0, 0.0]])  # labels 1..5
-    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # b0's label masked in on purpose
-    out = unpack(TokenLogprobs(logps * mask, mask), segment, positions, 2)
-    assert out.logps.tolist() == [[-1.0, 0.0], [-2.0, -3.0]]
-    assert out.mask.tolist() == [[1.0, 0.0], [1.0, 1.0]]
-    assert out.sum().tolist() == [-1.0, -5.0] and out.lengths().tolist() == [1.0, 2.0]
+    from posttrain.data.chat import Encoded
+    from posttrain.data.collate import collate_shared_prefix
+    from posttrain.models import forward_packed_logprobs
+
+    a = (Encoded([1, 2, 3, 4], 2, False), Encoded([1, 2, 5], 2, False))
+    b = (Encoded([6, 7], 1, False), Encoded([6, 8, 9], 1, False))
+    batch = collate_shared_prefix([a, b], pad_id=0)
+    logits = torch.randn(2, 5, 10, dtype=torch.float64)
+    logp = torch.log_softmax(logits, -1)
+
+    def model(**kw):
+        return SimpleNamespace(logits=logits)
+
+    out = forward_packed_logprobs(model, batch)
+    expected = torch.zeros(4, 3, dtype=torch.float64)
+    expected[0, 1], expected[0, 2] = logp[0, 1, 3], logp[0, 2, 4]  # A chosen: 3 after 2, 4 after 3
+    expected[2, 1] = logp[0, 1, 5]  # A rejected: 5 after the shared 2
+    expected[1, 0] = logp[1, 0, 7]  # B chosen: 7 after the shared 6
+    expected[3, 0], expected[3, 1] = logp[1, 0, 8], logp[1, 2, 9]  # B rejected: 8, then 9 after 8
+    torch.testing.assert_close(out.logps, expected, atol=1e-12, rtol=0)
+    assert out.mask.tolist() == [[0, 1, 1], [1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    assert out.lengths().tolist() == [2, 1, 1, 2]
