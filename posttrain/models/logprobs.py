@@ -10,6 +10,7 @@ shared prompt once) go through ``forward_packed_logprobs``, which gives the same
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -98,18 +99,37 @@ def forward_logprobs(
 def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogprobs:
     """Response log-probs of the sequences packed in ``batch`` (see
     ``posttrain.data.collate.collate_shared_prefix``), one row per sequence as a right-padded batch
-    of them would give: (n, L - 1), zero off the response. Only the response tokens' log-softmax
-    is taken."""
+    of them would give: (n, L - 1), zero off the response.
+
+    Logits are computed only at the positions that predict a response token (the vocabulary
+    projection of the prompt and the padding is skipped), through transformers' boolean
+    ``logits_to_keep``; with a transformers too old for it, at every position."""
+    ids = batch["input_ids"]
+    keep = torch.zeros(ids.numel(), dtype=torch.bool)
+    keep[batch["label_from"]] = True
     out = model(
-        input_ids=batch["input_ids"],
+        input_ids=ids,
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
         use_cache=False,
+        **({"logits_to_keep": keep.view(ids.shape)} if _keeps_by_mask() else {}),
     )
-    logits = out.logits.flatten(0, 1)[batch["label_from"]]  # (K, V)
+    if out.logits.dim() == 2:  # (kept positions, V), in row-major order
+        logits = out.logits[keep.cumsum(0)[batch["label_from"]] - 1]
+    else:
+        logits = out.logits.flatten(0, 1)[batch["label_from"]]  # (K, V)
     if logits.dtype not in (torch.float32, torch.float64):  # log-probs in at least float32
         logits = logits.float()
     values = gather_logprobs(logits, batch["label_ids"])
     mask = batch["label_mask"].to(values.dtype)
     logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
     return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)
+
+
+@functools.cache
+def _keeps_by_mask() -> bool:
+    """transformers >= 5 slices hidden states by a boolean (B, T) ``logits_to_keep``."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
+

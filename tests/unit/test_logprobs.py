@@ -70,7 +70,7 @@ def test_only_response_tokens_count_and_values_are_real_logprobs():
     assert (out.entropy[0][mask] > 0).all()
 
 
-def test_forward_packed_logprobs_places_labels_by_hand():
+def test_forward_packed_logprobs_places_labels_by_hand(monkeypatch):
     """Rows [[1 2 3 4 5], [6 7 8 9 -]] of pairs A (1 2|3 4 vs 1 2|5) and B (6|7 vs 6|8 9), as in
     ``test_shared_prefix_layout_by_hand``. With fixed logits, the log-prob of each response token
     is log-softmax at the position predicting it, placed as in a right-padded batch."""
@@ -78,7 +78,7 @@ def test_forward_packed_logprobs_places_labels_by_hand():
 
     from posttrain.data.chat import Encoded
     from posttrain.data.collate import collate_shared_prefix
-    from posttrain.models import forward_packed_logprobs
+    from posttrain.models import forward_packed_logprobs, logprobs
 
     a = (Encoded([1, 2, 3, 4], 2, False), Encoded([1, 2, 5], 2, False))
     b = (Encoded([6, 7], 1, False), Encoded([6, 8, 9], 1, False))
@@ -86,10 +86,13 @@ def test_forward_packed_logprobs_places_labels_by_hand():
     logits = torch.randn(2, 5, 10, dtype=torch.float64)
     logp = torch.log_softmax(logits, -1)
 
-    def model(**kw):
-        return SimpleNamespace(logits=logits)
+    def model(logits_to_keep=None, **kw):  # the positions asked for, or all of them
+        return SimpleNamespace(logits=logits if logits_to_keep is None else logits[logits_to_keep])
 
     out = forward_packed_logprobs(model, batch)
+    monkeypatch.setattr(logprobs, "_keeps_by_mask", lambda: False)  # older transformers
+    every_position = forward_packed_logprobs(model, batch)
+    assert torch.equal(out.logps, every_position.logps)
     expected = torch.zeros(4, 3, dtype=torch.float64)
     expected[0, 1], expected[0, 2] = logp[0, 1, 3], logp[0, 2, 4]  # A chosen: 3 after 2, 4 after 3
     expected[2, 1] = logp[0, 1, 5]  # A rejected: 5 after the shared 2
