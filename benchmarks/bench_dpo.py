@@ -1,22 +1,26 @@
 """DPO speed: posttrain dpo vs TRL's DPOTrainer, and seconds/step on SmolLM2-135M.
 
     .venv/bin/python benchmarks/bench_dpo.py vs-trl --trl_python /tmp/trlvenv/bin/python \
-        [--size tiny|small] [--data short|varied] [--steps 200]
-    .venv/bin/python benchmarks/bench_dpo.py smollm2
+        [--size tiny|small|smollm2] [--data short|varied|dialogue] [--steps 200]
+    .venv/bin/python benchmarks/bench_dpo.py smollm2 [--padded]
 
 ``vs-trl``: the same model directory (a random llama with tiny-llama's tokenizer: ``tiny`` is
-2 x 64 wide, where every step is framework overhead; ``small`` is 4 x 256), preference data
-(``short``: ~9-token sequences; ``varied``: responses of 1-60 words, as real pairs vary), batch,
-steps, precision (float32 — TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing,
-both turned off here), lr schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer``
-(TRL in its own venv): each with a frozen reference copy and with precomputed reference
-log-probs, and posttrain also with padded batches instead of its default padding-free rows;
-whole process wall time (imports, data, training, saving) and its CPU time, the programs
-alternately in one invocation, best of ``--repeats``; prints the ratios.
+2 x 64 wide, where every step is framework overhead; ``small`` is 4 x 256; or ``smollm2``, the
+real SmolLM2-135M-Instruct, with rows in chat form so both programs apply its chat template),
+preference data (``short``: ~9-token sequences; ``varied``: a 3-word prompt and responses of
+1-60 words, as real responses vary; ``dialogue``: a dialogue history of ~10-280 words before
+responses of 1-60 words, as in multi-turn preference data), batch, steps, precision (float32 —
+TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing, both turned off here), lr
+schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer`` (TRL in its own venv): each
+with a frozen reference copy and with precomputed reference log-probs, and posttrain also with
+padded batches instead of its default padding-free rows (each prompt once); whole process wall
+time (imports, data, training, saving) and its CPU time, the programs alternately in one
+invocation, best of ``--repeats``; prints the ratios.
 
-``smollm2``: one DPO step (4 pairs x 256 tokens: forward of policy and reference, backward,
-AdamW) on SmolLM2-135M-Instruct in float32 and bfloat16, with and without LoRA, each in a fresh
-subprocess; seconds/step (median) and the process's peak RSS.
+``smollm2``: one DPO step (4 pairs of a 64-token prompt and two 192-token responses, so 4 x 256
+tokens per side: forward of policy and reference, backward, AdamW) on SmolLM2-135M-Instruct in
+float32 and bfloat16, with and without LoRA, each in a fresh subprocess; seconds/step (median)
+and the process's peak RSS; in the recipe's default padding-free layout, or ``--padded``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,34 @@ def varied_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     ]
 
 
+def dialogue_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Pairs after a dialogue history: 1-3 earlier exchanges then a question (each turn 5-40
+    words, ~10-280 words in all) and responses of 1-60 words, as in multi-turn preference data
+    (HH-RLHF-style), where the shared history is most of a pair's tokens."""
+    from tests.helpers_pref import BAD, GOOD, TOPICS
+
+    rng = random.Random(seed)
+    words = ["the", "was", "a", "and", "it", "of", *TOPICS, *GOOD, *BAD]
+
+    def turn(lo: int = 5, hi: int = 40) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    def review(good: list[str]) -> str:
+        return " " + ", ".join(rng.choice(good) for _ in range(rng.randint(1, 60))) + "."
+
+    rows = []
+    for _ in range(n):
+        history = "".join(
+            f"Human: {turn()}\n\nAssistant: {turn()}\n\n" for _ in range(rng.randint(1, 3))
+        )
+        prompt = f"{history}Human: {turn()}\n\nAssistant:"
+        rows.append({"prompt": prompt, "chosen": review(GOOD), "rejected": review(BAD)})
+    return rows
+
+
+DATA = {"short": None, "varied": varied_rows, "dialogue": dialogue_rows}
+
+
 def cmd_vs_trl(args) -> None:
     sys.path.insert(0, str(ROOT))
     from posttrain.models import load_tokenizer, save_pretrained
@@ -89,12 +121,27 @@ def cmd_vs_trl(args) -> None:
     from tests.helpers_pref import preference_rows
 
     work = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
-    tok = load_tokenizer("tiny-llama")
-    model = build_tiny_llama(tok, **SIZES[args.size])
-    save_pretrained(model, tok, work / "model")
-    n_params = sum(p.numel() for p in model.parameters())
+    if args.size == "smollm2":  # the real model's directory and tokenizer (chat template)
+        from posttrain.models.smollm2 import smollm2_dir
+
+        (work / "model").symlink_to(smollm2_dir())
+        n_params = 134.5e6
+    else:
+        tok = load_tokenizer("tiny-llama")
+        model = build_tiny_llama(tok, **SIZES[args.size])
+        save_pretrained(model, tok, work / "model")
+        n_params = sum(p.numel() for p in model.parameters())
     data = work / "pairs.jsonl"
-    rows = varied_rows(args.pairs) if args.data == "varied" else preference_rows(args.pairs)
+    rows = DATA[args.data](args.pairs) if DATA[args.data] else preference_rows(args.pairs)
+    if args.size == "smollm2":  # conversational rows: both programs apply the chat template
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in rows
+        ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (work / "run_trl_dpo.py").write_text(TRL_SCRIPT)
     steps, bs, lr, maxlen, beta = str(args.steps), str(args.batch), "5e-4", "256", "0.1"
@@ -157,7 +204,7 @@ def cmd_vs_trl(args) -> None:
         print(f"| {trl_name} / {ours_name} | {b[0] / a[0]:.2f}x / {b[1] / a[1]:.2f}x |")
 
 
-def one_config(dtype: str, lora: bool, steps: int) -> None:
+def one_config(dtype: str, lora: bool, steps: int, padding_free: bool) -> None:
     """Run in a subprocess: time DPO steps on smollm2 with the recipe's own pieces, print JSON."""
     sys.path.insert(0, str(ROOT))
     import copy
@@ -181,11 +228,18 @@ def one_config(dtype: str, lora: bool, steps: int) -> None:
     opt = make_optimizer(model, lr=1e-6)
     gen = torch.Generator().manual_seed(0)
 
-    def seq():  # 64 prompt + 192 response tokens
-        return torch.randint(0, len(tok), (256,), generator=gen).tolist()
+    def tokens(n: int) -> list[int]:
+        return torch.randint(0, len(tok), (n,), generator=gen).tolist()
 
-    pairs = [EncodedPair(Encoded(seq(), 64, False), Encoded(seq(), 64, False)) for _ in range(4)]
-    batch = collate_pairs(pairs, tok.pad_token_id)  # (8, 256)
+    pairs = []
+    for _ in range(4):  # a 64-token prompt, then two 192-token responses
+        prompt = tokens(64)
+        pairs.append(
+            EncodedPair(
+                Encoded(prompt + tokens(192), 64, False), Encoded(prompt + tokens(192), 64, False)
+            )
+        )
+    batch = collate_pairs(pairs, tok.pad_token_id, padding_free=padding_free)
     times = []
     for _ in range(steps + 1):  # the first step warms up
         t0 = time.perf_counter()
@@ -206,11 +260,13 @@ def one_config(dtype: str, lora: bool, steps: int) -> None:
 
 
 def cmd_smollm2(args) -> None:
-    print("| dtype | LoRA | s/step | peak RSS |\n|---|---|---|---|")
+    layout = "padded (8, 256)" if args.padded else "padding-free, prompts once"
+    print(f"{layout}\n| dtype | LoRA | s/step | peak RSS |\n|---|---|---|---|")
     for dtype in ("float32", "bfloat16"):
         for lora in (False, True):
             out = subprocess.run(
-                [sys.executable, __file__, "one", dtype, str(int(lora)), str(args.steps)],
+                [sys.executable, __file__, "one", dtype, str(int(lora)), str(args.steps)]
+                + [str(int(not args.padded))],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -225,7 +281,7 @@ def cmd_smollm2(args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one":
-        one_config(sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]))
+        one_config(sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]), bool(int(sys.argv[5])))
         return
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -234,14 +290,15 @@ def main() -> None:
     v.add_argument("--steps", type=int, default=200)
     v.add_argument("--batch", type=int, default=8)
     v.add_argument("--repeats", type=int, default=2)
-    v.add_argument("--size", choices=list(SIZES), default="tiny")
-    v.add_argument("--data", choices=["short", "varied"], default="short")
+    v.add_argument("--size", choices=[*SIZES, "smollm2"], default="tiny")
+    v.add_argument("--data", choices=list(DATA), default="short")
     v.add_argument("--bf16", action="store_true", help="both under bfloat16 autocast")
     v.add_argument(
         "--pairs", type=int, default=2000, help="dataset size (epochs = steps x batch / pairs)"
     )
     s = sub.add_parser("smollm2")
     s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--padded", action="store_true", help="2B padded rows instead of the default")
     args = p.parse_args()
     {"vs-trl": cmd_vs_trl, "smollm2": cmd_smollm2}[args.cmd](args)
 
