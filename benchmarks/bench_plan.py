@@ -13,12 +13,15 @@ heap memory resident, so activations of a few MB each that a step frees stay in 
 later steps grow it further (``plan_vs_measured.md`` shows by how much). The cases therefore run
 with ``MALLOC_MMAP_THRESHOLD_=65536`` (``--allocator mmap``, the default): every block of 64 KB or
 more is its own mapping, returned when freed, so the RSS follows the live memory.
-``--allocator glibc`` measures with glibc's defaults instead.
+``--allocator glibc`` measures with glibc's defaults instead; ``--malloc NAME=VALUE`` adds other
+glibc settings (those tried, with their RSS and time cost, are at the end of the notes).
 
     .venv/bin/python benchmarks/bench_plan.py                 # all cases -> plan_vs_measured.md
     .venv/bin/python benchmarks/bench_plan.py --only tiny     # cases whose name contains "tiny"
     .venv/bin/python benchmarks/bench_plan.py --allocator glibc --cache glibc.json --out /tmp/g.md
     .venv/bin/python benchmarks/bench_plan.py --cache mmap.json --compare glibc.json
+    .venv/bin/python benchmarks/bench_plan.py --allocator glibc --only "smol sft b4x256 lora" \
+        --malloc MALLOC_MMAP_THRESHOLD_=1048576            # one case, another malloc setting
 """
 
 from __future__ import annotations
@@ -222,6 +225,19 @@ where they were taken (`--allocator glibc --cache ...`, then `--compare`; `-`: n
 each smollm2 case takes minutes). To keep a CPU run near
 its plan, set `MALLOC_MMAP_THRESHOLD_=65536` (or preload jemalloc/tcmalloc); on a GPU the caching
 allocator reuses blocks and the plan needs `--baseline_mb 0`.
+
+Cheaper settings (`--allocator glibc --malloc NAME=VALUE`), peak RSS in MB for smol sft lora /
+smol dpo lora / smol sft / tiny dpo (plan 2,615 / 2,849 / 3,750 / 788; glibc defaults 4,355 /
+4,889 / 4,830 / 877): `MALLOC_MMAP_THRESHOLD_=1048576` 3,013 / 3,088 / 4,089 / 811 (all within
+14% of the plan); `=4194304` 4,227 / 4,237 / 4,330 / 1,077 (smollm2's activations, 2.4 and 6.3 MB
+blocks, stay in the heap); `MALLOC_ARENA_MAX=1` 3,972 / 4,506 / - / -. A fixed threshold costs
+page faults: each step's blocks above it are fresh zeroed pages (8.3 M minor faults instead of
+3.0 M in 5 smollm2 steps). Time, the settings alternated in one invocation, best of 2 on the
+shared 2-core machine, relative to glibc's defaults: one smollm2 sft step (4 x 256, AdamW) x1.22
+with 1 MB, x1.29 with 2 MB (2 threads; x1.12 and, for 64 KB, x1.19 with 1 thread); the 50-step
+DPO run above x1.23 with 1 MB (x1.24 with 1 thread, x1.46 for 64 KB), x1.01 with 2 MB (its
+logits fit under 2 MB). No setting tried keeps the RSS near the plan for less than ~10% time, so
+posttrain leaves glibc's defaults: choose memory (`MALLOC_MMAP_THRESHOLD_=1048576`) or speed.
 """
 
 BASELINE = """
@@ -265,7 +281,12 @@ def plan_config(recipe, model, args, nproc):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="run cases whose name contains this")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run the case of this name, or else cases whose name contains it (repeatable)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "plan_vs_measured.md"))
     parser.add_argument(
         "--cache", help="JSON file of measurements: reused when present, added to otherwise"
@@ -275,6 +296,14 @@ def main() -> None:
         choices=("mmap", "glibc"),
         default="mmap",
         help="mmap: MALLOC_MMAP_THRESHOLD_=65536 (RSS follows live memory); glibc: its defaults",
+    )
+    parser.add_argument(
+        "--malloc",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="glibc malloc environment on top of --allocator (e.g. --allocator glibc "
+        "--malloc MALLOC_MMAP_THRESHOLD_=1048576), repeatable",
     )
     parser.add_argument(
         "--compare", help="a --cache file measured with the other allocator: an extra column"
@@ -289,18 +318,24 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("OMP_NUM_THREADS", "2")
     env["PYTHONPATH"] = str(ROOT)
+    for key in [k for k in env if k.startswith("MALLOC_")]:
+        del env[key]
     if opts.allocator == "mmap":
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
-    else:
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    for setting in opts.malloc:
+        key, _, value = setting.partition("=")
+        env[key] = value
     other = json.loads(Path(opts.compare).read_text()) if opts.compare else {}
     baseline = min(peak_rss_mb([PY, "-c", BASELINE], env)[0] for _ in range(2))
     print(f"baseline: {baseline:.0f} MB (plan.BASELINE_MB = {plan.BASELINE_MB:.0f})", flush=True)
+    names = {case[0] for case in CASES}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, recipe, model, args, extra, nproc in CASES:
-            if opts.only not in name:
+            if opts.only and not any(
+                name == o or (o not in names and o in name) for o in opts.only
+            ):
                 continue
             data = write_data(tmp, args["max_length"])
             cmd = recipe_command(recipe, model, args, extra, nproc, data, tmp / "out")
@@ -326,6 +361,8 @@ def main() -> None:
                 flush=True,
             )
     allocator = "`MALLOC_MMAP_THRESHOLD_=65536`" if opts.allocator == "mmap" else "glibc defaults"
+    if opts.malloc:
+        allocator += " and " + ", ".join(f"`{setting}`" for setting in opts.malloc)
     lines = [
         "# `posttrain plan` vs measured peak RSS (CPU)",
         "",

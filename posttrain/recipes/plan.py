@@ -70,7 +70,8 @@ tiny-llama and runs one forward (``benchmarks/bench_plan.py`` re-measures it). O
 ``--baseline_mb 0`` (the CUDA context, ~0.3-0.5 GB, is not counted here). The plan counts live
 tensors: glibc's malloc keeps freed blocks of up to 32 MB resident in its heap, so a CPU run with
 the default allocator can reach a higher RSS than planned (``benchmarks/plan_vs_measured.md``:
-up to ~1.6x with LoRA); ``MALLOC_MMAP_THRESHOLD_=65536`` returns freed blocks to the system.
+up to ~1.7x with LoRA); ``MALLOC_MMAP_THRESHOLD_=65536`` returns freed blocks to the system
+(``=1048576`` nearly as well, at ~1.1-1.2x step time; posttrain sets neither).
 """
 
 from __future__ import annotations
