@@ -96,45 +96,47 @@ def collate_shared_prefix(
     rows = first_fit(extent, max(extent))
     width = max(sum(extent[g] for g in row) for row in rows)
     longest = max(len(m.input_ids) for g in groups for m in g)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros(len(rows), width, dtype=torch.long)
-    unit = torch.full((len(rows), width), -1, dtype=torch.long)  # the group of each token
-    branch = torch.zeros(len(rows), width, dtype=torch.long)  # 0 prefix, j + 1 member j's rest
-    label_mask = torch.zeros(k * n_groups, max(longest - 1, 0), dtype=torch.long)
+    label_width = max(longest - 1, 0)
+    # per row, built as lists (one tensor each at the end: small batches are Python-bound)
+    ids, pos, unit, branch = [], [], [], []  # unit: the group; branch: 0 prefix, j + 1 member j
+    label_mask = [[0] * label_width for _ in range(k * n_groups)]
     label_from, label_ids, label_to = [], [], []
     for r, row in enumerate(rows):
-        at = 0
+        r_ids, r_pos, r_unit, r_branch = [], [], [], []
         for g in row:
-            p, first = shared[g], groups[g][0].input_ids
-            ids[r, at : at + p] = torch.as_tensor(first[:p], dtype=torch.long)
-            pos[r, at : at + p] = torch.arange(p)
-            unit[r, at : at + extent[g]] = g
-            rest = at + p  # where the next member's remainder starts
+            p, at = shared[g], len(r_ids)
+            r_ids += groups[g][0].input_ids[:p]
+            r_pos += range(p)
+            r_branch += [0] * p
             for j, m in enumerate(groups[g]):
-                n, seq = len(m.input_ids), j * n_groups + g
-                ids[r, rest : rest + n - p] = torch.as_tensor(m.input_ids[p:], dtype=torch.long)
-                pos[r, rest : rest + n - p] = torch.arange(p, n)
-                branch[r, rest : rest + n - p] = j + 1
-                label_mask[seq, : n - 1] = torch.as_tensor(m.response_mask[1:])
-                t = torch.arange(max(m.response_start, 1), n)  # response tokens after the first
-                before = torch.where(t - 1 < p, at + t - 1, rest + t - 1 - p)  # predicts t
-                label_from.append(r * width + before)
-                label_ids.append(torch.as_tensor(m.input_ids, dtype=torch.long)[t])
-                label_to.append(seq * label_mask.shape[1] + t - 1)
-                rest += n - p
-            at += extent[g]
+                n, seq, rest = len(m.input_ids), j * n_groups + g, len(r_ids)
+                r_ids += m.input_ids[p:]
+                r_pos += range(p, n)
+                r_branch += [j + 1] * (n - p)
+                label_mask[seq][: n - 1] = m.response_mask[1:]
+                for t in range(max(m.response_start, 1), n):  # token t, predicted at t - 1
+                    label_from.append(r * width + (at + t - 1 if t - 1 < p else rest + t - 1 - p))
+                    label_ids.append(m.input_ids[t])
+                    label_to.append(seq * label_width + t - 1)
+            r_unit += [g] * extent[g]
+        pad = width - len(r_ids)
+        ids.append(r_ids + [pad_id] * pad)
+        pos.append(r_pos + [0] * pad)
+        unit.append(r_unit + [-1] * pad)
+        branch.append(r_branch + [0] * pad)
+    unit, branch = torch.tensor(unit), torch.tensor(branch)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     same = unit[:, :, None] == unit[:, None, :]
     # a token sees the prefix and its own branch (padding: unit -1, branch 0, sees padding)
     visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
     return {
-        "input_ids": ids,
-        "position_ids": pos,
+        "input_ids": torch.tensor(ids),
+        "position_ids": torch.tensor(pos),
         "attention_mask": (causal & same & visible)[:, None],
-        "label_mask": label_mask,
-        "label_from": torch.cat(label_from),
-        "label_ids": torch.cat(label_ids),
-        "label_to": torch.cat(label_to),
+        "label_mask": torch.tensor(label_mask, dtype=torch.long).view(k * n_groups, label_width),
+        "label_from": torch.tensor(label_from, dtype=torch.long),
+        "label_ids": torch.tensor(label_ids, dtype=torch.long),
+        "label_to": torch.tensor(label_to, dtype=torch.long),
     }
 
 
