@@ -62,12 +62,24 @@ def encode_example(tokenizer, prompt: Prompt, response: str, max_length: int) ->
     )
 
 
-def join_truncated(prompt_ids: list[int], response_ids: list[int], max_length: int) -> Encoded:
-    total = len(prompt_ids) + len(response_ids)
-    if total <= max_length:
-        return Encoded(prompt_ids + response_ids, len(prompt_ids), truncated=False)
-    keep_prompt = min(len(prompt_ids), max(max_length - len(response_ids), max_length // 2))
-    keep_prompt = max(keep_prompt, 1) if max_length > 1 else 0
+def prompt_kept(n_prompt: int, n_response: int, max_length: int) -> int:
+    """How many prompt tokens (from its end) a sequence of at most ``max_length`` keeps: all if
+    prompt and response fit; else as many as leave room for the response, but at least half of
+    ``max_length`` (the response is cut instead) and at least 1."""
+    if n_prompt + n_response <= max_length:
+        return n_prompt
+    keep = min(n_prompt, max(max_length - n_response, max_length // 2))
+    return max(keep, 1) if max_length > 1 else 0
+
+
+def join_truncated(
+    prompt_ids: list[int], response_ids: list[int], max_length: int, keep_prompt: int | None = None
+) -> Encoded:
+    """Prompt then response in at most ``max_length`` tokens: the prompt's last ``keep_prompt``
+    tokens (default :func:`prompt_kept`), then as much of the response's start as fits."""
+    if keep_prompt is None:
+        keep_prompt = prompt_kept(len(prompt_ids), len(response_ids), max_length)
     prompt_part = prompt_ids[len(prompt_ids) - keep_prompt :]
     response_part = response_ids[: max_length - keep_prompt]
-    return Encoded(prompt_part + response_part, len(prompt_part), truncated=True)
+    truncated = len(prompt_part) + len(response_part) < len(prompt_ids) + len(response_ids)
+    return Encoded(prompt_part + response_part, len(prompt_part), truncated=truncated)

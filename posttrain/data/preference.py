@@ -1,7 +1,7 @@
 """Preference pairs as token ids, and the one concatenated batch of chosen and rejected.
 
-Chosen and rejected share the prompt; both are encoded with :func:`posttrain.data.encode_example`
-(chat template, EOS, truncation). ``collate_pairs`` stacks them into ONE batch of 2B rows —
+Chosen and rejected share the prompt, encoded as by :func:`posttrain.data.encode_example` (chat
+template, EOS) and truncated together: both keep the same end of the prompt. ``collate_pairs`` stacks them into ONE batch of 2B rows —
 chosen rows first, then rejected — so a single forward serves both halves (and padding to one
 width is paid once).
 """
@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.data.chat import Encoded, encode_prompt, encode_response, join_truncated
+from posttrain.data.chat import (
+    Encoded,
+    encode_prompt,
+    encode_response,
+    join_truncated,
+    prompt_kept,
+)
 from posttrain.data.collate import collate, collate_shared_prefix
 from posttrain.data.formats import Example
 
@@ -30,10 +36,16 @@ class EncodedPair:
 
 
 def encode_pair(tokenizer, example: Example, max_length: int) -> EncodedPair:
+    """Chosen and rejected after the same prompt: when either is too long, both keep the same
+    end of the prompt (as much as the longer response leaves room for), so the two log-probs are
+    conditioned on the same context (and the prompt is computed once in padding-free batches)."""
     prompt = encode_prompt(tokenizer, example.prompt)
+    chosen = encode_response(tokenizer, example.chosen)
+    rejected = encode_response(tokenizer, example.rejected)
+    keep = min(prompt_kept(len(prompt), len(r), max_length) for r in (chosen, rejected))
     return EncodedPair(
-        join_truncated(prompt, encode_response(tokenizer, example.chosen), max_length),
-        join_truncated(prompt, encode_response(tokenizer, example.rejected), max_length),
+        join_truncated(prompt, chosen, max_length, keep),
+        join_truncated(prompt, rejected, max_length, keep),
         example.margin,
     )
 

@@ -214,6 +214,26 @@ def test_truncation_keeps_prompt_end_and_response_start():
     assert not join_truncated([1, 2], [3], max_length=3).truncated
 
 
+def test_a_truncated_pair_keeps_one_prompt_for_both(monkeypatch):
+    """Prompt 0..9, chosen 2 tokens, rejected 6, max_length 8. Alone, chosen would keep 6 prompt
+    tokens and rejected 4 (half of max_length, its response cut to 4); as a pair both keep the
+    last 4, so the two responses follow the same context."""
+    from types import SimpleNamespace
+
+    from posttrain.data import preference
+
+    responses = {"c": [100, 101], "r": [200, 201, 202, 203, 204, 205]}
+    tok = SimpleNamespace()
+    example = SimpleNamespace(prompt="p", chosen="c", rejected="r", margin=None)
+    monkeypatch.setattr(preference, "encode_prompt", lambda tok, prompt: list(range(10)))
+    monkeypatch.setattr(preference, "encode_response", lambda tok, response: responses[response])
+    pair = preference.encode_pair(tok, example, max_length=8)
+    assert pair.chosen.input_ids == [6, 7, 8, 9, 100, 101]
+    assert pair.rejected.input_ids == [6, 7, 8, 9, 200, 201, 202, 203]
+    assert pair.chosen.response_start == pair.rejected.response_start == 4
+    assert pair.chosen.truncated and pair.rejected.truncated
+
+
 def test_collate_right_pads_with_masks():
     tok = load_tokenizer("tiny-llama")
     a = encode_example(tok, "a", "b", 32)
