@@ -144,7 +144,10 @@ def cmd_vs_trl(args) -> None:
         ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (work / "run_trl_dpo.py").write_text(TRL_SCRIPT)
-    steps, bs, lr, maxlen, beta = str(args.steps), str(args.batch), "5e-4", "256", "0.1"
+    # a real model wants DPO's usual small lr (a large one drives the loss to ~0 within a few
+    # steps, after which float32 denormals make every CPU step many times slower)
+    lr = "5e-6" if args.size == "smollm2" else "5e-4"
+    steps, bs, maxlen, beta = str(args.steps), str(args.batch), "256", "0.1"
     ours = [sys.executable, "-m", "posttrain.cli", "dpo", "--model", str(work / "model")]
     ours += ["--train_data", str(data), "--max_steps", steps, "--batch_size", bs]
     ours += ["--learning_rate", lr, "--max_length", maxlen, "--beta", beta]

@@ -132,4 +132,3 @@ def _keeps_by_mask() -> bool:
     from transformers import modeling_utils
 
     return hasattr(modeling_utils, "slice_logits_to_keep")
-
