@@ -100,3 +100,25 @@ def test_online_dpo_under_fsdp_learns_and_resumes(sft_model, tmp_path):  # noqa:
     assert any(p % 2 for p in pairs), pairs  # an odd number of pairs: the processes' differ
     # from checkpoint-18: steps 19-20 again
     assert_resumes_exactly(args, out, ("train/loss", "objective/scores", "eval/scores"))
+
+
+def test_ppo_ptx_with_checkpointing_under_fsdp_steps_as_under_ddp(tmp_path):
+    """PPO-ptx with gradient checkpointing: under FSDP (the policy, value head and reference
+    sharded, each process taking a slice of the ptx batch) the rollouts and the steps are DDP's
+    (up to the order of gradient sums)."""
+    ptx = tmp_path / "ptx.jsonl"
+    ptx.write_text('{"prompt": "Say hi:", "completion": " hi there"}\n' * 8)
+    args = [*PPO, "--dtype", "float32", "--max_steps", "3", "--save_steps", "0"]
+    args += ["--ptx_data", ptx, "--ptx_coef", "0.5", "--ptx_batch_size", "4"]
+    args += ["--gradient_checkpointing", "true"]
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        proc = torchrun(*args, "--distributed", strategy, "--output_dir", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[strategy] = read_metrics(out / "metrics.jsonl")
+    ddp, fsdp = runs["ddp"], runs["fsdp"]
+    assert len(ddp) == len(fsdp) == 3 and all(r["loss/ptx"] > 0 for r in fsdp)
+    assert [r["objective/scores"] for r in fsdp] == [r["objective/scores"] for r in ddp]
+    for key in ("objective/kl", "loss/policy", "loss/value", "loss/ptx"):
+        assert [r[key] for r in fsdp] == pytest.approx([r[key] for r in ddp], rel=1e-4, abs=1e-6)
