@@ -57,7 +57,8 @@ class ValueModel(nn.Module):
                 position_ids=position_ids_from_mask(attention_mask),
                 use_cache=False,
             ).last_hidden_state
-        return self.head(hidden[:, :-1]).squeeze(-1).float()
+        # a new tensor, not a view: FSDP warns that an in-place op on a view would skip its hook
+        return self.head(hidden[:, :-1]).squeeze(-1).to(torch.float32, copy=True)
 
 
 def build_value_model(policy, *, separate: bool = False, critic=None) -> ValueModel:
