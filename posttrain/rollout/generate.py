@@ -23,6 +23,7 @@ each forward is then a collective.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -173,6 +174,14 @@ def all_finished(done: torch.Tensor, sharded: bool) -> bool:
     return distributed.all_sum(float(not bool(done.all()))) == 0
 
 
+def cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers renamed
+    ``past_key_values``, whose old name goes in 5.40), or ``past_key_values`` on an older one."""
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -202,14 +211,15 @@ def generate(
     positions = position_ids_from_mask(prompt_attn)
     from transformers import DynamicCache
 
-    cache = DynamicCache()
+    cache = {cache_argument(model): DynamicCache()}  # filled in place by every forward
     attn = prompt_attn
     out = model(
         input_ids=ids,
         attention_mask=attn,
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
+        logits_to_keep=1,  # only the last position's logits (ignored by older transformers)
+        **cache,
     )
     logits = out.logits[:, -1].float()  # (N, V)
     next_pos = positions[:, -1:] + 1
@@ -244,8 +254,8 @@ def generate(
             input_ids=tok[:, None],
             attention_mask=attn,
             position_ids=next_pos,
-            past_key_values=cache,
             use_cache=True,
+            **cache,
         )
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1

@@ -198,3 +198,31 @@ def test_sampling_logprobs_match_the_training_forward():
     hot = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, temperature=1.0)
     assert (hot.logps[mask] - r.sample_logps[mask]).abs().max() > 1e-3
     assert not math.isnan(float(out.logps.detach().sum()))
+
+
+def test_the_kv_cache_goes_by_the_keyword_the_model_takes():
+    """transformers renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in
+    5.40): the engine passes whichever the model's forward has, so sampling warns of nothing;
+    a forward without ``cache`` (an older transformers; ``ScriptedLM``) gets the old name."""
+    import inspect
+    import warnings
+
+    from posttrain.models import load_policy
+    from posttrain.rollout.generate import cache_argument
+
+    model, tok = load_policy("tiny-llama")
+    name = cache_argument(model)
+    assert name in inspect.signature(model.forward).parameters
+    assert cache_argument(ScriptedLM([1], [[0]], 4)) == "past_key_values"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = generate(
+            model,
+            [[5, 6, 7]],
+            pad_id=tok.pad_token_id,
+            eos_id=tok.eos_token_id,
+            max_new_tokens=4,
+            temperature=0,
+        )
+    assert r.response_ids.shape == (1, 4)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
