@@ -43,6 +43,17 @@ def assert_resumes_exactly(args: list, out, keys: tuple[str, ...]) -> None:
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
 
 
+def ddp_and_fsdp(args: list, tmp_path) -> tuple[list[dict], list[dict]]:
+    """The logged metrics of the same 2-process run under DDP, then under FSDP."""
+    runs = []
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        proc = torchrun(*args, "--distributed", strategy, "--output_dir", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(read_metrics(out / "metrics.jsonl"))
+    return runs[0], runs[1]
+
+
 def test_rloo_under_fsdp_learns_and_resumes(tmp_path):
     out = tmp_path / "rloo"
     args = [*RLOO, *FSDP, "--output_dir", out]
@@ -63,13 +74,7 @@ def test_grpo_under_fsdp_samples_and_steps_as_under_ddp(tmp_path):
     the other is, so the rollouts, and the steps, are DDP's (up to the order of gradient sums)."""
     args = ["grpo", *COMMON, "--dtype", "float32", "--batch_size", "8", "--num_samples", "4"]
     args += ["--learning_rate", "1e-2", "--max_steps", "3", "--stop_strings", " "]
-    runs = {}
-    for strategy in ("ddp", "fsdp"):
-        out = tmp_path / strategy
-        proc = torchrun(*args, "--distributed", strategy, "--output_dir", out)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[strategy] = read_metrics(out / "metrics.jsonl")
-    ddp, fsdp = runs["ddp"], runs["fsdp"]
+    ddp, fsdp = ddp_and_fsdp(args, tmp_path)
     assert [r["response/truncated_rate"] for r in ddp] == [0.0] * 3  # every row stopped early
     for key in ("objective/scores", "response/length_mean"):
         assert [r[key] for r in fsdp] == [r[key] for r in ddp], key
@@ -111,13 +116,7 @@ def test_ppo_ptx_with_checkpointing_under_fsdp_steps_as_under_ddp(tmp_path):
     args = [*PPO, "--dtype", "float32", "--max_steps", "3", "--save_steps", "0"]
     args += ["--ptx_data", ptx, "--ptx_coef", "0.5", "--ptx_batch_size", "4"]
     args += ["--gradient_checkpointing", "true"]
-    runs = {}
-    for strategy in ("ddp", "fsdp"):
-        out = tmp_path / strategy
-        proc = torchrun(*args, "--distributed", strategy, "--output_dir", out)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[strategy] = read_metrics(out / "metrics.jsonl")
-    ddp, fsdp = runs["ddp"], runs["fsdp"]
+    ddp, fsdp = ddp_and_fsdp(args, tmp_path)
     assert len(ddp) == len(fsdp) == 3 and all(r["loss/ptx"] > 0 for r in fsdp)
     assert [r["objective/scores"] for r in fsdp] == [r["objective/scores"] for r in ddp]
     for key in ("objective/kl", "loss/policy", "loss/value", "loss/ptx"):
