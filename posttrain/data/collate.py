@@ -56,15 +56,27 @@ def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_packed(examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
     """One row of several examples laid end to end, each attending only to itself.
 
-    Returns ``input_ids``, ``response_mask``, ``position_ids`` (restarting at 0 for each example)
-    and a 4-D boolean ``attention_mask`` (1, 1, T, T): causal within an example, blocked across.
+    Returns ``input_ids``, ``response_mask``, ``position_ids`` (restarting at 0 for each example),
+    all (1, T), and a 4-D boolean ``attention_mask`` (1, 1, T, T): causal within an example,
+    blocked across.
     """
-    batch = lay_out(examples, [list(range(len(examples)))], pad_id)
-    del batch["segment"]
-    return batch
+    ids, resp, pos, seg = [], [], [], []
+    for i, e in enumerate(examples):
+        ids += e.input_ids
+        resp += e.response_mask
+        pos += range(len(e.input_ids))
+        seg += [i] * len(e.input_ids)
+    seg_ = torch.tensor(seg)
+    causal = torch.ones(len(seg), len(seg), dtype=torch.bool).tril()
+    return {
+        "input_ids": torch.tensor([ids]),
+        "response_mask": torch.tensor([resp]),
+        "position_ids": torch.tensor([pos]),
+        "attention_mask": (causal & (seg_[:, None] == seg_[None, :]))[None, None],
+    }
 
 
 def collate_shared_prefix(
@@ -81,8 +93,8 @@ def collate_shared_prefix(
 
     Sequences are numbered member-major: member j of group g is sequence ``j * G + g`` (every group
     has the same number of members). Returns ``input_ids``, ``position_ids`` (R, T), boolean
-    ``attention_mask`` (R, 1, T, T), and what :func:`posttrain.models.forward_logprobs` needs to
-    give the response log-probs one row per sequence, as a right-padded batch of the sequences
+    ``attention_mask`` (R, 1, T, T), and what :func:`posttrain.models.forward_packed_logprobs` needs
+    to give the response log-probs one row per sequence, as a right-padded batch of the sequences
     would (L the longest sequence; K the response tokens after the first position):
     ``label_mask`` (n, L - 1) each sequence's ``response_mask[1:]``; ``label_from`` (K,) the flat
     index in (R, T) of the position whose logits predict a response token; ``label_ids`` (K,) the
@@ -147,37 +159,3 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
         if any(s[i] != seqs[0][i] for s in seqs[1:]):
             return i
     return n
-
-
-def lay_out(
-    examples: Sequence[Encoded], rows: Sequence[Sequence[int]], pad_id: int
-) -> dict[str, torch.Tensor]:
-    """Row r holds ``examples[i] for i in rows[r]`` end to end, right-padded to the longest row.
-
-    ``input_ids``, ``response_mask``, ``position_ids`` (restarting at 0 for each example),
-    ``segment`` (the example index of each token, -1 on padding), all (R, T); ``attention_mask``
-    (R, 1, T, T) boolean: causal within an example, blocked across (padding attends to padding).
-    """
-    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    resp = torch.zeros(len(rows), width, dtype=torch.long)
-    pos = torch.zeros(len(rows), width, dtype=torch.long)
-    seg = torch.full((len(rows), width), -1, dtype=torch.long)
-    for r, row in enumerate(rows):
-        at = 0
-        for i in row:
-            e, n = examples[i], len(examples[i].input_ids)
-            ids[r, at : at + n] = torch.as_tensor(e.input_ids)
-            resp[r, at : at + n] = torch.as_tensor(e.response_mask)
-            pos[r, at : at + n] = torch.arange(n)
-            seg[r, at : at + n] = i
-            at += n
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = seg[:, :, None] == seg[:, None, :]
-    return {
-        "input_ids": ids,
-        "response_mask": resp,
-        "position_ids": pos,
-        "segment": seg,
-        "attention_mask": (causal & same)[:, None],
-    }

@@ -90,7 +90,7 @@ def batches_of(encoded: list[Encoded], pad_id: int, *, packing: bool, max_length
     """Turn a list of examples into model inputs: one padded batch, or one packed row per bin."""
     if not packing:
         return [collate(encoded, pad_id)]
-    return [collate_packed([encoded[i] for i in row], pad_id) for row in pack(encoded, max_length)]
+    return [collate_packed([encoded[i] for i in row]) for row in pack(encoded, max_length)]
 
 
 def nll_sum(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
