@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import resource
 import subprocess
@@ -122,10 +123,13 @@ def cmd_vs_trl(args) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
     if args.size == "smollm2":  # the real model's directory and tokenizer (chat template)
+        from safetensors import safe_open
+
         from posttrain.models.smollm2 import smollm2_dir
 
         (work / "model").symlink_to(smollm2_dir())
-        n_params = 134.5e6
+        with safe_open(str(work / "model" / "model.safetensors"), "pt") as f:
+            n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     else:
         tok = load_tokenizer("tiny-llama")
         model = build_tiny_llama(tok, **SIZES[args.size])

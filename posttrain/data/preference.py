@@ -1,10 +1,9 @@
 """Preference pairs as token ids, and the one concatenated batch of chosen and rejected.
 
 Chosen and rejected share the prompt, encoded as by :func:`posttrain.data.encode_example` (chat
-template, EOS) and truncated together: both keep the same end of the prompt. ``collate_pairs`` stacks them into ONE batch of 2B rows —
-chosen rows first, then rejected — so a single forward serves both halves (and padding to one
-width is paid once).
-"""
+template, EOS) and truncated together: both keep the same end of the prompt. ``collate_pairs``
+puts them in ONE batch — 2B padded rows, chosen first, or padding-free rows holding each prompt
+once — so a single forward serves both halves."""
 
 from __future__ import annotations
 
