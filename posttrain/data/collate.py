@@ -85,9 +85,12 @@ def collate_shared_prefix(
     """A padding-free batch of sequences that come in groups sharing their start (a pair's chosen
     and rejected share the prompt): each shared start is computed once.
 
-    A group is laid out as its members' longest common prefix followed by each member's remainder,
-    whose positions continue from the prefix; a remainder attends to the prefix and to itself
-    only, so every member's tokens see exactly what they would alone. Groups go end to end into as
+    A group is laid out as its members' longest common prefix, up to (not including) the first
+    position whose logits predict a response token, followed by each member's remainder, whose
+    positions continue from the prefix; a remainder attends to the prefix and to itself only, so
+    every member's tokens see exactly what they would alone. (A pair's prefix is so its prompt but
+    the last token, which each remainder repeats: every position then predicts at most one label,
+    and the logits read need no copy.) Groups go end to end into as
     few rows as fit the longest group (first-fit decreasing); a group attends only to itself. With
     groups of one this is plain padding-free packing.
 
@@ -97,13 +100,16 @@ def collate_shared_prefix(
     to give the response log-probs one row per sequence, as a right-padded batch of the sequences
     would (L the longest sequence; K the response tokens after the first position):
     ``label_mask`` (n, L - 1) each sequence's ``response_mask[1:]``; ``label_from`` (K,) the flat
-    index in (R, T) of the position whose logits predict a response token; ``label_ids`` (K,) the
-    token; ``label_to`` (K,) its flat index in (n, L - 1).
+    index in (R, T) of the position whose logits predict a response token, strictly increasing;
+    ``label_ids`` (K,) the token; ``label_to`` (K,) its flat index in (n, L - 1).
     """
     size = {len(g) for g in groups}
     assert len(size) == 1, "every group needs the same number of members"
     k, n_groups = size.pop(), len(groups)
-    shared = [_common_prefix([m.input_ids for m in g]) for g in groups]
+    shared = [  # the common prefix, ending before the first position that predicts a label
+        min(_common_prefix([m.input_ids for m in g]), *(max(m.response_start, 1) - 1 for m in g))
+        for g in groups
+    ]
     extent = [p + sum(len(m.input_ids) - p for m in g) for g, p in zip(groups, shared, strict=True)]
     rows = first_fit(extent, max(extent))
     width = max(sum(extent[g] for g in row) for row in rows)
@@ -116,7 +122,7 @@ def collate_shared_prefix(
     for r, row in enumerate(rows):
         r_ids, r_pos, r_unit, r_branch = [], [], [], []
         for g in row:
-            p, at = shared[g], len(r_ids)
+            p = shared[g]
             r_ids += groups[g][0].input_ids[:p]
             r_pos += range(p)
             r_branch += [0] * p
@@ -127,7 +133,7 @@ def collate_shared_prefix(
                 r_branch += [j + 1] * (n - p)
                 label_mask[seq][: n - 1] = m.response_mask[1:]
                 for t in range(max(m.response_start, 1), n):  # token t, predicted at t - 1
-                    label_from.append(r * width + (at + t - 1 if t - 1 < p else rest + t - 1 - p))
+                    label_from.append(r * width + rest + t - 1 - p)  # in the remainder
                     label_ids.append(m.input_ids[t])
                     label_to.append(seq * label_width + t - 1)
             r_unit += [g] * extent[g]

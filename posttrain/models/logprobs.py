@@ -103,10 +103,13 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
 
     Logits are computed only at the positions that predict a response token (the vocabulary
     projection of the prompt and the padding is skipped), through transformers' boolean
-    ``logits_to_keep``; with a transformers too old for it, at every position."""
-    ids = batch["input_ids"]
+    ``logits_to_keep``, which returns them in row-major order: as ``label_from`` is strictly
+    increasing (one label per position), they are already in label order. With a transformers too
+    old for it, logits come at every position."""
+    ids, label_from = batch["input_ids"], batch["label_from"]
+    assert bool((label_from[1:] > label_from[:-1]).all()), "label_from must be strictly increasing"
     keep = torch.zeros(ids.numel(), dtype=torch.bool)
-    keep[batch["label_from"]] = True
+    keep[label_from] = True
     out = model(
         input_ids=ids,
         attention_mask=batch["attention_mask"],
@@ -114,10 +117,10 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
         use_cache=False,
         **({"logits_to_keep": keep.view(ids.shape)} if _keeps_by_mask() else {}),
     )
-    if out.logits.dim() == 2:  # (kept positions, V), in row-major order
-        logits = out.logits[keep.cumsum(0)[batch["label_from"]] - 1]
+    if out.logits.dim() == 2:  # (K, V): the kept positions, in label order
+        logits = out.logits
     else:
-        logits = out.logits.flatten(0, 1)[batch["label_from"]]  # (K, V)
+        logits = out.logits.flatten(0, 1)[label_from]
     if logits.dtype not in (torch.float32, torch.float64):  # log-probs in at least float32
         logits = logits.float()
     values = gather_logprobs(logits, batch["label_ids"])

@@ -256,37 +256,42 @@ def test_pack_respects_max_length():
 
 
 def test_shared_prefix_layout_by_hand():
-    """Pair A: chosen 1 2|3 4, rejected 1 2|5 (| = response start), common prefix 1 2; pair B:
-    chosen 6|7, rejected 6|8 9, common prefix 6. A takes 2 + 2 + 1 = 5 tokens, B 1 + 1 + 2 = 4,
-    so with width 5 each gets a row. A remainder's positions continue from the prefix, and it sees
-    the prefix and itself, not the other remainder. Sequences are numbered member-major: A chosen
-    0, B chosen 1, A rejected 2, B rejected 3; labels land where a right-padded (4, 4) batch
-    would have them, in a (4, 3) layout."""
+    """Pair A: chosen 1 2|3 4, rejected 1 2|5 (| = response start); pair B: chosen 6|7, rejected
+    6|8 9. The shared prefix ends before the first position that predicts a response token (the
+    prompt's last token), so every position predicts at most one label: A shares 1 and each
+    remainder repeats the 2; B's one-token prompt leaves nothing to share. A takes 1 + 3 + 2 = 6
+    tokens, B 2 + 3 = 5, so with width 6 each gets a row. A remainder's positions continue from
+    the prefix, and it sees the prefix and itself, not the other remainder. Sequences are numbered
+    member-major: A chosen 0, B chosen 1, A rejected 2, B rejected 3; labels land where a
+    right-padded (4, 4) batch would have them, in a (4, 3) layout."""
     from posttrain.data.chat import Encoded
     from posttrain.data.collate import collate_shared_prefix
 
     a = (Encoded([1, 2, 3, 4], 2, False), Encoded([1, 2, 5], 2, False))
     b = (Encoded([6, 7], 1, False), Encoded([6, 8, 9], 1, False))
     out = collate_shared_prefix([a, b], pad_id=0)
-    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
-    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 1, 2, 0]]
+    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 2, 5], [6, 7, 6, 8, 9, 0]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 1, 2], [0, 1, 0, 1, 2, 0]]
     assert out["attention_mask"][0, 0].int().tolist() == [
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 1, 0],
-        [1, 1, 0, 0, 1],  # rejected's 5 sees the prompt and itself, not chosen's 3 4
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 0, 0, 0, 1, 0],  # rejected's 2 5 see the shared 1 and themselves, not chosen's 2 3 4
+        [1, 0, 0, 0, 1, 1],
     ]
     assert out["attention_mask"][1, 0].int().tolist() == [
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 0, 1, 0, 0],
-        [1, 0, 1, 1, 0],
-        [0, 0, 0, 0, 1],  # padding sees padding only
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],  # nothing shared: rejected's 6 8 9 see only themselves
+        [0, 0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],  # padding sees padding only
     ]
     assert out["label_mask"].tolist() == [[0, 1, 1], [1, 0, 0], [0, 1, 0], [1, 1, 0]]
-    # the prompt's last token (A: flat 1, B: flat 5) predicts both responses' first token
-    assert out["label_from"].tolist() == [1, 2, 1, 5, 5, 7]
+    # each remainder's copy of the prompt's last token (A: flat 1 and 4, B: 6 and 8) predicts its
+    # response's first token; one label per position, in row-major order
+    assert out["label_from"].tolist() == [1, 2, 4, 6, 8, 9]
     assert out["label_ids"].tolist() == [3, 4, 5, 7, 8, 9]
     assert out["label_to"].tolist() == [1, 2, 7, 3, 9, 10]
     # groups of one: plain padding-free packing, each sequence after its own first token

@@ -71,8 +71,8 @@ def test_only_response_tokens_count_and_values_are_real_logprobs():
 
 
 def test_forward_packed_logprobs_places_labels_by_hand(monkeypatch):
-    """Rows [[1 2 3 4 5], [6 7 8 9 -]] of pairs A (1 2|3 4 vs 1 2|5) and B (6|7 vs 6|8 9), as in
-    ``test_shared_prefix_layout_by_hand``. With fixed logits, the log-prob of each response token
+    """Rows [[1 2 3 4 2 5], [6 7 6 8 9 -]] of pairs A (1 2|3 4 vs 1 2|5) and B (6|7 vs 6|8 9), as
+    in ``test_shared_prefix_layout_by_hand``. With fixed logits, the log-prob of each response token
     is log-softmax at the position predicting it, placed as in a right-padded batch."""
     from types import SimpleNamespace
 
@@ -83,7 +83,7 @@ def test_forward_packed_logprobs_places_labels_by_hand(monkeypatch):
     a = (Encoded([1, 2, 3, 4], 2, False), Encoded([1, 2, 5], 2, False))
     b = (Encoded([6, 7], 1, False), Encoded([6, 8, 9], 1, False))
     batch = collate_shared_prefix([a, b], pad_id=0)
-    logits = torch.randn(2, 5, 10, dtype=torch.float64)
+    logits = torch.randn(2, 6, 10, dtype=torch.float64)
     logp = torch.log_softmax(logits, -1)
 
     def model(logits_to_keep=None, **kw):  # the positions asked for, or all of them
@@ -95,9 +95,9 @@ def test_forward_packed_logprobs_places_labels_by_hand(monkeypatch):
     assert torch.equal(out.logps, every_position.logps)
     expected = torch.zeros(4, 3, dtype=torch.float64)
     expected[0, 1], expected[0, 2] = logp[0, 1, 3], logp[0, 2, 4]  # A chosen: 3 after 2, 4 after 3
-    expected[2, 1] = logp[0, 1, 5]  # A rejected: 5 after the shared 2
-    expected[1, 0] = logp[1, 0, 7]  # B chosen: 7 after the shared 6
-    expected[3, 0], expected[3, 1] = logp[1, 0, 8], logp[1, 2, 9]  # B rejected: 8, then 9 after 8
+    expected[2, 1] = logp[0, 4, 5]  # A rejected: 5 after its copy of 2
+    expected[1, 0] = logp[1, 0, 7]  # B chosen: 7 after 6
+    expected[3, 0], expected[3, 1] = logp[1, 2, 8], logp[1, 3, 9]  # B rejected: 8 after its 6, 9
     torch.testing.assert_close(out.logps, expected, atol=1e-12, rtol=0)
     assert out.mask.tolist() == [[0, 1, 1], [1, 0, 0], [0, 1, 0], [1, 1, 0]]
     assert out.lengths().tolist() == [2, 1, 1, 2]
