@@ -9,8 +9,9 @@
 real SmolLM2-135M-Instruct, with rows in chat form so both programs apply its chat template),
 preference data (``short``: ~9-token sequences; ``varied``: a 3-word prompt and responses of
 1-60 words, as real responses vary; ``dialogue``: a dialogue history of ~10-280 words before
-responses of 1-60 words, as in multi-turn preference data), batch, steps, precision (float32 —
-TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing, both turned off here), lr
+responses of 1-60 words, as in multi-turn preference data), batch, steps, precision (``--precision``: float32 by default —
+TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing, both turned off here —,
+bfloat16 autocast, or bfloat16 weights in both), lr
 schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer`` (TRL in its own venv): each
 with a frozen reference copy and with precomputed reference log-probs, and posttrain also with
 padded batches instead of its default padding-free rows (each prompt once); whole process wall
@@ -41,18 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 TRL_SCRIPT = r"""
 import json, sys, time
 t0 = time.time()
+import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
-model_dir, data, out, steps, bs, lr, maxlen, beta, precompute, bf16 = sys.argv[1:11]
+model_dir, data, out, steps, bs, lr, maxlen, beta, precompute, precision = sys.argv[1:11]
 rows = [json.loads(l) for l in open(data)]
 ds = Dataset.from_list(rows)
 tok = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForCausalLM.from_pretrained(model_dir)
+dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
 cfg = DPOConfig(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(bs), learning_rate=float(lr),
                 max_length=int(maxlen), beta=float(beta), logging_steps=10, save_strategy="no", report_to=[],
                 use_cpu=True, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0,
-                dataloader_num_workers=0, disable_tqdm=True, seed=0, bf16=bf16 == "1",
+                dataloader_num_workers=0, disable_tqdm=True, seed=0, bf16=precision == "autocast",
                 gradient_checkpointing=False, precompute_ref_log_probs=precompute == "1")
 DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok).train()
 print(json.dumps({"seconds": time.time() - t0}))
@@ -113,6 +116,11 @@ def dialogue_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 DATA = {"short": None, "varied": varied_rows, "dialogue": dialogue_rows}
+PRECISIONS = {
+    "float32": "float32",
+    "autocast": "bfloat16 autocast over float32 weights",
+    "bfloat16": "bfloat16 weights (no autocast)",
+}
 
 
 def cmd_vs_trl(args) -> None:
@@ -156,8 +164,11 @@ def cmd_vs_trl(args) -> None:
     ours += ["--train_data", str(data), "--max_steps", steps, "--batch_size", bs]
     ours += ["--learning_rate", lr, "--max_length", maxlen, "--beta", beta]
     ours += ["--logging_steps", "10", "--save_steps", "0", "--progress", "false"]
-    ours += ["--bf16_autocast", "true"] if args.bf16 else []
-    bf16 = str(int(args.bf16))
+    ours += {
+        "float32": [],
+        "autocast": ["--bf16_autocast", "true"],
+        "bfloat16": ["--dtype", "bfloat16"],
+    }[args.precision]
     trl = [args.trl_python, str(work / "run_trl_dpo.py"), str(work / "model"), str(data)]
     programs = {  # name -> command given its output directory
         "posttrain (frozen copy)": lambda out: [*ours, "--reference", "model", "--output_dir", out],
@@ -167,8 +178,8 @@ def cmd_vs_trl(args) -> None:
         "posttrain (frozen copy, padded)": lambda out: [
             *ours, "--reference", "model", "--padding_free", "false", "--output_dir", out
         ],
-        "TRL (frozen copy)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "0", bf16],
-        "TRL (precomputed)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "1", bf16],
+        "TRL (frozen copy)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "0", args.precision],
+        "TRL (precomputed)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "1", args.precision],
     }  # fmt: skip
     wall: dict[str, list[float]] = {name: [] for name in programs}
     cpu: dict[str, list[float]] = {name: [] for name in programs}
@@ -194,7 +205,7 @@ def cmd_vs_trl(args) -> None:
     print(
         f"\n{args.size} llama ({n_params / 1e6:.2f}M parameters), {args.pairs} {args.data} pairs, "
         f"{steps} steps x {bs} pairs ({args.steps * args.batch / args.pairs:.1f} epochs), "
-        f"{'bfloat16 autocast' if args.bf16 else 'float32'}, "
+        f"{PRECISIONS[args.precision]}, "
         f"whole process, best of {args.repeats}:\n"
         "| program | wall | CPU |\n|---|---|---|"
     )
@@ -299,7 +310,12 @@ def main() -> None:
     v.add_argument("--repeats", type=int, default=2)
     v.add_argument("--size", choices=[*SIZES, "smollm2"], default="tiny")
     v.add_argument("--data", choices=list(DATA), default="short")
-    v.add_argument("--bf16", action="store_true", help="both under bfloat16 autocast")
+    v.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="float32",
+        help="float32; autocast: bfloat16 autocast over float32 weights; bfloat16: bfloat16 weights",
+    )
     v.add_argument(
         "--pairs", type=int, default=2000, help="dataset size (epochs = steps x batch / pairs)"
     )
