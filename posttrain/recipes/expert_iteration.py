@@ -12,7 +12,10 @@ last checkpoint (``sft.save_steps``); more ``--rounds`` than before add rounds.
 Under ``torchrun`` each process samples and scores its contiguous slice of the prompts with its
 own seed (all n samples of a prompt on one process, so keeping the best is exact); rank 0 writes
 the rows of all processes; the SFT of each round runs on every process as ``posttrain sft`` does
-(its batch split over the processes, gradients summed).
+(its batch split over the processes, gradients summed). With ``sft: {distributed: fsdp}`` the
+sampling model is sharded the same way (for a model too large for one device): its forwards
+gather the weights, so every process must make as many; a process with a shorter slice of the
+prompts tops it up with copies of the first prompt (their rows are dropped).
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     prompts = [ex.prompt for ex in load_examples(cfg.prompts, ["prompt"], what="--prompts")]
     reward_fn = load_reward_source(cfg.reward, policy_tokenizer=load_tokenizer(cfg.model))
     out = Path(cfg.output_dir)
-    sft_config(cfg.model, out / "x.jsonl", out / "x", cfg.sft, cfg.seed)  # bad settings fail now
+    # bad SFT settings fail now
+    strategy = sft_config(cfg.model, out / "x.jsonl", out / "x", cfg.sft, cfg.seed).distributed
     resume = flags.get("resume", False) and out.is_dir()
     distributed.init()  # a no-op without a launcher
     if not resume:
@@ -89,7 +93,15 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         if done:  # --resume: this round's samples and model are there
             rows = [rec.data for rec in read_records(round_dir / "best.jsonl")]
         else:
-            sample = partial(sample_best, model_name=model_name, reward_fn=reward_fn, cfg=cfg, r=r)
+            sample = partial(
+                sample_best,
+                model_name=model_name,
+                reward_fn=reward_fn,
+                cfg=cfg,
+                r=r,
+                strategy=strategy,
+                top_up=(-(-len(prompts) // distributed.world_size()), prompts[0]),
+            )
             rows = distributed.map_sharded(sample, prompts)  # each process its slice, gathered
             if distributed.is_main():
                 write_jsonl(round_dir / "best.jsonl", rows)
@@ -113,10 +125,30 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     distributed.barrier()
 
 
-def sample_best(prompts: list, *, model_name: str, reward_fn, cfg: Config, r: int) -> list[dict]:
-    """Round ``r``'s best-of-n rows of ``prompts`` (this process's slice) from ``model_name``."""
+def sample_best(
+    prompts: list,
+    *,
+    model_name: str,
+    reward_fn,
+    cfg: Config,
+    r: int,
+    strategy: str = "ddp",
+    top_up: tuple[int, Any] = (0, None),
+) -> list[dict]:
+    """Round ``r``'s best-of-n rows of ``prompts`` (this process's slice) from ``model_name``.
+
+    Under FSDP (``strategy``) the model is sharded and the slice is topped up to ``top_up`` =
+    (length, filler prompt), the longest slice, so that every process makes the same forwards."""
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, tokenizer=tokenizer)
+    own = len(prompts)
+    if strategy == "fsdp" and distributed.is_initialized():
+        model = distributed.wrap_frozen(model.requires_grad_(False), "fsdp")
+        if distributed.is_main():
+            n = distributed.world_size()
+            print(f"round {r}: sampling with the model sharded over {n} processes (FSDP)")
+        length, filler = top_up
+        prompts = [*prompts, *[filler] * (length - own)]
     seed = cfg.seed + r * distributed.world_size() + distributed.rank()  # one per round, process
     return best_of_n(
         model,
@@ -129,4 +161,4 @@ def sample_best(prompts: list, *, model_name: str, reward_fn, cfg: Config, r: in
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         batch_size=cfg.batch_size,
-    )
+    )[:own]

@@ -79,3 +79,31 @@ def test_expert_iteration_on_two_processes_improves_and_resumes(tmp_path):
     again = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert again[:2] == rounds and len(again) == 3
     assert (out / "round-3" / "sft" / "final").is_dir()
+
+
+def test_expert_iteration_samples_the_same_with_its_model_sharded(tmp_path):
+    """With ``sft: {distributed: fsdp}`` the sampling model is sharded too: each process's
+    forwards gather the weights, so the slices must make as many. Five prompts split 2 + 3; the
+    short slice is topped up (a whole extra batch: batch_size = n) and its extra rows dropped.
+    The rows are those of the unsharded (DDP) run, sample for sample."""
+    prompts = tmp_path / "p.jsonl"
+    texts = ("The movie was", "I think that", "Today the", "Hello", "My friend")
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
+    config = tmp_path / "ei.yaml"
+    config.write_text("n: 4\n")  # torchrun would take --n for an abbreviation of its own options
+    best = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        args = ["expert-iteration", "--config", config, "--model", "tiny-llama"]
+        args += ["--prompts", prompts, "--reward", "tests.helpers_rl:count_e", "--rounds", "1"]
+        args += ["--output_dir", out, "--max_new_tokens", "12", "--batch_size", "4"]
+        args += ["--sft", f"{{max_steps: 2, batch_size: 4, distributed: {strategy}}}"]
+        proc = torchrun(*args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("sampling with the model sharded over 2" in proc.stdout) == (strategy == "fsdp")
+        lines = (out / "round-1" / "best.jsonl").read_text().splitlines()
+        best[strategy] = [json.loads(line) for line in lines]
+        assert (out / "final" / "config.json").is_file()
+    assert [r["prompt"] for r in best["fsdp"]] == list(texts)  # in order, the filler dropped
+    assert best["fsdp"] == best["ddp"]
+    print(f"expert-iteration sampling, FSDP == DDP over {len(texts)} prompts x 4 samples")
