@@ -9,12 +9,13 @@
 real SmolLM2-135M-Instruct, with rows in chat form so both programs apply its chat template),
 preference data (``short``: ~9-token sequences; ``varied``: a 3-word prompt and responses of
 1-60 words, as real responses vary; ``dialogue``: a dialogue history of ~10-280 words before
-responses of 1-60 words, as in multi-turn preference data), batch, steps, precision (``--precision``: float32 by default —
-TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing, both turned off here —,
-bfloat16 autocast, or bfloat16 weights in both), lr
+responses of 1-60 words, as in multi-turn preference data), batch, steps, precision
+(``--precision``: float32 by default — TRL's DPOConfig defaults to bf16 autocast and gradient
+checkpointing, both turned off here —, bfloat16 autocast, or bfloat16 weights in both), lr
 schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer`` (TRL in its own venv): each
-with a frozen reference copy and with precomputed reference log-probs, and posttrain also with
-padded batches instead of its default padding-free rows (each prompt once); whole process wall
+with a frozen reference copy (TRL's default) and with precomputed reference log-probs
+(posttrain's default), and posttrain also with a frozen copy and padded batches instead of its
+default padding-free rows (each prompt once); whole process wall
 time (imports, data, training, saving) and its CPU time, the programs alternately in one
 invocation, best of ``--repeats``; prints the ratios.
 

@@ -5,7 +5,10 @@ memory; one process peaks at
 
     peak  = baseline + state + max(phases)
     state = policy weights + AdamW states (2 per trainable parameter)
-            + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference)
+            + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference;
+              0 for dpo's default precomputed reference, whose copy lives only while the
+              log-probs are computed before training, next to the weights but before AdamW's
+              two states exist, so below the training peak)
             + reward model (online recipes with --reward_model) + value head or critic (PPO)
             + DDP's gradient buckets (a flat copy of the gradients, several processes; posttrain
               all-reduces its own copy instead, so on a CPU their pages are never touched and
@@ -129,9 +132,10 @@ class Config:
     task/rule reward."""
     separate_critic: bool = False
     """PPO: the value head gets its own trunk (a trained copy of the policy)."""
-    reference: Literal["auto", "model", "none"] = "auto"
-    """dpo/kto: `model` keeps a frozen copy, `none` (SimPO/ORPO/precomputed) none; `auto`: a copy
-    unless LoRA is on."""
+    reference: Literal["auto", "model", "precomputed", "none"] = "auto"
+    """dpo/kto: `model` keeps a frozen copy, `precomputed` none during training (nor its
+    forward), `none` (SimPO/ORPO) none; `auto` as the recipe: with LoRA the adapters-disabled
+    policy, else dpo precomputes (a copy under FSDP) and the others keep a copy."""
     budget_gb: float | None = None
     """Memory of one device in GB; when given, settings that fit are proposed."""
     baseline_mb: float = BASELINE_MB
@@ -348,8 +352,11 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
         "adamw": 2 * trainable * wt / shard,
         "ddp_buckets": trainable * wt if ddp else 0.0,  # DDP's flat gradient buckets
     }
-    referenced = cfg.recipe in REFERENCED and cfg.reference != "none"
-    copy = referenced and (cfg.reference == "model" or not lora)  # LoRA: adapters off instead
+    reference = cfg.reference
+    if reference == "auto" and cfg.recipe == "dpo" and not lora and not fsdp:
+        reference = "precomputed"  # posttrain dpo's default
+    referenced = cfg.recipe in REFERENCED and reference not in ("none", "precomputed")
+    copy = referenced and (reference == "model" or not lora)  # LoRA: adapters off instead
     parts["reference"] = P * w / shard if copy else 0.0
     online = cfg.recipe in ONLINE
     parts["reward_model"] = (

@@ -86,7 +86,7 @@ def test_dpo_learns_the_preference_on_held_out_pairs(cli, pairs, tmp_path):
         ["--loss_type", "orpo"],
         ["--loss_type", "unlikelihood"],
         ["--reference", "none"],
-        ["--reference", "precomputed"],
+        ["--reference", "model"],  # the default is precomputed
         ["--lora.enabled", "--lora.r", "8", "--learning_rate", "1e-2"],
     ],
     ids=lambda e: "-".join(a.lstrip("-") for a in e),

@@ -1,7 +1,7 @@
 """DPO under ``torchrun --nproc_per_node 2`` (gloo, CPU): 2 processes x batch 4 pairs give the
-weights of 1 process x batch 8 (tiny-llama, 1e-5) with a frozen reference copy (DDP, float64), with
-precomputed reference log-probs (each process computes its share) and padding-free rows, with
-FSDP (policy and reference sharded; float32), and with LoRA under FSDP (reference = adapters
+weights of 1 process x batch 8 (tiny-llama, 1e-5) with precomputed reference log-probs (each
+process computes its share) and padding-free rows (DDP, float64), with a frozen reference copy
+and padded rows, with FSDP (policy and reference sharded; float32), and with LoRA under FSDP (reference = adapters
 disabled; the final model gathered and merged; float64); the logged
 implicit-reward metrics are those of the whole batch."""
 
@@ -34,15 +34,15 @@ def train(tmp_path_factory):
 @pytest.mark.parametrize(
     "extra",
     [
-        [],
-        ["--reference", "precomputed", "--padding_free", "true"],
+        ["--reference", "precomputed"],  # the default (without FSDP or LoRA), padding-free
+        ["--reference", "model", "--padding_free", "false"],
         # float32: gloo's plain-SUM path; padded rows, because packing 8 sequences per process
         # instead of 16 in one lays the rows out differently, which float32 rounds differently
         # (AdamW turns that into ~1e-5 on a few weights); packing itself is checked in float64
         ["--distributed", "fsdp", "--dtype", "float32", "--padding_free", "false"],
         ["--lora.enabled", "true", "--learning_rate", "1e-2", "--distributed", "fsdp"],
     ],
-    ids=["ddp", "ddp-precomputed-padding-free", "fsdp-float32", "lora-fsdp"],
+    ids=["ddp-precomputed", "ddp-frozen-copy-padded", "fsdp-float32", "lora-fsdp"],
 )
 def test_dpo_2x4_equals_1x8(train, tmp_path, extra):
     from posttrain.cli import main

@@ -43,7 +43,7 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
     runs = {
         "8x1": ["--batch_size", "8"],
         "2x4": ["--batch_size", "8", "--gradient_accumulation_steps", "4"],
-        "precomputed": ["--batch_size", "8", "--reference", "precomputed"],
+        "frozen_copy": ["--batch_size", "8", "--reference", "model"],  # default: precomputed
         "padded": ["--batch_size", "8", "--padding_free", "false"],  # the default is padding-free
         "padding_free_eval": ["--batch_size", "8", "--eval_data", train],
         "padded_eval": ["--batch_size", "8", "--padding_free", "false", "--eval_data", train],
@@ -55,7 +55,7 @@ def test_dpo_batch_8x1_equals_2x4_and_precomputed_equals_frozen_copy(cli, train,
     start = load_model("tiny-llama", dtype="float64").state_dict()
     assert any(not torch.equal(base[k], start[k]) for k in base)  # training moved the weights
     _assert_same(base, _weights(tmp_path / "2x4"))
-    _assert_same(base, _weights(tmp_path / "precomputed"))
+    _assert_same(base, _weights(tmp_path / "frozen_copy"))
     _assert_same(base, _weights(tmp_path / "padded"))
     padded = read_metrics(tmp_path / "padded_eval" / "metrics.jsonl")
     free = read_metrics(tmp_path / "padding_free_eval" / "metrics.jsonl")

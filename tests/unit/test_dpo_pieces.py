@@ -229,8 +229,10 @@ def test_config_refuses(values, message):
 
 
 def test_config_reference_kind():
-    assert _config(beta=0.1).reference_kind() == "model"
+    assert _config(beta=0.1).reference_kind() == "precomputed"
+    assert _config(beta=0.1, distributed="fsdp").reference_kind() == "model"  # a sharded copy
     assert _config(beta=0.1, lora={"enabled": True}).reference_kind() == "lora"
+    assert _config(beta=0.1, reference="model").reference_kind() == "model"
     assert _config(loss_type="orpo").reference_kind() == "none"
     _config(loss_type="unlikelihood").validate()  # no beta needed
 
