@@ -81,7 +81,7 @@ def forward_logprobs(
         position_ids = position_ids_from_mask(attention_mask)
     out = model(
         input_ids=input_ids,
-        attention_mask=attention_mask,
+        attention_mask=additive_mask(model, attention_mask),
         position_ids=position_ids,
         use_cache=False,
         output_hidden_states=with_hidden,
@@ -112,7 +112,7 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
     keep[label_from] = True
     out = model(
         input_ids=ids,
-        attention_mask=batch["attention_mask"],
+        attention_mask=additive_mask(model, batch["attention_mask"]),
         position_ids=batch["position_ids"],
         use_cache=False,
         **({"logits_to_keep": keep.view(ids.shape)} if _keeps_by_mask() else {}),
@@ -127,6 +127,23 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
     mask = batch["label_mask"].to(values.dtype)
     logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
     return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)
+
+
+def additive_mask(model, mask: torch.Tensor) -> torch.Tensor:
+    """A 4-D boolean attention mask (True = attend) as the additive float mask attention adds
+    to its scores (0 or the dtype's lowest value), in the dtype attention computes in; other masks
+    unchanged. Given a boolean mask, SDPA converts it to such a float tensor in every layer and
+    keeps each copy for the backward (L x rows x T x T values); this one is shared."""
+    if mask.dim() != 4 or mask.dtype != torch.bool:
+        return mask
+    device = mask.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(dtype).min
+    )
 
 
 @functools.cache

@@ -55,8 +55,14 @@ backward reaches the decoder layers only after the logits' buffers are freed):
     one layer         = t x w x a_layer          its recomputation (checkpointing) or gradients
     step transient    = max(loss forward, loss backward, one layer)
 
+DPO's default padding-free rows (``padding_free``: each pair's prompt once, then both responses;
+a pair at most 2 T wide, one pair per row at most) carry a (pairs, 1, 2 T, 2 T) attention mask,
+boolean and as the additive float mask every layer shares, for the whole step:
+
+    attention mask    = pairs x (2 T)^2 x (1 + w)             (part of the saved activations)
+
 A no-grad forward (DPO's reference, the rollout's scoring) costs t x V x (w + 2 c) (3 c with the
-entropy) and one layer. Reward models and critics read hidden states: no V term. Generation
+entropy) and one layer (and for padding-free pairs its own float mask, pairs x (2 T)^2 x w). Reward models and critics read hidden states: no V term. Generation
 (online recipes, rows = prompts x samples, P = max_length - max_new_tokens, R = max_new_tokens):
 
     KV cache        = 2 x L x kv x rows x (P + R) x w
@@ -120,6 +126,9 @@ class Config:
     """LoRA adapters (the reference is then the policy with adapters disabled)."""
     attention: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: `sdpa` keeps no (T, T) scores for backward, `eager` does."""
+    padding_free: bool = True
+    """dpo: each pair's prompt once then both responses in one row (the recipe's default), with a
+    (2 max_length)^2 attention mask per pair; false: 2 padded rows per pair."""
     num_samples: int | None = None
     """Online recipes: responses per prompt (default: the recipe's, 4 for rloo/grpo, else 1)."""
     num_minibatches: int | None = None
@@ -385,8 +394,12 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
         transients["loss backward"] = logits_backward_bytes(shape, t, w)
     # DPO/KTO's reference forward (a frozen copy, or the policy with its adapters disabled) runs
     # while the policy's activations are saved
+    mask = 0
+    if cfg.recipe == "dpo" and cfg.padding_free:  # (pairs, 1, 2T, 2T): boolean, and additive
+        mask = micro // 2 * (2 * T) ** 2 * w
+        acts += micro // 2 * (2 * T) ** 2 + mask
     if referenced and cfg.recipe in ("dpo", "kto"):
-        transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer
+        transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer + mask
     parts["activations"] = acts
     parts["step_transient"] = max(transients.values())
     parts["gradients"] = trainable * wt / shard

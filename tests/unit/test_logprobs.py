@@ -89,6 +89,8 @@ def test_forward_packed_logprobs_places_labels_by_hand(monkeypatch):
     def model(logits_to_keep=None, **kw):  # the positions asked for, or all of them
         return SimpleNamespace(logits=logits if logits_to_keep is None else logits[logits_to_keep])
 
+    model.parameters = lambda: iter([logits])  # the dtype attention computes in
+
     out = forward_packed_logprobs(model, batch)
     monkeypatch.setattr(logprobs, "_keeps_by_mask", lambda: False)  # older transformers
     every_position = forward_packed_logprobs(model, batch)

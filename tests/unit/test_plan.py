@@ -95,17 +95,24 @@ def test_accumulation_keeps_gradients_through_the_step():
 
 
 def test_dpo_adds_a_reference_and_pairs_and_lora_removes_the_copy():
-    e = plan.estimate(cfg(recipe="dpo", batch_size=2, reference="model"), SHAPE)
+    padded = cfg(recipe="dpo", batch_size=2, reference="model", padding_free=False)
+    e = plan.estimate(padded, SHAPE)
     assert e.parts["reference"] == 4000 and e.micro_rows == 4  # 2 pairs = 4 rows
     # the reference forward on top of the saved activations: 20 x 10 x 12 + 10560 = 12960
     assert e.parts["step_transient"] == 12960
+    # padding-free (the default): 2 pairs' (10 x 10) masks, boolean and float, 2 x 100 x (1 + 4)
+    # = 1000 saved; the reference forward makes its own float mask, 2 x 100 x 4 = 800
+    e = plan.estimate(cfg(recipe="dpo", batch_size=2, reference="model"), SHAPE)
+    no_mask = plan.estimate(padded, SHAPE).parts["activations"]
+    assert e.parts["activations"] == no_mask + 1000 and e.parts["step_transient"] == 12960 + 800
     # dpo's default precomputes: no copy and no reference forward during training; the largest
     # transient is then one layer, 20 x 4 x 132 = 10560 (the loss backward's is 1600)
     for reference in ("auto", "precomputed"):
-        e = plan.estimate(cfg(recipe="dpo", batch_size=2, reference=reference), SHAPE)
+        c = cfg(recipe="dpo", batch_size=2, reference=reference, padding_free=False)
+        e = plan.estimate(c, SHAPE)
         assert e.parts["reference"] == 0 and e.parts["step_transient"] == 10560
     lora = LoraConfig(enabled=True, r=2, target_modules=["q_proj", "v_proj"])
-    e = plan.estimate(cfg(recipe="dpo", batch_size=2, lora=lora), SHAPE)
+    e = plan.estimate(cfg(recipe="dpo", batch_size=2, lora=lora, padding_free=False), SHAPE)
     assert e.parts["reference"] == 0  # adapters disabled is the reference
     assert e.parts["step_transient"] == 12960  # ... and runs its forward all the same
     assert e.parts["weights"] == 4000 + 112 * 4 and e.parts["adamw"] == 2 * 112 * 4
