@@ -195,8 +195,11 @@ peak = baseline + state (weights, AdamW states, reference, DDP buckets) + the la
   micro-batch's backward) plus ONE transient at a time: the logits and their float32 copy, or
   the two (t, V) gradients of the loss's backward, or one decoder layer (recomputed with
   checkpointing); DPO's reference forward (a frozen copy or adapters disabled) on top of the
-  saved activations. Gradients are None until backward (optimizer.zero_grad(set_to_none=True))
-  and backward frees activations as it makes them, so they count here only with accumulation;
+  saved activations. DPO's default padding-free rows also keep a (pairs, 1, 2T, 2T) attention
+  mask, boolean and as the float mask all layers share (before this run SDPA converted the
+  boolean mask in every layer and kept each copy: tiny dpo measured 824 MB, not 759).
+  Gradients are None until backward (optimizer.zero_grad(set_to_none=True)) and backward frees
+  activations as it makes them, so they count here only with accumulation;
 - optimizer step: the gradients (DDP: plus the flat copy they are all-reduced in). DDP also
   allocates gradient buckets (P x w, 513 MB for smollm2) when it wraps the model; posttrain
   all-reduces its own flat copy (`no_sync` + one all-reduce per step), so on a CPU the buckets'
