@@ -65,8 +65,8 @@ def collate_pairs(
     Also ``margin`` (B,) (0 where absent). Split model outputs with ``x[:B], x[B:]``.
 
     ``padding_free``: instead each pair's prompt (the common prefix of chosen and rejected, but
-    its last token, which each response repeats) once, followed by both, pairs packed into as few rows as fit the longest
-    (``posttrain.data.collate.collate_shared_prefix``; sequence i is the chosen of pair i for
+    its last token, which each response repeats) once, followed by both, pairs packed into as few
+    rows as fit the longest (``posttrain.data.collate.collate_shared_prefix``; sequence i is the chosen of pair i for
     i < B, the rejected of pair i - B after); read with ``models.forward_packed_logprobs``.
     """
     if padding_free:

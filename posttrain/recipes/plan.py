@@ -62,8 +62,9 @@ boolean and as the additive float mask every layer shares, for the whole step:
     attention mask    = pairs x (2 T)^2 x (1 + w)             (part of the saved activations)
 
 A no-grad forward (DPO's reference, the rollout's scoring) costs t x V x (w + 2 c) (3 c with the
-entropy) and one layer (and for padding-free pairs its own float mask, pairs x (2 T)^2 x w). Reward models and critics read hidden states: no V term. Generation
-(online recipes, rows = prompts x samples, P = max_length - max_new_tokens, R = max_new_tokens):
+entropy) and one layer (and for padding-free pairs its own float mask, pairs x (2 T)^2 x w).
+Reward models and critics read hidden states: no V term. Generation (online recipes,
+rows = prompts x samples, P = max_length - max_new_tokens, R = max_new_tokens):
 
     KV cache        = 2 x L x kv x rows x (P + R) x w
     prefill logits  = rows x P x V x w            (the prompt forward returns every position's)
@@ -394,10 +395,11 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
         transients["loss backward"] = logits_backward_bytes(shape, t, w)
     # DPO/KTO's reference forward (a frozen copy, or the policy with its adapters disabled) runs
     # while the policy's activations are saved
-    mask = 0
-    if cfg.recipe == "dpo" and cfg.padding_free:  # (pairs, 1, 2T, 2T): boolean, and additive
-        mask = micro // 2 * (2 * T) ** 2 * w
-        acts += micro // 2 * (2 * T) ** 2 + mask
+    mask = 0  # the additive float mask of padding-free DPO pairs (pairs, 1, 2T, 2T)
+    if cfg.recipe == "dpo" and cfg.padding_free:
+        mask_elements = micro // 2 * (2 * T) ** 2
+        mask = mask_elements * w
+        acts += mask_elements + mask  # the boolean mask, and the additive one
     if referenced and cfg.recipe in ("dpo", "kto"):
         transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer + mask
     parts["activations"] = acts

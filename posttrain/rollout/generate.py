@@ -177,7 +177,7 @@ def all_finished(done: torch.Tensor, sharded: bool) -> bool:
 def cache_argument(model) -> str:
     """The keyword a model's forward takes its KV cache by: ``cache`` (transformers renamed
     ``past_key_values``, whose old name goes in 5.40), or ``past_key_values`` on an older one."""
-    base = getattr(model, "module", model)  # DDP
+    base = distributed.unwrap(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
