@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 
 def apply_lora(model, lora):
     """Wrap ``model`` with LoRA adapters when ``lora.enabled`` (a LoraConfig section); else as is."""
@@ -25,6 +27,38 @@ def apply_lora(model, lora):
 
 def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter")
+
+
+def lora_scalings(model) -> dict[str, float]:
+    """Name of every module with an adapter -> its active adapter's scale (alpha / r)."""
+    adapter = model.active_adapter
+    return {
+        name: module.scaling[adapter]
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "scaling", None), dict) and adapter in module.scaling
+    }
+
+
+def merge_lora_state(state: dict, scalings: dict[str, float], adapter: str = "default") -> dict:
+    """A peft LoRA model's whole state dict as the plain model's: each adapted module's weight
+    ``W + (B @ A) * scale`` (``B`` its ``lora_B``, ``A`` its ``lora_A``), the adapter tensors
+    dropped, peft's names undone (``base_model.model.`` prefix, ``.base_layer.``). A pure function
+    of the tensors: the model's own weights are not touched, so unlike peft's merge-then-unmerge
+    no rounding is left behind in them."""
+    merged = {}
+    for name, value in state.items():
+        if ".lora_" in name or "modules_to_save" in name:
+            continue
+        module, _, leaf = name.rpartition(".")
+        if leaf == "weight" and module.endswith(".base_layer"):
+            owner = module.removesuffix(".base_layer")
+            if owner in scalings:
+                a = state[f"{owner}.lora_A.{adapter}.weight"]
+                b = state[f"{owner}.lora_B.{adapter}.weight"]
+                delta = (b.to(torch.float32) @ a.to(torch.float32)) * scalings[owner]
+                value = value + delta.to(value.dtype)
+        merged[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value
+    return merged
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ the trainer ("colocated"), generating for its shard of the prompts; give it a sl
 (``gpu_memory_utilization=0.3``) and start it from an HF directory of the starting policy
 (:meth:`VLLMBackend.from_model` writes one). Weight sync copies the full state dict once per
 optimizer step: on 1-8B models it costs well under a second on one node. Under ``--distributed
-fsdp`` every process gathers the full weights for its engine (``hf_state_dict``); not with LoRA.
+fsdp`` every process gathers the full weights for its engine (``hf_state_dict``), with LoRA too.
 The built-in engine samples from the training model itself, sharded or not (see
 ``posttrain.rollout.generate``: under FSDP every process makes the same number of forwards).
 """
@@ -80,34 +80,16 @@ def rollout_from_tokens(
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The policy's weights under plain Hugging Face names: unwrapped from DDP, gathered whole on
-    every process from FSDP shards (a collective), LoRA adapters merged into the base weights
-    (``W + B A * alpha / r``), peft's prefixes removed. An FSDP-sharded LoRA policy is refused
-    (its adapters would have to be merged shard by shard)."""
-    from posttrain.models.lora import is_lora
+    every process from FSDP shards (a collective), LoRA adapters merged into copies of the base
+    weights (``W + B A * alpha / r``: :func:`~posttrain.models.lora.merge_lora_state`)."""
+    from posttrain.models.lora import is_lora, lora_scalings, merge_lora_state
     from posttrain.training import distributed
 
     model = distributed.unwrap(model)
-    if distributed.is_fsdp(model):
-        if is_lora(model):
-            raise UserError(
-                "a vLLM backend cannot take an FSDP-sharded LoRA policy's weights; use DDP with "
-                "LoRA, FSDP without it, or the built-in engine"
-            )
-        return {
-            k: v.detach() for k, v in distributed.full_state_dict(model, every_rank=True).items()
-        }
-    if not is_lora(model):
-        return {k: v.detach() for k, v in model.state_dict().items()}
-    model.merge_adapter()
-    try:
-        state = {}
-        for name, value in model.state_dict().items():
-            if "lora_" in name or "modules_to_save" in name:
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-            state[name] = value.detach().clone()
-    finally:
-        model.unmerge_adapter()
+    state = distributed.full_state_dict(model, every_rank=True)
+    state = {k: v.detach() for k, v in state.items()}
+    if is_lora(model):
+        state = merge_lora_state(state, lora_scalings(model), model.active_adapter)
     return state
 
 

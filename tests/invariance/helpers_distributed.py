@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
-def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node N -m posttrain.cli ARGS`` (a free port each time)."""
-    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), "-m", "posttrain.cli"]
+def torchrun(*args, nproc: int = 2, module: str = "posttrain.cli") -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m MODULE ARGS`` (a free port each time)."""
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), "-m", module]
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -15,7 +15,7 @@ import torch
 from posttrain.config import LoraConfig
 from posttrain.errors import UserError
 from posttrain.models import forward_logprobs, load_model, load_tokenizer
-from posttrain.models.lora import apply_lora
+from posttrain.models.lora import apply_lora, merge_lora_state
 from posttrain.rollout.backend import (
     EngineBackend,
     GenerationBackend,
@@ -152,6 +152,7 @@ def test_vllm_sync_weights_pushes_merged_lora_weights(fake_vllm, tok):
     backend = VLLMBackend(tok, model_path="x")
     ids = torch.tensor([[5, 6, 7, 8]])
     before = policy(input_ids=ids).logits
+    weights = {k: v.clone() for k, v in policy.state_dict().items()}
     backend.sync_weights(policy)
     loaded = backend.llm.model.loaded
     merged = copy.deepcopy(policy).merge_and_unload().state_dict()
@@ -159,9 +160,28 @@ def test_vllm_sync_weights_pushes_merged_lora_weights(fake_vllm, tok):
     for k in merged:
         torch.testing.assert_close(loaded[k], merged[k])
     assert backend.llm.resets == 1
-    torch.testing.assert_close(policy(input_ids=ids).logits, before)  # adapters unmerged again
+    # the policy itself is untouched, bit for bit (peft's merge + unmerge left rounding behind)
+    assert all(torch.equal(v, weights[k]) for k, v in policy.state_dict().items())
+    assert torch.equal(policy(input_ids=ids).logits, before)
     plain = load_model("tiny-llama")
     assert hf_state_dict(plain).keys() == plain.state_dict().keys()
+
+
+def test_merge_lora_state_by_hand():
+    # W = I (2 x 2), bias b; A (r = 1, in 2) = [[1, 2]], B (out 2, r) = [[1], [0]], scale 2:
+    # W + 2 B A = [[1 + 2, 0 + 4], [0, 1]]
+    state = {
+        "base_model.model.proj.base_layer.weight": torch.eye(2),
+        "base_model.model.proj.base_layer.bias": torch.tensor([5.0, 6.0]),
+        "base_model.model.proj.lora_A.default.weight": torch.tensor([[1.0, 2.0]]),
+        "base_model.model.proj.lora_B.default.weight": torch.tensor([[1.0], [0.0]]),
+        "base_model.model.norm.weight": torch.ones(2),
+    }
+    merged = merge_lora_state(state, {"base_model.model.proj": 2.0})
+    assert merged.keys() == {"proj.weight", "proj.bias", "norm.weight"}
+    assert merged["proj.weight"].tolist() == [[3.0, 4.0], [0.0, 1.0]]
+    assert merged["proj.bias"].tolist() == [5.0, 6.0] and merged["norm.weight"].tolist() == [1, 1]
+    assert state["base_model.model.proj.base_layer.weight"].tolist() == [[1, 0], [0, 1]]
 
 
 def test_make_backend(tok, monkeypatch, tmp_path):
