@@ -3,7 +3,7 @@
 A run holds some state the whole time and passes through phases, each with its own transient
 memory; one process peaks at
 
-    peak  = baseline + state + max(phases)
+    peak  = state + max(phases)  (+ baseline + heap slack on a CPU: below)
     state = policy weights + AdamW states (2 per trainable parameter)
             + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference;
               0 for dpo's default precomputed reference, whose copy lives only while the
@@ -74,18 +74,31 @@ replica per process; FSDP divides weights, gradients, AdamW states and the froze
 and adds the units it gathers at a time (the root: embeddings, final norm, LM head; and two
 decoder layers, the one computing and the one prefetched), with their gradients.
 
-On a CPU the peak resident set (RSS) also holds the Python + torch + transformers process itself:
-``BASELINE_MB`` below, measured as the peak RSS of a fresh process that imports posttrain, builds
-tiny-llama and runs one forward (``benchmarks/bench_plan.py`` re-measures it). On a GPU pass
-``--baseline_mb 0`` (the CUDA context, ~0.3-0.5 GB, is not counted here). The plan counts live
-tensors: glibc's malloc keeps freed blocks of up to 32 MB resident in its heap, so a CPU run with
-the default allocator can reach a higher RSS than planned (``benchmarks/plan_vs_measured.md``:
-up to ~1.7x with LoRA); ``MALLOC_MMAP_THRESHOLD_=65536`` returns freed blocks to the system
-(``=1048576`` nearly as well, at ~1.1-1.2x step time; posttrain sets neither).
+What the peak is of (``device``): on a GPU (``cuda``) the live tensors above. On a CPU (``cpu``,
+the default) the peak resident set (RSS), which holds two more things:
+
+    baseline    = the Python + torch + transformers process itself: ``BASELINE_MB``, the peak
+                  RSS of a fresh process that imports posttrain, builds tiny-llama and runs one
+                  forward (``benchmarks/bench_plan.py`` re-measures it)
+    heap slack  = HEAP_SLACK x the saved tensors below 32 MB (with gradient checkpointing also
+                  the layer backward recomputes). glibc's malloc serves blocks below a threshold
+                  that it raises, up to 32 MB, as large blocks are freed, from its heap, and keeps
+                  freed heap memory resident. Activations are blocks of a few MB; after the first
+                  step they come from the heap, and the next step's do not fit the holes the
+                  last one left exactly, so the heap grows past the live memory. Larger tensors
+                  are mapped on their own and returned when freed. No formula of tensor sizes
+                  gives this; the multiple is measured (``benchmarks/plan_vs_measured.md``:
+                  HEAP_SLACK = 1 keeps 30 cases within 20%, though per case the excess is
+                  0.4-4.4 x these tensors). With ``MALLOC_MMAP_THRESHOLD_=65536`` every freed
+                  block returns to the system and the RSS follows the live memory
+                  (``--heap_slack 0``), at ~1.1-1.5x step time, so posttrain does not set it.
+
+The CUDA context (~0.3-0.5 GB) and the CUDA caching allocator's own slack are not counted.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -97,6 +110,13 @@ SUMMARY = "Estimate peak memory of a recipe and propose settings that fit a budg
 BASELINE_MB = 368.0
 """Peak RSS of a fresh CPU process: python + torch + transformers + posttrain, tiny-llama forward
 (measured on the reference machine: 368 MB; ``benchmarks/bench_plan.py`` prints it)."""
+
+HEAP_SLACK = 1.0
+"""CPU RSS beyond the live tensors that glibc's default malloc keeps, as a multiple of the saved
+activations it serves from its heap (module doc; measured by ``benchmarks/bench_plan.py``)."""
+HEAP_BLOCK_MAX = 32 * 1024**2
+"""glibc's largest mmap threshold (64-bit): blocks this large or larger are always mapped on their
+own and unmapped when freed, so they leave no slack."""
 
 MB = 1024**2
 DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2}
@@ -148,8 +168,15 @@ class Config:
     policy, else dpo precomputes (a copy under FSDP) and the others keep a copy."""
     budget_gb: float | None = None
     """Memory of one device in GB; when given, settings that fit are proposed."""
-    baseline_mb: float = BASELINE_MB
-    """Process baseline added to the peak (CPU RSS; 0 for GPU memory)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """What the peak is of: `cpu` the resident set (live tensors + the process baseline + what
+    glibc's heap keeps), `cuda` allocated GPU memory (live tensors)."""
+    baseline_mb: float | None = None
+    """Process baseline added to the peak (default: BASELINE_MB = 368 on cpu, 0 on cuda)."""
+    heap_slack: float | None = None
+    """Resident heap beyond the live tensors, as a multiple of the saved activations (default:
+    HEAP_SLACK = 1 on cpu, for glibc's default malloc; 0 on cuda, or on a cpu run with
+    MALLOC_MMAP_THRESHOLD_=65536)."""
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
@@ -172,6 +199,9 @@ class Config:
             self.max_new_tokens,
         )
         check(self.budget_gb is None or self.budget_gb > 0, "budget_gb", "must be > 0", None)
+        for name in ("baseline_mb", "heap_slack"):
+            value = getattr(self, name)
+            check(value is None or value >= 0, name, "must be >= 0", value)
 
 
 # ----------------------------------------------------------------------------- model shape
@@ -260,16 +290,29 @@ def lora_params(shape: Shape, lora: LoraConfig) -> int:
 # ----------------------------------------------------------------------------- the formulas
 
 
+def layer_blocks(
+    shape: Shape, seq_len: int, attention: str = "sdpa", *, frozen_norms: bool = False
+) -> dict[int, int]:
+    """The tensors one decoder layer saves for backward, per-token width -> how many (module
+    doc: a_layer)."""
+    blocks: dict[int, int] = {}
+    for width, count in (
+        (shape.hidden, 2 if frozen_norms else 4),  # a frozen RMSNorm weight needs no normalised
+        (shape.q, 3),  # input for its gradient
+        (shape.kv, 3),
+        (shape.intermediate, 4),
+        (shape.heads * seq_len, 2 if attention == "eager" else 0),
+    ):
+        blocks[width] = blocks.get(width, 0) + count
+    return blocks
+
+
 def layer_activation_elements(
     shape: Shape, seq_len: int, attention: str = "sdpa", *, frozen_norms: bool = False
 ) -> int:
     """a_layer: elements one decoder layer saves for backward, per token (module doc)."""
-    a = 4 * shape.hidden + 3 * shape.q + 3 * shape.kv + 4 * shape.intermediate
-    if frozen_norms:  # a frozen RMSNorm weight needs no normalised input for its gradient
-        a -= 2 * shape.hidden
-    if attention == "eager":
-        a += 2 * shape.heads * seq_len
-    return a
+    blocks = layer_blocks(shape, seq_len, attention, frozen_norms=frozen_norms)
+    return sum(width * count for width, count in blocks.items())
 
 
 def loss_bytes(w: int) -> int:
@@ -286,12 +329,24 @@ def activation_bytes(
     checkpointing: bool,
     attention: str,
     frozen_norms: bool = False,
+    below: float = math.inf,
 ) -> int:
-    """Saved activations of the decoder over ``tokens`` (without the loss's log-softmax)."""
-    a = layer_activation_elements(shape, seq_len, attention, frozen_norms=frozen_norms)
-    per_token = shape.layers * (shape.hidden if checkpointing else a)
-    top = (2 if frozen_norms else 3) * shape.hidden  # final norm in/out, LM head input
-    return tokens * w * (per_token + top)
+    """Saved activations of the decoder over ``tokens`` (without the loss's log-softmax); with
+    ``below``, only its tensors smaller than that many bytes."""
+    if checkpointing:
+        blocks = {shape.hidden: shape.layers}
+    else:
+        layer = layer_blocks(shape, seq_len, attention, frozen_norms=frozen_norms)
+        blocks = {width: shape.layers * count for width, count in layer.items()}
+    top = 2 if frozen_norms else 3  # final norm in/out, LM head input
+    blocks[shape.hidden] = blocks.get(shape.hidden, 0) + top
+    return tensor_bytes(blocks, tokens * w, below)
+
+
+def tensor_bytes(blocks: dict[int, int], scale: int, below: float = math.inf) -> int:
+    """Bytes of ``count`` tensors of ``scale x width`` bytes for each width -> count, counting only
+    tensors smaller than ``below``."""
+    return sum(scale * width * n for width, n in blocks.items() if scale * width < below)
 
 
 def saved_logits_bytes(shape: Shape, tokens: int, w: int, *, entropy: bool = False) -> int:
@@ -326,6 +381,7 @@ SAMPLES = {"ppo": 1, "rloo": 4, "grpo": 4, "reinforce": 1, "online-dpo": 2}  # r
 MINIBATCHES = {"ppo": 2}  # recipe defaults
 ENTROPY = ("ppo", "rloo", "grpo", "reinforce")  # the training forward also returns the entropy
 STATE = ("weights", "adamw", "reference", "reward_model", "value", "ddp_buckets")
+RESIDENT = ("baseline", "heap_slack")  # a CPU process's, beside its tensors
 PHASES = {"train": "training step", "optimizer": "optimizer step", "rollout": "rollout",
           "save": "final save"}  # fmt: skip
 
@@ -333,7 +389,7 @@ PHASES = {"train": "training step", "optimizer": "optimizer step", "rollout": "r
 @dataclass
 class Estimate:
     """Bytes per component of one process, the bytes of each phase on top of the state, and the
-    peak (baseline + state + the largest phase)."""
+    peak (state + the largest phase + on a CPU the baseline and the heap slack)."""
 
     parts: dict[str, float]
     phases: dict[str, float]
@@ -385,12 +441,28 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
     t = micro * T
     trunk = dict(checkpointing=cfg.gradient_checkpointing, attention=cfg.attention)
     acts = activation_bytes(shape, t, T, w, frozen_norms=lora, **trunk)
+    # what a CPU's heap slack scales with: the saved tensors below glibc's largest mmap threshold
+    # (with checkpointing also the layer backward recomputes); larger ones are mapped and
+    # unmapped on their own
+    heap = activation_bytes(shape, t, T, w, frozen_norms=lora, below=HEAP_BLOCK_MAX, **trunk)
     if critic:  # the critic trunk's own forward with gradients (hidden states only)
         acts += activation_bytes(shape, t, T, w, **trunk)
+        heap += activation_bytes(shape, t, T, w, below=HEAP_BLOCK_MAX, **trunk)
     layer = t * w * layer_activation_elements(shape, T, cfg.attention)
+    if cfg.gradient_checkpointing:
+        heap += tensor_bytes(layer_blocks(shape, T, cfg.attention), t * w, HEAP_BLOCK_MAX)
+
+    def saved(block: int, total: int) -> int:
+        nonlocal heap
+        heap += total if block < HEAP_BLOCK_MAX else 0
+        return total
+
     transients = {"one layer": layer}  # recomputed (checkpointing) or its gradients
     if cfg.recipe != "rm":  # a reward model reads hidden states: no logits
-        acts += saved_logits_bytes(shape, t, w, entropy=cfg.recipe in ENTROPY)
+        entropy = cfg.recipe in ENTROPY
+        acts += saved(
+            t * shape.vocab * loss_bytes(w), saved_logits_bytes(shape, t, w, entropy=entropy)
+        )
         transients["loss forward"] = logits_forward_bytes(shape, t, w)
         transients["loss backward"] = logits_backward_bytes(shape, t, w)
     # DPO/KTO's reference forward (a frozen copy, or the policy with its adapters disabled) runs
@@ -399,7 +471,7 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
     if cfg.recipe == "dpo" and cfg.padding_free:
         mask_elements = micro // 2 * (2 * T) ** 2
         mask = mask_elements * w
-        acts += mask_elements + mask  # the boolean mask, and the additive one
+        acts += saved(mask_elements, mask_elements) + saved(mask, mask)  # boolean, additive
     if referenced and cfg.recipe in ("dpo", "kto"):
         transients["reference forward"] = nograd_logits_bytes(shape, t, w) + layer + mask
     parts["activations"] = acts
@@ -434,8 +506,13 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
     # --- final/: LoRA merges a copy; FSDP gathers a full state dict and loads it into a model
     phases["save"] = (2 * P * w if shard > 1 else 0.0) + (P * w if lora else 0.0)
 
-    parts["baseline"] = cfg.baseline_mb * MB
-    peak = parts["baseline"] + sum(parts[k] for k in STATE) + max(phases.values())
+    # --- a CPU process's resident set: the process itself and what glibc's heap keeps
+    cpu = cfg.device == "cpu"
+    baseline = cfg.baseline_mb if cfg.baseline_mb is not None else BASELINE_MB * cpu
+    slack = cfg.heap_slack if cfg.heap_slack is not None else HEAP_SLACK * cpu
+    parts["baseline"] = baseline * MB
+    parts["heap_slack"] = slack * heap
+    peak = sum(parts[k] for k in STATE + RESIDENT) + max(phases.values())
     return Estimate(parts=parts, phases=phases, peak=peak, micro_rows=micro)
 
 
@@ -510,6 +587,7 @@ ROWS = [
     ("step_transient", "logits / backward peak"),
     ("kv_cache", "KV cache (rollout)"),
     ("baseline", "process baseline"),
+    ("heap_slack", "heap slack (CPU malloc)"),
 ]
 
 
@@ -550,6 +628,11 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         f"{cfg.gradient_accumulation_steps} micro-batch(es)"
         + (", LoRA" if cfg.lora.enabled else "")
         + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
+    )
+    print(
+        "peak of: the CPU resident set (tensors, the process, glibc's heap slack)"
+        if cfg.device == "cpu"
+        else "peak of: allocated GPU memory (tensors; not the CUDA context)"
     )
     print()
     print(table(cfg, shape))

@@ -30,7 +30,7 @@ SHAPE = plan.Shape(
 
 
 def cfg(**kw) -> plan.Config:
-    base = dict(recipe="sft", model="tiny-llama", batch_size=4, max_length=5, baseline_mb=0.0)
+    base = dict(recipe="sft", model="tiny-llama", batch_size=4, max_length=5, device="cuda")
     return plan.Config(**{**base, **kw})
 
 
@@ -85,6 +85,29 @@ def test_sft_peak_by_hand():
     assert e.phases == {"train": 34400, "optimizer": 4000, "save": 0}
     assert e.peak == 12000 + 34400 and e.largest_phase == "train"
     assert plan.estimate(cfg(baseline_mb=1.0), SHAPE).peak == e.peak + plan.MB
+
+
+def test_cpu_peak_adds_the_process_and_the_heap_slack(monkeypatch):
+    gpu = plan.estimate(cfg(), SHAPE)
+    assert gpu.parts["baseline"] == 0 and gpu.parts["heap_slack"] == 0
+    # cpu: + BASELINE_MB, + HEAP_SLACK x the saved activations 23840 (test above), all of them
+    # in blocks below glibc's 32 MB mmap threshold
+    cpu = plan.estimate(cfg(device="cpu"), SHAPE)
+    assert cpu.parts["baseline"] == plan.BASELINE_MB * plan.MB
+    assert cpu.parts["heap_slack"] == plan.HEAP_SLACK * 23840
+    assert cpu.peak == gpu.peak + plan.BASELINE_MB * plan.MB + plan.HEAP_SLACK * 23840
+    # both can be given: the live tensors of a CPU run with MALLOC_MMAP_THRESHOLD_=65536
+    mmap = plan.estimate(cfg(device="cpu", heap_slack=0.0, baseline_mb=2.0), SHAPE)
+    assert mmap.peak == gpu.peak + 2 * plan.MB
+    # checkpointing: the saved 80 x 40 + 800 = 4000, and the recomputed layer 80 x 132 = 10560
+    ckpt = plan.estimate(cfg(device="cpu", gradient_checkpointing=True, heap_slack=0.5), SHAPE)
+    assert ckpt.parts["heap_slack"] == 0.5 * (4000 + 10560)
+    # a tensor at or above the threshold is mapped on its own and leaves no slack. At 800 bytes,
+    # of t x w = 80 bytes per unit of width: the MLP's 4 per layer (I = 16: 1280) and the
+    # (20, 10) float32 log-softmax (800) drop out; H and q (8: 640) and kv (4: 320) stay:
+    # 2 layers x (4 x 640 + 3 x 640 + 3 x 320) + the top's 3 x 640 = 10880 + 1920 = 12800
+    monkeypatch.setattr(plan, "HEAP_BLOCK_MAX", 800)
+    assert plan.estimate(cfg(device="cpu"), SHAPE).parts["heap_slack"] == plan.HEAP_SLACK * 12800
 
 
 def test_accumulation_keeps_gradients_through_the_step():
@@ -179,6 +202,11 @@ def test_cli_prints_table_and_proposals(cli):
     )  # fmt: skip
     assert code == 0, err
     assert "FSDP x2" in out and "reference model" in out and "try, in order" in out
+    assert "CPU resident set" in out and "heap slack (CPU malloc)" in out
+    code, out, err = cli(
+        "plan", "--recipe", "sft", "--model", "tiny-llama", "--device", "cuda",
+    )  # fmt: skip
+    assert code == 0 and "allocated GPU memory" in out, err
 
 
 @pytest.mark.parametrize(
@@ -186,6 +214,8 @@ def test_cli_prints_table_and_proposals(cli):
     [
         (["--batch_size", "3", "--nproc", "2"], "--batch_size: must be divisible"),
         (["--recipe", "nope"], "--recipe: must be one of"),
+        (["--heap_slack", "-1"], "--heap_slack: must be >= 0"),
+        (["--device", "tpu"], "--device: must be one of"),
     ],
 )
 def test_bad_plan_settings_exit_2(cli, args, message):
