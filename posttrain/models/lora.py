@@ -57,8 +57,13 @@ def merge_lora_state(state: dict, scalings: dict[str, float], adapter: str = "de
                 b = state[f"{owner}.lora_B.{adapter}.weight"]
                 delta = (b.to(torch.float32) @ a.to(torch.float32)) * scalings[owner]
                 value = value + delta.to(value.dtype)
-        merged[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value
+        merged[plain_name(name)] = value
     return merged
+
+
+def plain_name(name: str) -> str:
+    """A peft LoRA model's name of a tensor as the plain model names it."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ policy may use another tokenizer.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from posttrain.data.formats import Prompt
 from posttrain.errors import UserError
 from posttrain.models.heads import ScalarHead, gather_last
 from posttrain.models.logprobs import position_ids_from_mask
+from posttrain.models.lora import is_lora, lora_scalings, merge_lora_state, plain_name
 
 CONFIG_FILE, HEAD_FILE = "reward_config.json", "reward_head.safetensors"
 DEFAULT_MAX_LENGTH = 1024
@@ -141,11 +143,10 @@ class RewardModel(nn.Module):
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         trunk = self.trunk
-        if hasattr(trunk, "merge_and_unload"):  # LoRA: save merged weights, keep training copy
-            import copy
-
-            trunk = copy.deepcopy(trunk).merge_and_unload()
+        lora = is_lora(trunk)
         if state is None:
+            if lora:  # save merged weights, keep the training copy
+                trunk = copy.deepcopy(trunk).merge_and_unload()
             trunk.save_pretrained(tmp, safe_serialization=True)
             head = self.head.state_dict()
         else:
@@ -153,10 +154,15 @@ class RewardModel(nn.Module):
             def part(prefix: str) -> dict[str, torch.Tensor]:
                 return {n.split(".", 1)[1]: v for n, v in state.items() if n.startswith(prefix)}
 
+            weights = part("trunk.")
+            if lora:  # adapters merged into the gathered base weights; the plain model's names
+                weights = merge_lora_state(weights, lora_scalings(trunk), trunk.active_adapter)
             named = {n for n, _ in [*trunk.named_parameters(), *trunk.named_buffers()]}
-            tied = set(trunk.state_dict()) - named  # second names of shared tensors (lm_head)
-            weights = {k: v for k, v in part("trunk.").items() if k not in tied}
-            trunk.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            # second names of shared tensors (lm_head), as the plain model calls them
+            tied = {plain_name(n) for n in set(trunk.state_dict()) - named}
+            weights = {k: v for k, v in weights.items() if k not in tied}
+            base = trunk.get_base_model() if lora else trunk  # its config; weights given
+            base.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             head = part("head.")
         self.tokenizer.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))

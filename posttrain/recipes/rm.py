@@ -80,12 +80,6 @@ class Config(TrainConfig):
             "is for one head; with several heads each head learns from its own aspect",
             self.aspect_weights,
         )
-        check(
-            not (self.distributed == "fsdp" and self.lora.enabled),
-            "distributed",
-            "fsdp with LoRA is not supported by rm (use ddp: LoRA already saves the memory)",
-            self.distributed,
-        )
         if self.head_weights is not None:
             check(
                 set(self.head_weights) == set(self.heads),

@@ -1,7 +1,7 @@
 """posttrain rm: how a batch is split changes memory, not results. Gradient accumulation 4 x 2
 pairs == 1 x 8 pairs, and under ``torchrun --nproc_per_node 2`` (DDP, gloo on CPU) 2 processes x
 4 pairs == 1 process x 8 pairs: the same trunk, head and saved reward statistics (float64), with
-DDP and with FSDP."""
+DDP and with FSDP, and with FSDP over a LoRA trunk (saved merged)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from posttrain.training import read_metrics
 from tests.helpers_pref import preference_rows
-from tests.invariance.helpers_distributed import assert_same_weights, torchrun
+from tests.invariance.helpers_distributed import assert_moved, assert_same_weights, torchrun
 
 ARGS = ["--model", "tiny-llama", "--dtype", "float64", "--learning_rate", "1e-3"]
 ARGS += ["--max_steps", "3", "--logging_steps", "1", "--progress", "false", "--batch_size", "8"]
@@ -85,3 +85,22 @@ def test_fsdp_2x4_equals_1x8(setup):
     assert meta1["mean"] == pytest.approx(meta2["mean"], abs=1e-6)
     assert meta1["std"] == pytest.approx(meta2["std"], abs=1e-6)
     assert proc.stdout.count("saved ") == 1  # rank 0 speaks
+
+
+def test_fsdp_with_lora_2x4_equals_1x8(setup):
+    """LoRA adapters on the sharded trunk: the final directory (adapters merged into the gathered
+    base weights) holds the one-process LoRA model's, and the adapters moved the weights."""
+    from posttrain.cli import main
+
+    d, extra = setup
+    lora = ["--lora.enabled", "true", "--lora.r", "4"]
+    assert main(["rm", *ARGS, *extra, *lora, "--output_dir", str(d / "lora")]) == 0
+    proc = torchrun(
+        "rm", *ARGS, *extra, *lora, "--distributed", "fsdp", "--output_dir", d / "fsdp-lora"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (w1, meta1), (w2, meta2) = _final(d / "lora"), _final(d / "fsdp-lora")
+    assert_same_weights(w1, w2)
+    assert meta1["mean"] == pytest.approx(meta2["mean"], abs=1e-6)
+    assert meta1["std"] == pytest.approx(meta2["std"], abs=1e-6)
+    assert_moved({k: v for k, v in w2.items() if not k.startswith("head.")})  # merged adapters

@@ -148,6 +148,34 @@ def test_save_is_atomic_and_round_trips(tok, tmp_path):
     assert again.score(prompts, texts, normalize=True) == rm.score(prompts, texts, normalize=True)
 
 
+def test_lora_trunk_saves_merged_also_from_a_gathered_state(tok, tmp_path):
+    """Under FSDP the trunk's own weights are shards: ``save`` gets the gathered full state and
+    merges the adapters into it. Both ways write the same plain model."""
+    from safetensors.torch import load_file
+
+    from posttrain.config import LoraConfig
+    from posttrain.models.lora import apply_lora
+
+    rm = _rm(tok)
+    rm.trunk = apply_lora(rm.trunk, LoraConfig(enabled=True, r=2))
+    for name, p in rm.trunk.named_parameters():  # make the adapters matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    rm.save(tmp_path / "own")  # peft's merge_and_unload on a copy
+    rm.save(tmp_path / "given", state=rm.state_dict())
+    own, given = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("own", "given"))
+    assert own.keys() == given.keys() and not any("lora" in k for k in given)
+    for k in own:
+        torch.testing.assert_close(given[k], own[k], rtol=0, atol=1e-6)
+    plain = load_model("tiny-llama", tokenizer=tok).state_dict()
+    assert sum(not torch.equal(given[k], plain[k]) for k in given) == 14  # 7 targets x 2 layers
+    prompts, texts = ["Q:", "Q:"], [" yes", " no thanks"]
+    again = load_reward_model(tmp_path / "given")
+    torch.testing.assert_close(
+        torch.tensor(again.score(prompts, texts)), torch.tensor(rm.score(prompts, texts))
+    )
+
+
 def test_one_label_sequence_classifier_loads_as_reward_model(tok, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
