@@ -287,9 +287,7 @@ def micro_batches(mine: list, micro: int, sharded: bool) -> list[list]:
     backward is a collective) the list is padded with empty chunks to the largest number of
     chunks of any process, so every process makes the same number of passes."""
     chunks = [mine[s : s + micro] for s in range(0, len(mine), micro)]
-    if sharded:
-        chunks += [[]] * (max(distributed.gather_objects(len(chunks))) - len(chunks))
-    return chunks
+    return distributed.pad_to_longest(chunks, []) if sharded else chunks
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from posttrain import metrics as M
-from posttrain.config import TrainConfig, check
+from posttrain.config import TrainConfig
 from posttrain.data import Encoded, Example, collate, encode_example, load_examples
 from posttrain.data.collate import collate_packed, pack
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
@@ -41,16 +41,6 @@ class Config(TrainConfig):
     packing: bool = False
     """Pack several short examples into one row of max_length tokens (each attends only to
     itself; position ids restart per example)."""
-
-    def validate(self) -> None:
-        super().validate()
-        check(
-            not (self.packing and self.distributed == "fsdp"),
-            "packing",
-            "cannot be combined with --distributed fsdp (every process must make the same "
-            "number of forward passes)",
-            self.packing,
-        )
 
 
 GOOD, BAD = "[GOOD] ", "[BAD] "
@@ -91,6 +81,11 @@ def batches_of(encoded: list[Encoded], pad_id: int, *, packing: bool, max_length
     if not packing:
         return [collate(encoded, pad_id)]
     return [collate_packed([encoded[i] for i in row]) for row in pack(encoded, max_length)]
+
+
+def without_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` with no response token: its pass adds 0 to the loss and to every gradient."""
+    return {**batch, "response_mask": torch.zeros_like(batch["response_mask"])}
 
 
 def nll_sum(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,19 +157,25 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         n_tokens = sum(max(sum(e.response_mask[1:]), 0) for e in batch_ex)  # targets in the batch
         mine = distributed.shard(batch_ex)  # this process's slice (all of it for one process)
         loss_total = 0.0
+        batches = [
+            batch
+            for k in range(0, len(mine), micro)
+            for batch in batches_of(
+                mine[k : k + micro],
+                tokenizer.pad_token_id,
+                packing=cfg.packing,
+                max_length=cfg.max_length,
+            )
+        ]
+        if distributed.is_fsdp(model):  # packing: as many rows, and passes, on every process
+            batches = distributed.pad_to_longest(batches, without_targets(batches[-1]))
         with distributed.accumulate(model):
-            for k in range(0, len(mine), micro):
-                for batch in batches_of(
-                    mine[k : k + micro],
-                    tokenizer.pad_token_id,
-                    packing=cfg.packing,
-                    max_length=cfg.max_length,
-                ):
-                    with distributed.autocast(cfg.bf16_autocast):
-                        nll, _ = nll_sum(model, batch)
-                    loss = nll / max(n_tokens, 1)  # mean over the whole (global) batch's tokens
-                    loss.backward()
-                    loss_total += loss.detach().item()
+            for batch in batches:
+                with distributed.autocast(cfg.bf16_autocast):
+                    nll, _ = nll_sum(model, batch)
+                loss = nll / max(n_tokens, 1)  # mean over the whole (global) batch's tokens
+                loss.backward()
+                loss_total += loss.detach().item()
         loss_total = distributed.all_sum(loss_total)
         grad_norm = train_state.step(cfg.max_grad_norm)
         if run_.should_log(step):

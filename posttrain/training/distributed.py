@@ -190,6 +190,12 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def pad_to_longest(items: list[T], filler: T) -> list[T]:
+    """``items`` with ``filler`` appended up to the longest list of any rank (a collective), so
+    that every rank makes as many passes: under FSDP each forward and backward is a collective."""
+    return items + [filler] * (max(gather_objects(len(items))) - len(items))
+
+
 def gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Every rank's 1-D ``t`` (lengths may differ) concatenated in rank order, on ``t``'s device;
     ``t`` itself for one process."""

@@ -76,6 +76,26 @@ def test_fsdp_2x4_equals_1x8_and_resumes_under_2_processes(train, single, tmp_pa
     assert main([*args, "--output_dir", str(out), "--resume"]) == 2
 
 
+def test_fsdp_with_packing_equals_one_unpacked_process(tmp_path):
+    """Packing under FSDP: examples of 8 to 44 tokens packed into rows of 64 give each process
+    its own number of rows, so the one with fewer adds passes that train on nothing (every
+    forward gathers weights from both). The weights are those of one process, unpacked."""
+    from posttrain.cli import main
+
+    rows = addition_rows(64, seed=3)
+    for i, row in enumerate(rows):  # every other answer repeated 6 times: 8 or 44 tokens
+        row["completion"] *= 1 + 5 * (i % 2)
+    train = tmp_path / "mixed.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [*ARGS, "--train_data", train, "--max_length", "64"]
+    assert main(["sft", *map(str, args), "--output_dir", str(tmp_path / "one")]) == 0
+    out = tmp_path / "fsdp-packed"
+    proc = torchrun("sft", *args, "--distributed", "fsdp", "--packing", "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_moved(final_weights(out))
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(out))
+
+
 def test_batch_not_divisible_by_processes_exits_2_and_writes_nothing(train, tmp_path):
     out = tmp_path / "bad"
     proc = torchrun("sft", *ARGS, "--train_data", train, "--batch_size", "3", "--output_dir", out)
