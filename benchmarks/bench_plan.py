@@ -181,12 +181,14 @@ of the largest phase (0.6) fit the first 16 cases within 17% but missed "smol rm
 25%; a multiple of all saved activations (1.0) kept 23 of the first 24 within 20% but missed
 "smol grpo 2x4x128 lora" (its 600 MB of log-softmax tensors are mapped, not heap) by 21%;
 counting only the heap's tensors, 1.0 is the multiple that keeps the first 16 closest (largest
-error 18.6%; 0.9 or 1.1 give 20.3% / 20.6%). Of the 6 held-out cases, the two tiny ones were measured before the
-last change of form (adding the recomputed layer), the four smollm2 ones only after it. The
-model is coarse: per case the excess (CPU default minus live) is 0.4-4.4 x the heap's saved
-tensors, and the peak stays within 20% because the rest of it is modelled from tensor sizes. The
-same case run again varies by up to ~7% with glibc's defaults (smol sft b4x256: 4,830 / 4,475 /
-4,494 MB; smol dpo b2x256 lora: 4,096 / 4,391 / 3,996 MB), by under 1% with the mmap threshold.
+error 18.6%; 0.9 or 1.1 give 20.3% / 20.6%). Of the 6 held-out cases, the two tiny ones were
+measured before the last change of form (adding the recomputed layer), the four smollm2 ones only
+after it. The model is coarse: per case the excess (CPU default minus live) is 0.4-4.4 x the
+heap's saved tensors, and the peak stays within 20% because the rest of it is modelled from
+tensor sizes. The same case run again varies by up to ~7% with glibc's defaults (smol sft b4x256:
+4,830 / 4,475 / 4,494 MB; smol sft b4x256 lora: 4,355 / 4,147 / 4,080 / 4,322 / 4,409 MB; smol
+dpo b2x256 lora: 4,096 / 4,391 / 3,996 MB; smol sft b1x1024 lora: 4,591 / 4,291 MB; smol sft
+b4x256 FSDP x2: 3,638 / 3,613 MB), by under 1% with the mmap threshold.
 
 Settings tried to make the default RSS follow the live tensors instead (peak RSS in MB for smol
 sft lora / smol dpo lora / smol sft / tiny dpo; live plan 2,615 / 2,849 / 3,750 / 788, glibc
@@ -364,7 +366,7 @@ def report(rows, baselines, plan) -> str:
         "and the RSS follows the live tensors; plan = `posttrain plan --heap_slack 0`;",
         "- **CPU default**: with glibc's default malloc, what users get; plan = `posttrain plan` "
         f"as it is (`--device cpu`: + the heap slack, `HEAP_SLACK = {plan.HEAP_SLACK:g}` x the "
-        "saved activations).",
+        "saved tensors below 32 MB).",
         "",
         f"Both add the process baseline `BASELINE_MB = {plan.BASELINE_MB:.0f}` (re-measured here: "
         + ", ".join(f"{mb:.0f} MB ({a})" for a, mb in baselines.items())
