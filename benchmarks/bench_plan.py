@@ -187,8 +187,9 @@ after it. The model is coarse: per case the excess (CPU default minus live) is 0
 heap's saved tensors, and the peak stays within 20% because the rest of it is modelled from
 tensor sizes. The same case run again varies by up to ~7% with glibc's defaults (smol sft b4x256:
 4,830 / 4,475 / 4,494 MB; smol sft b4x256 lora: 4,355 / 4,147 / 4,080 / 4,322 / 4,409 MB; smol
-dpo b2x256 lora: 4,096 / 4,391 / 3,996 MB; smol sft b1x1024 lora: 4,591 / 4,291 MB; smol sft
-b4x256 FSDP x2: 3,638 / 3,613 MB), by under 1% with the mmap threshold.
+dpo b2x256 lora: 4,096 / 4,391 / 3,996 MB; smol sft b1x1024 lora: 4,591 / 4,291 / 4,183 MB;
+smol sft b4x256 FSDP x2: 3,638 / 3,613 / 3,623 MB; smol ppo 2x2x256 lora: 3,039 / 3,005 / 2,986
+MB; every repeat within 20% of the plan), by under 1% with the mmap threshold.
 
 Settings tried to make the default RSS follow the live tensors instead (peak RSS in MB for smol
 sft lora / smol dpo lora / smol sft / tiny dpo; live plan 2,615 / 2,849 / 3,750 / 788, glibc
