@@ -113,7 +113,7 @@ BASELINE_MB = 368.0
 
 HEAP_SLACK = 1.0
 """CPU RSS beyond the live tensors that glibc's default malloc keeps, as a multiple of the saved
-activations it serves from its heap (module doc; measured by ``benchmarks/bench_plan.py``)."""
+tensors it serves from its heap (module doc; measured by ``benchmarks/bench_plan.py``)."""
 HEAP_BLOCK_MAX = 32 * 1024**2
 """glibc's largest mmap threshold (64-bit): blocks this large or larger are always mapped on their
 own and unmapped when freed, so they leave no slack."""
@@ -174,8 +174,8 @@ class Config:
     baseline_mb: float | None = None
     """Process baseline added to the peak (default: BASELINE_MB = 368 on cpu, 0 on cuda)."""
     heap_slack: float | None = None
-    """Resident heap beyond the live tensors, as a multiple of the saved activations (default:
-    HEAP_SLACK = 1 on cpu, for glibc's default malloc; 0 on cuda, or on a cpu run with
+    """Resident heap beyond the live tensors, as a multiple of the saved tensors below 32 MB
+    (default: HEAP_SLACK = 1 on cpu, for glibc's default malloc; 0 on cuda, or on a cpu run with
     MALLOC_MMAP_THRESHOLD_=65536)."""
 
     def validate(self) -> None:
