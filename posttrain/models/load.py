@@ -87,23 +87,42 @@ def load_policy(name: str, *, dtype: str = "float32"):
     return load_model(name, dtype=dtype, tokenizer=tokenizer), tokenizer
 
 
-def save_pretrained(model, tokenizer, path: str | Path) -> None:
+def save_pretrained(model, tokenizer, path: str | Path, *, state=None) -> None:
     """Save an HF directory (weights as safetensors + tokenizer) that from_pretrained loads.
 
-    A peft model is merged first; written to a temporary sibling and renamed into place.
+    A peft model is saved merged (:func:`save_weights`); ``state``: the full weights when the
+    model's own are FSDP shards. Written to a temporary sibling and renamed into place.
     """
     import shutil
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):
-        import copy
-
-        model = copy.deepcopy(model).merge_and_unload()
-    model.config.use_cache = True
-    model.save_pretrained(tmp, safe_serialization=True)
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    training_value, config.use_cache = config.use_cache, True  # for whoever loads it to generate
+    try:
+        save_weights(model, tmp, state=state)
+    finally:
+        config.use_cache = training_value
     tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def save_weights(model, directory: str | Path, *, state=None) -> None:
+    """``model.save_pretrained(directory)`` with ``state`` (default: the model's own state dict)
+    as its weights. A LoRA model's adapters are merged into copies of the base weights and the
+    plain model's names written (``merge_lora_state``): no copy of the whole model is made."""
+    from posttrain.models.lora import is_lora, lora_scalings, merge_lora_state, plain_name
+
+    lora = is_lora(model)
+    own = model.state_dict()
+    state = own if state is None else state
+    if lora:
+        state = merge_lora_state(state, lora_scalings(model), model.active_adapter)
+    named = {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
+    tied = {plain_name(n) for n in set(own) - named}  # second names of shared tensors (lm_head)
+    state = {k: v for k, v in state.items() if k not in tied}
+    base = model.get_base_model() if lora else model
+    base.save_pretrained(directory, state_dict=state, safe_serialization=True)

@@ -8,7 +8,8 @@ import torch
 
 
 def apply_lora(model, lora):
-    """Wrap ``model`` with LoRA adapters when ``lora.enabled`` (a LoraConfig section); else as is."""
+    """Wrap ``model`` with LoRA adapters when ``lora.enabled`` (a LoraConfig section); else
+    return it as is."""
     if not lora.enabled:
         return model
     from peft import LoraConfig, get_peft_model
@@ -55,7 +56,8 @@ def merge_lora_state(state: dict, scalings: dict[str, float], adapter: str = "de
             if owner in scalings:
                 a = state[f"{owner}.lora_A.{adapter}.weight"]
                 b = state[f"{owner}.lora_B.{adapter}.weight"]
-                delta = (b.to(torch.float32) @ a.to(torch.float32)) * scalings[owner]
+                dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+                delta = (b.to(dtype) @ a.to(dtype)) * scalings[owner]  # at least float32
                 value = value + delta.to(value.dtype)
         merged[plain_name(name)] = value
     return merged

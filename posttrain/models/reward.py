@@ -18,7 +18,6 @@ policy may use another tokenizer.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -33,8 +32,8 @@ from posttrain.data import collate, encode_example
 from posttrain.data.formats import Prompt
 from posttrain.errors import UserError
 from posttrain.models.heads import ScalarHead, gather_last
+from posttrain.models.load import save_weights
 from posttrain.models.logprobs import position_ids_from_mask
-from posttrain.models.lora import is_lora, lora_scalings, merge_lora_state, plain_name
 
 CONFIG_FILE, HEAD_FILE = "reward_config.json", "reward_head.safetensors"
 DEFAULT_MAX_LENGTH = 1024
@@ -142,27 +141,15 @@ class RewardModel(nn.Module):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        trunk = self.trunk
-        lora = is_lora(trunk)
         if state is None:
-            if lora:  # save merged weights, keep the training copy
-                trunk = copy.deepcopy(trunk).merge_and_unload()
-            trunk.save_pretrained(tmp, safe_serialization=True)
+            save_weights(self.trunk, tmp)
             head = self.head.state_dict()
         else:
 
             def part(prefix: str) -> dict[str, torch.Tensor]:
                 return {n.split(".", 1)[1]: v for n, v in state.items() if n.startswith(prefix)}
 
-            weights = part("trunk.")
-            if lora:  # adapters merged into the gathered base weights; the plain model's names
-                weights = merge_lora_state(weights, lora_scalings(trunk), trunk.active_adapter)
-            named = {n for n, _ in [*trunk.named_parameters(), *trunk.named_buffers()]}
-            # second names of shared tensors (lm_head), as the plain model calls them
-            tied = {plain_name(n) for n in set(trunk.state_dict()) - named}
-            weights = {k: v for k, v in weights.items() if k not in tied}
-            base = trunk.get_base_model() if lora else trunk  # its config; weights given
-            base.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            save_weights(self.trunk, tmp, state=part("trunk."))
             head = part("head.")
         self.tokenizer.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))

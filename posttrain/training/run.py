@@ -8,7 +8,6 @@ restores the same checkpoint (see ``posttrain.training.distributed``).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -301,40 +300,17 @@ class Run:
             self._bar.close()
         final = self.dir / "final"
         model = distributed.unwrap(model)
-        if distributed.is_fsdp(model) and save is not None:  # its own format, full weights
-            save = functools.partial(save, state=distributed.full_state_dict(model))
-        elif distributed.is_fsdp(model):
-            model = _gathered_copy(model)  # a collective; None off rank 0
+        # FSDP: the full weights, gathered on rank 0 (a collective); else the model's own
+        state = distributed.full_state_dict(model) if distributed.is_fsdp(model) else None
         if distributed.is_main():
-            if save is not None:
-                save(final)
+            if save is not None:  # its own format
+                save(final, state=state)
             else:
-                save_pretrained(model, tokenizer, final)
+                save_pretrained(model, tokenizer, final, state=state)
         distributed.barrier()
         if distributed.is_main():
             print(f"saved {final}{note() if note else ''}")
         return final
-
-
-def _gathered_copy(model: torch.nn.Module) -> torch.nn.Module | None:
-    """A plain (unsharded) copy of an FSDP-sharded HF model (LoRA adapters included) on rank 0;
-    None elsewhere."""
-    from posttrain.models.lora import is_lora
-
-    state = distributed.full_state_dict(model)
-    if not distributed.is_main():
-        return None
-    from transformers import AutoModelForCausalLM
-
-    lora = is_lora(model)
-    config = model.get_base_model().config if lora else model.config
-    plain = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
-    if lora:
-        from peft import get_peft_model
-
-        plain = get_peft_model(plain, model.peft_config["default"])
-    plain.load_state_dict(state)
-    return plain
 
 
 def default_threads() -> None:

@@ -65,3 +65,5 @@ def test_merge_and_save_round_trip_loads_in_transformers_with_the_same_logprobs(
     assert not any("lora" in k for k in loaded.state_dict())
     torch.testing.assert_close(_logps(loaded, batch), expected, rtol=0, atol=1e-10)
     torch.testing.assert_close(_logps(policy, batch), expected, rtol=0, atol=0)  # unmerged
+    # saved for generation; the training model's own config keeps use_cache off
+    assert loaded.config.use_cache and not policy.get_base_model().config.use_cache
