@@ -21,8 +21,8 @@ memory; one process peaks at
       optimizer step = gradients (+ DDP: the flat copy they are all-reduced in)
       rollout        = online recipes: KV cache + prefill logits of generation, or the no-grad
                        scoring forward over the rollout, whichever is larger
-      final save     = LoRA: the merged copy of the model; FSDP: rank 0's full state dict and
-                       the plain model it is loaded into (2 P w)
+      final save     = FSDP: rank 0's gathered full state dict (P w); LoRA: the merged copies
+                       of the adapted weights (the rest is written from the model's own)
 
 Sizes: P parameters, L layers, H hidden, I MLP width, V vocabulary, q = heads x head_dim,
 kv = kv_heads x head_dim, w bytes per element of dtype (8 / 4 / 2), t tokens of one micro-batch
@@ -271,8 +271,8 @@ def model_shape(name: str) -> Shape:
     return shape_of_config(AutoConfig.from_pretrained(str(model_dir(name))))
 
 
-def lora_params(shape: Shape, lora: LoraConfig) -> int:
-    """Adapter parameters: r x (fan_in + fan_out) per targeted projection per layer."""
+def _targets(shape: Shape, lora: LoraConfig) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of each projection of one layer that gets an adapter."""
     h, i, q, kv = shape.hidden, shape.intermediate, shape.q, shape.kv
     dims = {
         "q_proj": (h, q),
@@ -283,8 +283,17 @@ def lora_params(shape: Shape, lora: LoraConfig) -> int:
         "up_proj": (h, i),
         "down_proj": (i, h),
     }
-    per_layer = sum(lora.r * sum(dims[t]) for t in lora.target_modules if t in dims)
-    return shape.layers * per_layer
+    return [dims[t] for t in lora.target_modules if t in dims]
+
+
+def lora_params(shape: Shape, lora: LoraConfig) -> int:
+    """Adapter parameters: r x (fan_in + fan_out) per targeted projection per layer."""
+    return shape.layers * sum(lora.r * (a + b) for a, b in _targets(shape, lora))
+
+
+def adapted_params(shape: Shape, lora: LoraConfig) -> int:
+    """Parameters of the weights that get adapters: fan_in x fan_out per targeted projection."""
+    return shape.layers * sum(a * b for a, b in _targets(shape, lora))
 
 
 # ----------------------------------------------------------------------------- the formulas
@@ -503,8 +512,9 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
         )  # old log-probs and entropy / reference over the whole rollout
         phases["rollout"] = max(parts["kv_cache"] + prefill, scoring)
 
-    # --- final/: LoRA merges a copy; FSDP gathers a full state dict and loads it into a model
-    phases["save"] = (2 * P * w if shard > 1 else 0.0) + (P * w if lora else 0.0)
+    # --- final/: FSDP gathers a full state dict; LoRA merges copies of the adapted weights
+    adapted = adapted_params(shape, cfg.lora) if lora else 0
+    phases["save"] = (P * w if shard > 1 else 0.0) + adapted * w
 
     # --- a CPU process's resident set: the process itself and what glibc's heap keeps
     cpu = cfg.device == "cpu"

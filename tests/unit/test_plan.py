@@ -141,7 +141,8 @@ def test_dpo_adds_a_reference_and_pairs_and_lora_removes_the_copy():
     assert e.parts["weights"] == 4000 + 112 * 4 and e.parts["adamw"] == 2 * 112 * 4
     # frozen norms: 80 x (2 x 116 + 16) = 19840, + the log-softmax 800
     assert e.parts["activations"] == 20640
-    assert e.phases["save"] == 4000  # final/ merges a copy of the model
+    # final/ merges copies of the adapted weights: 2 layers x (q 8 x 8 + v 8 x 4) x 4 bytes
+    assert plan.adapted_params(SHAPE, lora) == 192 and e.phases["save"] == 768
 
 
 def test_fsdp_divides_state_and_adds_gathered_units():
@@ -149,8 +150,8 @@ def test_fsdp_divides_state_and_adds_gathered_units():
     assert (e.parts["weights"], e.parts["adamw"], e.parts["reference"]) == (2000, 4000, 2000)
     # root 400 + 2 layers x 300 = 1000 parameters, with their gradients: x (4 + 4)
     assert e.parts["fsdp_gathered"] == 8000
-    # final/: rank 0's full state dict and the plain model it loads: 2 x 1000 x 4
-    assert e.phases["save"] == 8000
+    # final/: rank 0's gathered full state dict, 1000 x 4
+    assert e.phases["save"] == 4000
     ddp = plan.estimate(cfg(recipe="dpo", batch_size=4, nproc=2), SHAPE, nproc=2)
     assert ddp.parts["weights"] == 4000 and ddp.micro_rows == 4  # 2 pairs per process
     # DDP: its gradient buckets 4000 in the state; the optimizer step's flat all-reduce copy
