@@ -141,16 +141,13 @@ class RewardModel(nn.Module):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        if state is None:
-            save_weights(self.trunk, tmp)
-            head = self.head.state_dict()
-        else:
+        state = self.state_dict() if state is None else state
 
-            def part(prefix: str) -> dict[str, torch.Tensor]:
-                return {n.split(".", 1)[1]: v for n, v in state.items() if n.startswith(prefix)}
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {n.split(".", 1)[1]: v for n, v in state.items() if n.startswith(prefix)}
 
-            save_weights(self.trunk, tmp, state=part("trunk."))
-            head = part("head.")
+        save_weights(self.trunk, tmp, state=part("trunk."))
+        head = part("head.")
         self.tokenizer.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))
         meta = {

@@ -149,8 +149,10 @@ def test_save_is_atomic_and_round_trips(tok, tmp_path):
 
 
 def test_lora_trunk_saves_merged_also_from_a_gathered_state(tok, tmp_path):
-    """Under FSDP the trunk's own weights are shards: ``save`` gets the gathered full state and
-    merges the adapters into it. Both ways write the same plain model."""
+    """A LoRA trunk is saved with its adapters merged, as peft's ``merge_and_unload`` would, from
+    its own weights or (under FSDP, whose own are shards) from the gathered full state."""
+    import copy
+
     from safetensors.torch import load_file
 
     from posttrain.config import LoraConfig
@@ -161,14 +163,16 @@ def test_lora_trunk_saves_merged_also_from_a_gathered_state(tok, tmp_path):
     for name, p in rm.trunk.named_parameters():  # make the adapters matter
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)
-    rm.save(tmp_path / "own")  # peft's merge_and_unload on a copy
-    rm.save(tmp_path / "given", state=rm.state_dict())
-    own, given = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("own", "given"))
-    assert own.keys() == given.keys() and not any("lora" in k for k in given)
-    for k in own:
-        torch.testing.assert_close(given[k], own[k], rtol=0, atol=1e-6)
+    expected = copy.deepcopy(rm.trunk).merge_and_unload().state_dict()
+    rm.save(tmp_path / "own")
+    rm.save(tmp_path / "given", state={k: v.clone() for k, v in rm.state_dict().items()})
+    for d in ("own", "given"):
+        saved = load_file(str(tmp_path / d / "model.safetensors"))
+        assert set(saved) == set(expected) - {"lm_head.weight"}  # tied to the embeddings
+        for k in saved:
+            torch.testing.assert_close(saved[k], expected[k], rtol=0, atol=1e-6)
     plain = load_model("tiny-llama", tokenizer=tok).state_dict()
-    assert sum(not torch.equal(given[k], plain[k]) for k in given) == 14  # 7 targets x 2 layers
+    assert sum(not torch.equal(saved[k], plain[k]) for k in saved) == 14  # 7 targets x 2 layers
     prompts, texts = ["Q:", "Q:"], [" yes", " no thanks"]
     again = load_reward_model(tmp_path / "given")
     torch.testing.assert_close(
