@@ -114,15 +114,12 @@ def save_weights(model, directory: str | Path, *, state=None) -> None:
     """``model.save_pretrained(directory)`` with ``state`` (default: the model's own state dict)
     as its weights. A LoRA model's adapters are merged into copies of the base weights and the
     plain model's names written (``merge_lora_state``): no copy of the whole model is made."""
-    from posttrain.models.lora import is_lora, lora_scalings, merge_lora_state, plain_name
+    from posttrain.models.lora import is_lora, plain_name, plain_state_dict
 
-    lora = is_lora(model)
     own = model.state_dict()
-    state = own if state is None else state
-    if lora:
-        state = merge_lora_state(state, lora_scalings(model), model.active_adapter)
+    state = plain_state_dict(model, own if state is None else state)
     named = {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
     tied = {plain_name(n) for n in set(own) - named}  # second names of shared tensors (lm_head)
     state = {k: v for k, v in state.items() if k not in tied}
-    base = model.get_base_model() if lora else model
+    base = model.get_base_model() if is_lora(model) else model
     base.save_pretrained(directory, state_dict=state, safe_serialization=True)

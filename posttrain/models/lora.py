@@ -63,6 +63,15 @@ def merge_lora_state(state: dict, scalings: dict[str, float], adapter: str = "de
     return merged
 
 
+def plain_state_dict(model, state: dict | None = None) -> dict:
+    """``state`` (default: ``model``'s own) as the plain model's: a LoRA model's adapters merged
+    (:func:`merge_lora_state`), any other model's as is."""
+    state = model.state_dict() if state is None else state
+    if not is_lora(model):
+        return state
+    return merge_lora_state(state, lora_scalings(model), model.active_adapter)
+
+
 def plain_name(name: str) -> str:
     """A peft LoRA model's name of a tensor as the plain model names it."""
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")

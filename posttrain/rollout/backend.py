@@ -82,15 +82,12 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The policy's weights under plain Hugging Face names: unwrapped from DDP, gathered whole on
     every process from FSDP shards (a collective), LoRA adapters merged into copies of the base
     weights (``W + B A * alpha / r``: :func:`~posttrain.models.lora.merge_lora_state`)."""
-    from posttrain.models.lora import is_lora, lora_scalings, merge_lora_state
+    from posttrain.models.lora import plain_state_dict
     from posttrain.training import distributed
 
     model = distributed.unwrap(model)
     state = distributed.full_state_dict(model, every_rank=True)
-    state = {k: v.detach() for k, v in state.items()}
-    if is_lora(model):
-        state = merge_lora_state(state, lora_scalings(model), model.active_adapter)
-    return state
+    return plain_state_dict(model, {k: v.detach() for k, v in state.items()})
 
 
 class VLLMBackend:
