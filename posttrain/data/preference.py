@@ -20,7 +20,7 @@ from posttrain.data.chat import (
     prompt_kept,
 )
 from posttrain.data.collate import collate, collate_shared_prefix
-from posttrain.data.formats import Example
+from posttrain.data.formats import Example, strength
 
 
 @dataclass
@@ -28,6 +28,7 @@ class EncodedPair:
     chosen: Encoded
     rejected: Encoded
     margin: float | None = None
+    p_chosen: float = 1.0  # P(chosen preferred): the soft label of the pair (1 = certain)
 
     @property
     def truncated(self) -> bool:
@@ -46,6 +47,7 @@ def encode_pair(tokenizer, example: Example, max_length: int) -> EncodedPair:
         join_truncated(prompt, chosen, max_length, keep),
         join_truncated(prompt, rejected, max_length, keep),
         example.margin,
+        strength(example),
     )
 
 
@@ -62,7 +64,8 @@ def collate_pairs(
 ) -> dict[str, torch.Tensor]:
     """(2B, T) ``input_ids`` / ``attention_mask`` / ``response_mask``: chosen rows, then rejected.
 
-    Also ``margin`` (B,) (0 where absent). Split model outputs with ``x[:B], x[B:]``.
+    Also ``margin`` (B,) (0 where absent) and ``p_chosen`` (B,) (float64 soft labels, 1 where the
+    data gave no strength). Split model outputs with ``x[:B], x[B:]``.
 
     ``padding_free``: instead each pair's prompt (the common prefix of chosen and rejected, but
     its last token, which each response repeats) once, followed by both, pairs packed into as few
@@ -74,4 +77,5 @@ def collate_pairs(
     else:
         batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, side=side)
     batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs])
+    batch["p_chosen"] = torch.tensor([p.p_chosen for p in pairs], dtype=torch.float64)
     return batch

@@ -29,8 +29,10 @@ import torch
 
 from posttrain.data import load_examples, to_preference_pairs
 from posttrain.data.formats import Example
+from posttrain.data.pairs import bradley_terry_probability, fit_bradley_terry  # noqa: F401
 from posttrain.errors import UserError
 from posttrain.evaluation.capability import expected_calibration_error
+from posttrain.losses import reward_accuracy
 
 # The RewardBench sections (Lambert et al. 2024, table 1) by the `subset` names of its data files,
 # ready for ``sections=``. RewardBench's own leaderboard weights subsets by size inside a section
@@ -79,7 +81,7 @@ def pair_metrics(
 ) -> dict[str, float]:
     """The metrics of the module doc from rewards of chosen and rejected (B,) and their lengths
     (B,) (no model: the part of :func:`evaluate_reward_model` that is arithmetic)."""
-    win = (rc > rr).double() + 0.5 * (rc == rr).double()  # (B,)
+    win = reward_accuracy(rc, rr)  # (B,) ties half
     out: dict[str, float] = {"accuracy": float(win.mean()), "pairs": len(win)}
     by_subset: dict[str, list[float]] = defaultdict(list)
     for subset, w in zip(subsets or [], win.tolist()):
@@ -138,62 +140,3 @@ def evaluate_reward_model(
         [ex.subset for ex in pairs],
         sections,
     )
-
-
-def fit_bradley_terry(
-    wins: dict[tuple[str, str], float], *, iters: int = 10_000, tol: float = 1e-12
-) -> dict[str, float]:
-    """Bradley–Terry scores s_i (log-strengths, mean 0) from a win-count table.
-
-    ``wins[(a, b)]`` = times a beat b (counts may be fractional, e.g. a tie as half a win each).
-    Maximum likelihood of P(a beats b) = sigmoid(s_a - s_b) = p_a / (p_a + p_b) by the
-    minorise-maximise update of Hunter (2004, Ann. Statist. 32(1)): p_i <- W_i / sum_j n_ij / (p_i + p_j),
-    W_i the wins of i, n_ij the games between i and j; renormalised each round (geometric mean 1).
-    Two players, 7 wins of 10 -> s_A - s_B = log(7/3), i.e. P = 0.7.
-
-    The maximum exists only if, splitting the players into any two groups, each group beats the
-    other at least once (Hunter's assumption 1); a table that breaks this (someone never wins or
-    never loses, or a group that never meets the rest) raises ValueError.
-    """
-    players = sorted({p for pair in wins for p in pair})
-    games: dict[tuple[str, str], float] = defaultdict(float)
-    won: dict[str, float] = defaultdict(float)
-    beats: dict[str, set[str]] = defaultdict(set)
-    for (a, b), w in wins.items():
-        if a == b or w < 0:
-            raise ValueError(f"bad entry {(a, b)}: {w} (players must differ, counts be >= 0)")
-        games[(a, b)] += w
-        games[(b, a)] += w
-        won[a] += w
-        if w > 0:
-            beats[a].add(b)
-    for p in players:  # strongly connected "beats" graph: everyone reaches everyone
-        reach, todo = {p}, [p]
-        while todo:
-            for q in beats[todo.pop()] - reach:
-                reach.add(q)
-                todo.append(q)
-        if len(reach) < len(players):
-            raise ValueError(
-                f"no finite Bradley-Terry scores: {p} never (even indirectly) beats "
-                f"{sorted(set(players) - reach)}"
-            )
-    strength = dict.fromkeys(players, 1.0)
-    for _ in range(iters):
-        new = {
-            i: won[i]
-            / sum(games[(i, j)] / (strength[i] + strength[j]) for j in players if games[(i, j)])
-            for i in players
-        }
-        norm = math.exp(sum(math.log(v) for v in new.values()) / len(new))
-        new = {p: v / norm for p, v in new.items()}
-        done = max(abs(new[p] - strength[p]) for p in players) < tol
-        strength = new
-        if done:
-            break
-    return {p: math.log(v) for p, v in strength.items()}
-
-
-def bradley_terry_probability(scores: dict[str, float], a: str, b: str) -> float:
-    """P(a beats b) = sigmoid(s_a - s_b) under fitted scores."""
-    return 1.0 / (1.0 + math.exp(scores[b] - scores[a]))
