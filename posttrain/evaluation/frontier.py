@@ -153,3 +153,97 @@ def plot_overoptimization(
     path = Path(path)
     fig.savefig(path)
     return path
+
+
+def plot_overoptimization_experiment(
+    bon: Sequence[dict],
+    rl: Sequence[dict],
+    fits: dict[str, dict],
+    path: str | Path,
+    *,
+    title: str = "Over-optimisation of a weak proxy reward model",
+) -> Path:
+    """Gao et al. (2022) fig. 1 style: gold (solid, left axis) and proxy (dashed, right axis)
+    reward relative to the initial policy against d = sqrt(KL), for best-of-n (``bon`` points:
+    ``n``, ``kl``, ``gold``, ``proxy``, optional ``gold_se`` / ``proxy_se``) and RL (``rl``
+    points, ``step`` instead of ``n``), with the fitted gold curves (``fits[name]``: ``a``, ``b``)
+    dotted. Writes ``path`` (PNG)."""
+    from posttrain.evaluation.overoptimization import Fit
+
+    fig = _figure(7.2, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    ax2 = ax.twinx()
+    series = (("best-of-n", "bon", bon, "tab:blue", "o"), ("PPO", "rl", rl, "tab:red", "s"))
+    for label, form, pts, color, marker in series:
+        if not pts:
+            continue
+        d = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
+        ax.errorbar(
+            d,
+            [p["gold"] for p in pts],
+            yerr=[p.get("gold_se") or 0.0 for p in pts],
+            fmt="-",
+            marker=marker,
+            color=color,
+            capsize=2,
+            label=f"{label} gold",
+        )
+        ax2.errorbar(
+            d,
+            [p["proxy"] for p in pts],
+            yerr=[p.get("proxy_se") or 0.0 for p in pts],
+            fmt="--",
+            marker=marker,
+            markerfacecolor="none",
+            color=color,
+            alpha=0.6,
+            capsize=2,
+            label=f"{label} proxy (RM)",
+        )
+        f = fits.get(form)
+        if f is not None and f.get("a") is not None and max(d) > 0:
+            fit = Fit(f["a"], f["b"], f.get("r2", 0.0), form)
+            top = max(d)
+            xs = [top * i / 200 for i in range(201)]
+            ax.plot(
+                xs,
+                [fit(x) for x in xs],
+                ":",
+                color=color,
+                linewidth=1.5,
+                label=f"{label} fit a={f['a']:.3g} b={f['b']:.3g} R²={f.get('r2', 0):.2f}",
+            )
+            pk = fit.peak()
+            if pk is not None and pk[0] <= top:
+                ax.axvline(pk[0], color=color, linewidth=0.8, alpha=0.5)
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    _align_zero(ax, ax2)
+    ax.set_xlabel("d = sqrt(KL(policy ‖ initial policy))  (nats^½)")
+    ax.set_ylabel("gold reward − initial policy's (solid)")
+    ax2.set_ylabel("proxy RM score − initial policy's (dashed)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def _align_zero(ax, ax2) -> None:
+    """Set both y-axes' limits so that 0 is at the same height on each (both curves start at the
+    reference's 0)."""
+    lims = []
+    for a in (ax, ax2):
+        lo, hi = a.get_ylim()
+        lims.append((min(lo, 0.0), max(hi, 0.0)))
+    # the share of each axis below zero; use the larger for both
+    below = max(-lo / (hi - lo) if hi > lo else 0.5 for lo, hi in lims)
+    below = min(max(below, 0.05), 0.95)
+    for a, (lo, hi) in zip((ax, ax2), lims):
+        # extend one side so that -lo' / (hi' - lo') == below
+        hi = max(hi, -lo * (1 - below) / below)
+        lo = min(lo, -hi * below / (1 - below))
+        a.set_ylim(lo, hi)

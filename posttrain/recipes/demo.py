@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -60,6 +61,10 @@ class Config:
     """PPO's KL penalty coefficient (towards the SFT policy)."""
     dpo_beta: float = 0.1
     """DPO's beta."""
+    experiment: Literal["pipeline", "overoptimization"] = "pipeline"
+    """pipeline: the whole RLHF pipeline; overoptimization: a weak proxy reward model optimised by
+    best-of-n and PPO, gold and proxy reward vs sqrt(KL) with Gao et al.'s fits
+    (``posttrain.recipes.overoptimization``; ~20 minutes, --quick ~1)."""
 
     def validate(self) -> None:
         check(0 <= self.label_noise < 0.5, "label_noise", "must be in [0, 0.5)", self.label_noise)
@@ -224,6 +229,12 @@ def _run_recipe(module, flags=None, **fields) -> None:
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:
     from posttrain.tasks import get_task
+
+    if cfg.experiment == "overoptimization":
+        from posttrain.recipes.overoptimization import run_experiment
+
+        run_experiment(cfg, flags)
+        return
 
     b = QUICK if cfg.quick else FULL
     out = Path(cfg.output_dir)
