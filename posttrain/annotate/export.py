@@ -15,7 +15,6 @@ vote of annotators whose gold agreement is below it (annotators with no gold ans
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections import Counter
@@ -26,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from posttrain.annotate import quality
 from posttrain.annotate.db import Account, Task, Vote
+from posttrain.annotate.tasks import loads_stored
+from posttrain.data.io import dumps_line
 from posttrain.data.pairs import letter_index, ranking_to_pairs
 
 MODES = ("all", "majority")
@@ -69,7 +70,7 @@ def preference_records(
 
 
 def _all_records(vote: Vote, task: Task, name: str) -> list[dict]:
-    prompt, completions = json.loads(task.prompt), json.loads(task.completions)
+    prompt, completions = loads_stored(task.prompt), loads_stored(task.completions)
     records = []
     for better, worse in ranking_to_pairs(vote.ranking):
         record = {
@@ -92,7 +93,7 @@ def _majority_records(rows) -> list[dict]:
     records = []
     for group in by_task.values():
         task = group[0][1]
-        prompt, completions = json.loads(task.prompt), json.loads(task.completions)
+        prompt, completions = loads_stored(task.prompt), loads_stored(task.completions)
         counts: dict[tuple[int, int], Counter] = {}
         for vote, _, _ in group:
             for (i, j), relation in quality.pair_relations(vote.ranking).items():
@@ -130,7 +131,7 @@ def write_jsonl(records: list[dict], path: str | Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                handle.write(dumps_line(record) + "\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -138,4 +139,4 @@ def write_jsonl(records: list[dict], path: str | Path) -> None:
 
 
 def to_jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return "".join(dumps_line(record) + "\n" for record in records)

@@ -14,12 +14,13 @@ import json
 import random
 import re
 from collections import Counter
+from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from posttrain.annotate import quality
+from posttrain.annotate import markdown, quality
 from posttrain.annotate.db import (
     ROLE_ANNOTATOR,
     STATUS_DONE,
@@ -29,8 +30,15 @@ from posttrain.annotate.db import (
     Assignment,
     Task,
     Vote,
+    VoteRevision,
 )
-from posttrain.annotate.tasks import TaskFileError, TaskSpec, letters, normalize_ranking
+from posttrain.annotate.tasks import (
+    TaskFileError,
+    TaskSpec,
+    letters,
+    loads_stored,
+    normalize_ranking,
+)
 from posttrain.data.pairs import letter_index, parse_ranking
 
 # Likert aspects an annotator may rate per response, with the top of each scale (1 = worst):
@@ -199,7 +207,7 @@ def task_view(db: Session, account: Account, assignment_id: int) -> dict:
     Never includes the gold answer or the original order."""
     assignment = _owned(db, account, assignment_id)
     task = db.get(Task, assignment.task_id)
-    completions = json.loads(task.completions)
+    completions = loads_stored(task.completions)
     order = json.loads(assignment.order)
     shown = letters(len(order))
     vote = db.scalar(select(Vote).where(Vote.assignment_id == assignment.id))
@@ -207,18 +215,81 @@ def task_view(db: Session, account: Account, assignment_id: int) -> dict:
         "assignment_id": assignment.id,
         "position": assignment.position,
         "status": assignment.status,
-        "prompt": json.loads(task.prompt),
+        "prompt": loads_stored(task.prompt),
         "responses": [
-            {"letter": letter, "text": completions[index]} for letter, index in zip(shown, order)
+            # html: the same renderer as the guidelines (raw HTML is not passed through)
+            {"letter": letter, "text": completions[index], "html": markdown.render(completions[index])}
+            for letter, index in zip(shown, order)
         ],
-        "vote": None
-        if vote is None
-        else {"ranking": vote.shown_ranking, "confidence": vote.confidence, "kind": vote.kind},
+        "vote": None if vote is None else _shown_vote(vote, order),
     }
+
+
+def _shown_vote(vote: Vote, order: list[int]) -> dict:
+    """A stored vote as its annotator saw it (display letters), to show it again for revising."""
+    shown = letters(len(order))
+    display_of = {letters(len(order))[index]: shown[slot] for slot, index in enumerate(order)}
+    ratings = json.loads(vote.ratings) if vote.ratings else {}
+    return {
+        "kind": vote.kind,
+        "ranking": vote.shown_ranking,
+        "confidence": vote.confidence,
+        "ratings": {display_of[letter]: scores for letter, scores in ratings.items()},
+        "elapsed_ms": vote.elapsed_ms,
+    }
+
+
+def recent_answers(db: Session, account: Account, limit: int = 200) -> list[dict]:
+    """The annotator's answered tasks, most recently first answered first (for "previous")."""
+    rows = db.execute(
+        select(Vote.assignment_id, Vote.shown_ranking)
+        .where(Vote.account_id == account.id)
+        .order_by(Vote.id.desc())
+        .limit(limit)
+    )
+    return [{"assignment_id": a, "ranking": r} for a, r in rows]
+
+
+def vote_history(db: Session, assignment_id: int) -> list[dict]:
+    """Superseded versions of the vote on an assignment, oldest first."""
+    rows = db.scalars(
+        select(VoteRevision)
+        .where(VoteRevision.assignment_id == assignment_id)
+        .order_by(VoteRevision.id)
+    )
+    return [
+        {
+            "vote_key": r.vote_key,
+            "kind": r.kind,
+            "ranking": r.ranking,
+            "shown_ranking": r.shown_ranking,
+            "confidence": r.confidence,
+            "ratings": r.ratings,
+            "elapsed_ms": r.elapsed_ms,
+            "created_at": r.created_at,
+            "superseded_at": r.superseded_at,
+        }
+        for r in rows
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # votes
+
+
+def spell_ranking(text: str) -> str:
+    """Compact rankings in full: ``"cadb"`` and ``"C A D B"`` -> ``"C > A > D > B"``; two letters
+    with no ``>`` or ``=`` between them are in that order. ``"C > A = D"`` stays as it is; commas
+    count as spaces. Raises ``ValueError`` on any other character."""
+    spelled: list[str] = []
+    for token in re.findall(r"\S", text.upper().replace(",", " ")):
+        if token not in ">=":
+            if not "A" <= token <= "Z":
+                raise ValueError(f"ranking {text!r}: {token!r} is not a letter, '>' or '='")
+            if spelled and spelled[-1] not in ">=":
+                spelled.append(">")
+        spelled.append(token)
+    return " ".join(spelled)
 
 
 def _to_original(shown_ranking: str, order: list[int]) -> str:
@@ -246,7 +317,7 @@ def _check_vote(payload: dict, order: list[int]) -> dict:
         if not isinstance(ranking, str):
             raise Invalid('"ranking" must be a string like "B > A = C"')
         try:
-            shown = normalize_ranking(ranking.upper(), n)
+            shown = normalize_ranking(spell_ranking(ranking), n)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
         kind = "rank"
@@ -292,10 +363,16 @@ def _check_vote(payload: dict, order: list[int]) -> dict:
 
 def _replay(db: Session, account: Account, assignment_id: int, key: str) -> Vote | None:
     """The vote already stored under ``key`` if it is this same submission; ``Conflict`` if the key
-    was used for something else."""
+    was used for something else. A key of a superseded version (a late retry of a vote that has
+    since been revised) returns the current vote: it must not undo the revision."""
     vote = db.scalar(select(Vote).where(Vote.vote_key == key))
     if vote is None:
-        return None
+        old = db.scalar(select(VoteRevision).where(VoteRevision.vote_key == key))
+        if old is None:
+            return None
+        if old.account_id != account.id or old.assignment_id != assignment_id:
+            raise Conflict("this vote key was already used for another task")
+        return db.get(Vote, old.vote_id)
     if vote.account_id != account.id or vote.assignment_id != assignment_id:
         raise Conflict("this vote key was already used for another task")
     return vote
@@ -328,12 +405,16 @@ def record_vote(
         if vote is not None:
             return _summary(vote), False
         assignment = _owned(db, account, assignment_id)
-        stored = db.scalar(select(Vote).where(Vote.assignment_id == assignment.id))
+        stored = db.scalar(
+            select(Vote).where(Vote.assignment_id == assignment.id).with_for_update()
+        )
         if stored is not None:
             # committed by a concurrent identical submit after our key lookup, or a different vote
             if stored.vote_key == key:
                 return _summary(stored), False
-            raise Conflict("this task is already answered")
+            if payload.get("revise") is not True:
+                raise Conflict("this task is already answered")
+            return _revise(db, stored, assignment, key, payload), True
         columns = _check_vote(payload, json.loads(assignment.order))
         vote = Vote(
             vote_key=key,
@@ -354,6 +435,38 @@ def record_vote(
         raise Conflict("this task is already answered") from None
     finally:
         db.rollback()  # ends the transaction (a no-op after commit); loaded values stay readable
+
+
+def _revise(db: Session, vote: Vote, assignment: Assignment, key: str, payload: dict) -> dict:
+    """Replace ``vote`` with a revised answer (new key) and keep the old version in
+    ``vote_revisions``. ``elapsed_ms`` adds up: the stored time is the time spent on the task over
+    every visit. Commits."""
+    columns = _check_vote(payload, json.loads(assignment.order))
+    db.add(
+        VoteRevision(
+            vote_id=vote.id,
+            vote_key=vote.vote_key,
+            assignment_id=vote.assignment_id,
+            account_id=vote.account_id,
+            kind=vote.kind,
+            ranking=vote.ranking,
+            shown_ranking=vote.shown_ranking,
+            confidence=vote.confidence,
+            ratings=vote.ratings,
+            elapsed_ms=vote.elapsed_ms,
+            created_at=vote.created_at,
+        )
+    )
+    if columns["elapsed_ms"] is not None and vote.elapsed_ms is not None:
+        columns["elapsed_ms"] = min(columns["elapsed_ms"] + vote.elapsed_ms, 2**31 - 1)
+    elif columns["elapsed_ms"] is None:
+        columns["elapsed_ms"] = vote.elapsed_ms
+    for name, value in columns.items():
+        setattr(vote, name, value)
+    vote.vote_key = key
+    vote.created_at = datetime.now(timezone.utc)
+    db.commit()
+    return _summary(vote)
 
 
 def skip(db: Session, account: Account, assignment_id: int) -> str:

@@ -2,7 +2,9 @@
 writes them, optionally with ``id`` and ``gold`` (a ranking over the completion letters, e.g.
 ``"B > A"`` or ``"C > A = B"``; gold items are mixed into every annotator's queue for screening).
 
-Every problem is reported as ``TaskFileError("FILE:LINE: what is wrong")``.
+Tasks are checked with the trainers' own rules (``posttrain.data.formats``), so everything loaded
+exports as preference records that ``rm`` / ``dpo`` accept. Every problem is reported as
+``TaskFileError("FILE:LINE: what is wrong")``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain.data.formats import parse_example
+from posttrain.data.io import Record, find_lone_surrogate, iter_jsonl
 from posttrain.data.pairs import parse_ranking
+from posttrain.errors import UserError
 
 MAX_COMPLETIONS = 26  # display letters A..Z
 
@@ -29,6 +34,24 @@ class TaskSpec:
     completions: list[str]
     gold: str | None  # canonical ranking over original letters, or None
     source: str  # "FILE:LINE"
+
+
+def loads_stored(text: str):
+    """``json.loads`` of a stored prompt / completions column, with any lone surrogate (in a
+    database loaded before the load-time check refused them) replaced by U+FFFD, so that pages and
+    exports can still be written as UTF-8."""
+    value = json.loads(text)
+    return value if find_lone_surrogate(value) is None else _repair(value)
+
+
+def _repair(value):
+    if isinstance(value, str):
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    if isinstance(value, list):
+        return [_repair(item) for item in value]
+    if isinstance(value, dict):
+        return {_repair(key): _repair(item) for key, item in value.items()}
+    return value
 
 
 def letters(n: int) -> list[str]:
@@ -48,19 +71,26 @@ def normalize_ranking(ranking: str, n: int) -> str:
     return " > ".join(" = ".join(tier) for tier in tiers)
 
 
-def _check_prompt(prompt) -> str | None:
-    if isinstance(prompt, str):
-        return None if prompt.strip() else '"prompt" is empty'
-    if isinstance(prompt, list) and prompt:
-        for message in prompt:
-            if not (
-                isinstance(message, dict)
-                and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)
-            ):
-                return '"prompt" messages must be objects with string "role" and "content"'
-        return None
-    return '"prompt" must be a string or a non-empty list of messages'
+def _check_with_trainers_rules(obj: dict, where: str) -> None:
+    """Refuse what ``posttrain rm`` / ``dpo`` would refuse once exported: the prompt must pass the
+    trainers' prompt rules (roles system / user / assistant, non-empty content) and every
+    completion must be a valid preference response (not empty). Uses ``data.formats`` itself."""
+    path, _, line = where.rpartition(":")
+    at = int(line) if line.isdigit() else line
+    prompt, completions = obj["prompt"], obj["completions"]
+    try:
+        parse_example(
+            Record({"prompt": prompt, "completions": completions}, path, at), "completions"
+        )
+        for i, completion in enumerate(completions):
+            pair = {"prompt": prompt, "chosen": completion, "rejected": completions[0]}
+            try:
+                parse_example(Record(pair, path, at), "preference")
+            except UserError as exc:
+                name = f'"completions"[{i}] ({letters(i + 1)[-1]})'
+                raise UserError(str(exc).replace('"chosen"', name)) from None
+    except UserError as exc:
+        raise TaskFileError(str(exc)) from None
 
 
 def _content_id(prompt, completions: list[str]) -> str:
@@ -74,9 +104,6 @@ def parse_task_line(obj, where: str) -> TaskSpec:
         raise TaskFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "prompt" not in obj:
         raise TaskFileError(f'{where}: "prompt" is missing')
-    problem = _check_prompt(obj["prompt"])
-    if problem:
-        raise TaskFileError(f"{where}: {problem}")
     completions = obj.get("completions")
     if completions is None:
         raise TaskFileError(f'{where}: "completions" is missing')
@@ -86,6 +113,7 @@ def parse_task_line(obj, where: str) -> TaskSpec:
         raise TaskFileError(
             f'{where}: "completions" must hold 2 to {MAX_COMPLETIONS} strings, got {len(completions)}'
         )
+    _check_with_trainers_rules(obj, where)
     gold = obj.get("gold")
     if gold is not None:
         if not isinstance(gold, str):
@@ -113,26 +141,18 @@ def read_tasks(path: str | Path) -> list[TaskSpec]:
         raise TaskFileError(f"{path}: no such file")
     specs: list[TaskSpec] = []
     seen: dict[str, int] = {}
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise TaskFileError(f"{where}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskFileError(f"{where}: not valid JSON ({exc.msg})") from None
-            spec = parse_task_line(obj, where)
+    try:
+        for number, obj in iter_jsonl(path):  # "\n" ends a line; UTF-8, JSON, no lone surrogate
+            spec = parse_task_line(obj, f"{path}:{number}")
             if spec.ext_id in seen:
                 raise TaskFileError(
-                    f"{where}: task id {spec.ext_id!r} already used on line {seen[spec.ext_id]}"
+                    f"{path}:{number}: task id {spec.ext_id!r} already used on line "
+                    f"{seen[spec.ext_id]}"
                 )
             seen[spec.ext_id] = number
             specs.append(spec)
+    except UserError as exc:
+        raise TaskFileError(str(exc)) from None
     if not specs:
         raise TaskFileError(f"{path}:1: the file holds no tasks")
     return specs
