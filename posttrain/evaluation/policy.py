@@ -188,9 +188,11 @@ def load_sources(
     *,
     seed: int,
     dtype: str,
+    swap: bool = True,
 ) -> Sources:
     """The gold reward of ``task``, the proxy ``reward_model``, and the judge of the win rate:
-    ``judge`` (with ``judge_model`` for an LLM judge), else the gold reward, else the proxy."""
+    ``judge`` (with ``judge_model`` for an LLM judge), else the gold reward, else the proxy.
+    ``swap``: pairwise judges (llm, generative, a pairwise ``module:function``) judge both orders."""
     src = Sources()
     gold_task = task or (judge[5:] if judge and judge.startswith("task:") else None)
     if gold_task:
@@ -204,16 +206,19 @@ def load_sources(
     if judge in ("llm", "generative"):
         from posttrain.judges.factory import build_judge
 
-        src.judge = build_judge(judge, judge_model, seed=seed, dtype=dtype)
+        src.judge = build_judge(judge, judge_model, seed=seed, dtype=dtype, swap=swap)
         src.judge_name = f"{judge} ({judge_model})"
     elif judge and judge.startswith("task:"):
         from posttrain.tasks import get_task
 
         src.judge, src.judge_name = get_task(judge[5:]).reward, f"{judge} (gold)"
     elif judge:
+        from posttrain.judges.pairwise import FunctionJudge, is_pairwise_function
         from posttrain.judges.sources import load_reward_source
 
         src.judge, src.judge_name = load_reward_source(judge), judge
+        if not Path(judge).is_dir() and is_pairwise_function(src.judge.fn):
+            src.judge = FunctionJudge(judge, src.judge.fn, swap=swap)
     elif src.gold is not None:
         src.judge, src.judge_name = src.gold, f"task:{task} (gold)"
     elif src.proxy is not None:
@@ -221,11 +226,20 @@ def load_sources(
     return src
 
 
-def judge_preferences(src: Sources, prompts, policy_texts, opp_texts) -> list[float]:
-    """P(policy better) per prompt: a pairwise judge's probability, or 1 / 0.5 / 0 from scores."""
+def judge_preferences(
+    src: Sources, prompts, policy_texts, opp_texts, *, verdicts: list | None = None
+) -> list[float]:
+    """P(policy better) per prompt: a pairwise judge's probability, or 1 / 0.5 / 0 from scores.
+
+    A pairwise judge sees the policy's response in position A, and (its ``swap``) also in
+    position B, the two averaged (position-swap debiasing); ``verdicts``, when a list, receives
+    the judge's :class:`~posttrain.judges.pairwise.Verdict` s."""
     if hasattr(src.judge, "verdicts"):  # pairwise judges: batched, probability of "a better"
         items = list(zip(prompts, policy_texts, opp_texts))
-        return [float(v.p) for v in src.judge.verdicts(items)]
+        found = src.judge.verdicts(items)
+        if verdicts is not None:
+            verdicts.extend(found)
+        return [float(v.p) for v in found]
     if hasattr(src.judge, "compare"):
         return [
             float(src.judge.compare(p, a, b)) for p, a, b in zip(prompts, policy_texts, opp_texts)
@@ -316,9 +330,25 @@ def score_side(src: Sources, prompts, texts) -> dict[str, Any]:
 
 
 def compare(src: Sources, prompts, texts, opp_texts) -> dict[str, Any]:
-    """Win rate (+ interval, counts) and length-controlled win rate of texts over opp_texts."""
-    prefs = judge_preferences(src, prompts, texts, opp_texts)
+    """Win rate (+ interval, counts) and length-controlled win rate of texts over opp_texts.
+
+    With a pairwise judge also ``position_bias_rate`` (share of prompts whose verdict flips when
+    the order is swapped; None without swap) and the single-order win rates
+    ``win_rate_policy_first`` / ``win_rate_policy_second`` (policy in position A / B)."""
+    verdicts: list = []
+    prefs = judge_preferences(src, prompts, texts, opp_texts, verdicts=verdicts)
     wr = win_rate(prefs)
+    pairwise = {}
+    if verdicts:
+        from posttrain.judges.pairwise import summarize
+
+        swapped = [v.p_swapped for v in verdicts if v.p_swapped is not None]
+        pairwise = {
+            "swap": bool(swapped),
+            "position_bias_rate": summarize(verdicts)["position_bias_rate"],
+            "win_rate_policy_first": win_rate([v.p_forward for v in verdicts]).win_rate,
+            "win_rate_policy_second": win_rate(swapped).win_rate if swapped else None,
+        }
     lc = length_controlled_win_rate(
         prefs, [len(t.split()) for t in texts], [len(t.split()) for t in opp_texts]
     )
@@ -331,6 +361,7 @@ def compare(src: Sources, prompts, texts, opp_texts) -> dict[str, Any]:
         "lc_win_rate": lc.lc_win_rate,
         "lc_win_rate_ci": list(lc.ci),
         "lc_length_coef": lc.length_coef,
+        **pairwise,
     }
 
 
@@ -360,7 +391,13 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
     t0 = time.time()
     prompts, opp_texts = _prompt_set(cfg)
     src = load_sources(
-        cfg.task, cfg.judge, cfg.judge_model, cfg.reward_model, seed=cfg.seed, dtype=cfg.dtype
+        cfg.task,
+        cfg.judge,
+        cfg.judge_model,
+        cfg.reward_model,
+        seed=cfg.seed,
+        dtype=cfg.dtype,
+        swap=getattr(cfg, "swap", True),
     )
     if src.judge is None:
         raise UserError("--judge: nothing to judge the win rate with (give --task or --judge)")

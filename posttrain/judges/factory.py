@@ -1,4 +1,5 @@
-"""Build a judge from its command-line name: ``llm``, ``generative``, ``reward-model``, ``task:NAME``.
+"""Build a judge from its command-line name: ``llm``, ``generative``, ``reward-model``, ``task:NAME``,
+or ``module:function`` (a pairwise function, :class:`posttrain.judges.pairwise.FunctionJudge`).
 
 Used by ``posttrain judge``, ``posttrain online-dpo`` and the RLAIF configs, so the names mean
 the same everywhere. :func:`check_judge` validates the name and its model before anything is
@@ -11,7 +12,12 @@ from pathlib import Path
 
 from posttrain.errors import UserError
 
-KINDS = ("llm", "generative", "reward-model", "task:NAME")
+KINDS = ("llm", "generative", "reward-model", "task:NAME", "module:function")
+
+
+def _is_function_spec(kind: str) -> bool:
+    module, sep, name = kind.partition(":")
+    return bool(sep and module and name) and module not in ("task", "judge") and "/" not in module
 
 
 def check_judge(kind: str, model: str | None, *, field: str = "judge", model_field: str = "model"):
@@ -22,6 +28,11 @@ def check_judge(kind: str, model: str | None, *, field: str = "judge", model_fie
         name = kind.split(":", 1)[1]
         if name not in TASKS:
             raise UserError(f"--{field}: unknown task {name!r}; known: {', '.join(TASKS)}")
+        return
+    if _is_function_spec(kind):
+        from posttrain.judges.pairwise import load_function_judge
+
+        load_function_judge(kind, field=field)
         return
     if kind not in ("llm", "generative", "reward-model"):
         raise UserError(f"--{field}: must be one of {', '.join(KINDS)} (got {kind!r})")
@@ -58,6 +69,10 @@ def build_judge(
     name, reused instead of loading a second copy.
     """
     check_judge(kind, model)
+    if _is_function_spec(kind):
+        from posttrain.judges.pairwise import load_function_judge
+
+        return load_function_judge(kind, swap=swap)
     if kind.startswith("task:"):
         from posttrain.judges.gold import task_judge
 

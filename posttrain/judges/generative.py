@@ -4,7 +4,8 @@ models: Mahan et al. 2024, arXiv:2410.12832; Zhang et al. 2024, arXiv:2408.15240
 Pairwise: the same conversation / principle / options as the multiple-choice judge
 (:mod:`posttrain.judges.llm`), followed by an instruction to reason briefly and end with a line
 "Verdict: (A)" or "Verdict: (B)". The reply is generated (greedy by default) and parsed by
-:func:`parse_verdict`; the verdict is hard (1.0 or 0.0). A reply that names no winner is a tie
+:func:`parse_verdict`; the verdict is hard (1.0 or 0.0). The reply itself is kept as the
+verdict's ``rationale`` (``posttrain judge`` writes it beside ``p_chosen``). A reply that names no winner is a tie
 (0.5) and is counted (``Verdict.unparsed``), never an error.
 
 Pointwise (``score``, for best-of-n): the judge rates one response "Score: N" on 1-10, parsed by
@@ -143,13 +144,18 @@ class GenerativeJudge:
         return [None if v is None else float(v == "A") for v in letters]
 
     def verdicts(self, items: Sequence[Item], *, swap: bool | None = None) -> list[Verdict]:
-        return judge_with_principles(
-            self.first_better,
-            items,
-            self.constitution,
-            self.rng,
-            swap=self.swap if swap is None else swap,
+        """Verdicts with the judge's reasons: ``rationale`` is its reply with ``a`` shown as (A),
+        ``rationale_swapped`` (with swap) its reply with ``a`` shown as (B)."""
+        swap = self.swap if swap is None else swap
+        out = judge_with_principles(
+            self.first_better, items, self.constitution, self.rng, swap=swap
         )
+        n = len(items)
+        for i, v in enumerate(out):  # first_better saw the forward orders, then the swapped
+            v.rationale = self.replies[i].strip()
+            if swap:
+                v.rationale_swapped = self.replies[n + i].strip()
+        return out
 
     def compare(self, prompt: Prompt, a: str, b: str) -> float:
         return self.verdicts([(prompt, a, b)])[0].p

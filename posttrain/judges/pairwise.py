@@ -17,6 +17,10 @@ judge's output could not be read, counted and treated as a tie, 0.5).
 sign((1 - P_A(b,a)) - 0.5)``); the **position-bias rate** of a run is the share of swapped
 comparisons where they do not. ``first_rate`` is the share of single-order judgments that chose
 position A (0.5 for a judge with no position preference on balanced data).
+
+:class:`FunctionJudge` makes a judge of any Python function ``fn(prompts, firsts, seconds) ->
+list[P(first better)]`` named ``module:function`` (e.g. a stub that always answers A, to see
+what swapping does to a position-biased judge).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from posttrain.data.formats import Prompt
+from posttrain.errors import UserError
 from posttrain.judges.constitution import Constitution
 
 Item = tuple[Prompt, str, str]  # (prompt, a, b)
@@ -41,6 +46,8 @@ class Verdict:
     p_swapped: float | None = None  # P(a better) with a shown in position B (None: not swapped)
     principle: str | None = None  # id of the principle sampled for this comparison
     unparsed: int = 0  # orders whose output could not be read (each counted as a tie)
+    rationale: str | None = None  # a generative judge's reasons, a shown in position A
+    rationale_swapped: str | None = None  # ... and with a shown in position B (when swapped)
 
     @property
     def swap_agree(self) -> bool | None:
@@ -146,3 +153,64 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, float | int | None]:
         "swap_agreement": 1 - disagree / len(swapped) if swapped else None,
         "first_rate": sum(p > 0.5 for p in first) / len(first) if first else None,
     }
+
+
+def is_pairwise_function(fn) -> bool:
+    """True for a function of three positional arguments (prompts, firsts, seconds): a pairwise
+    judge; a reward source takes two (prompts, completions)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    return len(positional) == 3
+
+
+class FunctionJudge:
+    """A pairwise judge from ``fn(prompts, firsts, seconds) -> list[float | None]``, each the
+    probability that the response shown first (position A) is better (None: no verdict, a tie).
+    ``verdicts`` and ``compare`` as every judge; ``swap`` asks both orders (see module doc)."""
+
+    kind = "function"
+
+    def __init__(self, spec: str, fn, *, swap: bool = False):
+        self.spec, self.fn, self.swap = spec, fn, swap
+
+    def first_better(self, asks) -> list[float | None]:
+        prompts, firsts, seconds = ([a[k] for a in asks] for k in range(3))
+        out = list(self.fn(prompts, firsts, seconds))
+        if len(out) != len(asks):
+            raise UserError(
+                f"--judge: {self.spec} returned {len(out)} values for {len(asks)} pairs"
+            )
+        for v in out:
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+                raise UserError(
+                    f"--judge: {self.spec} returned {v!r}; expected P in [0, 1] or None"
+                )
+        return [None if v is None else float(v) for v in out]
+
+    def verdicts(self, items: Sequence[Item], *, swap: bool | None = None) -> list[Verdict]:
+        return judge_pairs(self.first_better, items, swap=self.swap if swap is None else swap)
+
+    def compare(self, prompt: Prompt, a: str, b: str) -> float:
+        return self.verdicts([(prompt, a, b)])[0].p
+
+
+def load_function_judge(spec: str, *, swap: bool = False, field: str = "judge") -> FunctionJudge:
+    """The :class:`FunctionJudge` named ``module:function``; UserError when it cannot be imported
+    or does not take (prompts, firsts, seconds)."""
+    from posttrain.judges.sources import load_reward_source
+
+    try:
+        fn = load_reward_source(spec).fn
+    except UserError as exc:
+        raise UserError(str(exc).replace("--reward:", f"--{field}:", 1)) from None
+    if not is_pairwise_function(fn):
+        raise UserError(
+            f"--{field}: {spec} must take (prompts, firsts, seconds) and return P(first better)"
+        )
+    return FunctionJudge(spec, fn, swap=swap)

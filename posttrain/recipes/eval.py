@@ -5,7 +5,9 @@ Modes:
 - ``policy`` (default): sample one response per prompt from the policy (temperature 1) and from
   the opponent (the reference, another model, or a file of responses), then report
   - win rate against the opponent under a judge (ties as half) with a 95% Wilson interval, and the
-    length-controlled win rate (``posttrain.evaluation.win_rate``);
+    length-controlled win rate (``posttrain.evaluation.win_rate``); a pairwise judge (llm,
+    generative, a pairwise ``module:function``) judges both orders by default and the win rate
+    is the swap-debiased one, beside ``position_bias_rate`` (``--swap false``: one order);
   - KL(policy || reference) on the policy's own samples, k1 and k3 with standard errors;
   - gold reward (``--task``) and proxy reward (``--reward_model``) of both sides;
   - length, distinct-1/2, unigram entropy, and the policy's token entropy (mode collapse);
@@ -88,11 +90,18 @@ class Config:
     """Seed of the task's prompt draw."""
     judge: str | None = None
     """Who decides the win rate: `task:NAME` (gold), a reward-model directory, `module:function`
-    (a reward source; pointwise scores, the higher wins, equal is a tie), or `llm` / `generative`
+    (a reward source fn(prompts, completions): pointwise scores, the higher wins, equal is a tie;
+    or a pairwise judge fn(prompts, firsts, seconds) -> P(first better)), or `llm` / `generative`
     (a pairwise LLM judge run by --judge_model; its probability is the preference). Default: the
     task's gold reward, else --reward_model."""
     judge_model: str | None = None
     """The model of an `llm` or `generative` judge."""
+    swap: bool = True
+    """Pairwise judges (`llm`, `generative`, a `module:function` of (prompts, firsts, seconds)):
+    judge every prompt with the policy's response in position A and in position B and average
+    (position-swap debiasing); eval.json gets `position_bias_rate` and the single-order win rates.
+    `--swap false`: one order, the policy always in position A (half the judge calls; a
+    position-biased judge then decides the win rate)."""
     reward_model: str | None = None
     """Proxy reward model directory: its scores are reported as proxy_reward."""
     data: str | None = None

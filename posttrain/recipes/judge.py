@@ -5,7 +5,8 @@ records out — the "AI feedback" step of RLAIF.
 
 - KIND: ``llm`` (pairwise multiple-choice judge under a constitution), ``generative`` (reasons,
   then a parsed verdict), ``reward-model`` (M is a reward-model directory; sigmoid(r_a - r_b)),
-  ``task:NAME`` (a built-in task's gold reward; no model).
+  ``task:NAME`` (a built-in task's gold reward; no model), ``module:function`` (your function
+  ``fn(prompts, firsts, seconds) -> [P(first better)]``; no model).
 - Two completions give one record. **More than two: all pairs** — every (i, j), i < j, is judged
   and written as its own record (n (n - 1) / 2 per prompt), so no comparison the judge made is
   thrown away; pick subsets downstream by ``chosen_index`` / ``rejected_index``.
@@ -15,8 +16,10 @@ records out — the "AI feedback" step of RLAIF.
 - Each record: ``prompt``, ``chosen``, ``rejected``, ``p_chosen`` (the judge's probability that
   chosen is better, >= 0.5), ``judge`` (kind:model), ``principle`` (id, for constitutional
   judges), ``chosen_index``, ``rejected_index``, ``tie`` (p exactly 0.5: chosen is then the
-  earlier completion), ``unparsed`` (generative: orders whose reply named no winner) and, with
-  ``--swap``, ``swap_agree``. ``--ties drop`` leaves ties out.
+  earlier completion), ``unparsed`` (generative: orders whose reply named no winner), ``rationale`` (generative:
+  its reply with the first-listed completion as (A); with ``--swap`` also ``rationale_swapped``)
+  and, with ``--swap``, ``swap_agree``. ``--select best`` lines carry the judge's ``rationale``
+  about the winner. ``--ties drop`` leaves ties out.
 - A summary (comparisons, ties, unparsed, position-bias rate, swap agreement, first-position
   rate) goes to stderr and, with ``--summary FILE``, to a JSON file.
 """
@@ -44,7 +47,8 @@ SUMMARY = "Label prompts with 2+ completions using an AI or gold judge; writes p
 @dataclass(kw_only=True)
 class Config:
     judge: str
-    """Judge kind: `llm`, `generative`, `reward-model` or `task:NAME` (e.g. task:sentiment)."""
+    """Judge kind: `llm`, `generative`, `reward-model`, `task:NAME` (e.g. task:sentiment) or
+    `module:function` (fn(prompts, firsts, seconds) -> P(first better) per pair)."""
     model: str | None = None
     """Judge model (llm / generative: a model name or HF dir; reward-model: its directory)."""
     input: str
@@ -113,6 +117,10 @@ def label_pairs(judge, examples, *, swap: bool, judge_name: str, keep_ties: bool
             row["principle"] = v.principle
         if getattr(judge, "kind", "") == "generative":
             row["unparsed"] = v.unparsed
+        if v.rationale is not None:  # the judge's reasons, in the order it saw the pair
+            row["rationale"] = v.rationale
+            if v.rationale_swapped is not None:
+                row["rationale_swapped"] = v.rationale_swapped
         if swap:
             row["swap_agree"] = v.swap_agree
         if ex.id is not None:
@@ -141,7 +149,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         temperature=cfg.temperature,
         dtype=cfg.dtype,
     )
-    name = cfg.judge if cfg.judge.startswith("task:") else f"{cfg.judge}:{cfg.model}"
+    name = cfg.judge if cfg.model is None else f"{cfg.judge}:{cfg.model}"
     t0 = time.time()
     if cfg.select == "best":
         rows = []
@@ -164,6 +172,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                     "method": cfg.method,
                     "comparisons": sel.comparisons,
                     "unparsed": sel.unparsed,
+                    **({"rationale": sel.rationale} if sel.rationale else {}),
                     "judge": name,
                     **({"id": ex.id} if ex.id is not None else {}),
                 }
