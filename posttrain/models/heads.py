@@ -11,13 +11,15 @@ class ScalarHead(nn.Module):
     """Linear map from hidden states to ``n_out`` scalars: (..., H) -> (..., n_out).
 
     Initialised with a small normal (std 1/sqrt(H+1)) and zero bias, so the initial outputs are
-    near zero whatever the trunk."""
+    near zero whatever the trunk. ``bias=False``: no bias, like the ``score`` layer of a
+    transformers ``*ForSequenceClassification`` (reward models and separate critics)."""
 
-    def __init__(self, hidden_size: int, n_out: int = 1):
+    def __init__(self, hidden_size: int, n_out: int = 1, *, bias: bool = True):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, n_out)
+        self.linear = nn.Linear(hidden_size, n_out, bias=bias)
         nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1) ** 0.5)
-        nn.init.zeros_(self.linear.bias)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.to(self.linear.weight.dtype))

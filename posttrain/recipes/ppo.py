@@ -16,7 +16,8 @@ Each iteration:
    model: ``--resume`` continues exactly).
 
 The value head shares the policy's trunk by default (``posttrain.models.value``); with
-``separate_critic`` it gets its own trunk. With LoRA the reference is the policy with adapters off.
+``separate_critic`` it gets its own trunk, saved at the end to ``critic/`` as a transformers
+sequence-classification directory. With LoRA the reference is the policy with adapters off.
 Math: ``posttrain.losses`` (kl_shaped_rewards, gae, masked_whiten, ppo_policy_loss,
 ppo_value_loss, kl_estimate, explained_variance, value_clipfrac).
 
@@ -53,7 +54,7 @@ from posttrain.losses import (
     value_clipfrac,
 )
 from posttrain.models import check_model_name, forward_logprobs, load_model
-from posttrain.models.value import build_value_model
+from posttrain.models.value import build_value_model, load_critic
 from posttrain.recipes.sft import encode_all, nll_sum
 from posttrain.rollout.online import (
     Experience,
@@ -113,7 +114,8 @@ class Config(OnlineConfig):
     separate_critic: bool = False
     """Give the value head its own trunk (a copy of the starting policy, or critic_model)."""
     critic_model: str | None = None
-    """With separate_critic: the critic's starting model (a model name / HF directory)."""
+    """With separate_critic: the critic's starting model (a model name, HF directory, or a reward
+    model's directory: its trunk)."""
     ptx_data: str | None = None
     """PPO-ptx: SFT/pretraining data whose log-likelihood is mixed into the loss."""
     ptx_coef: float = 0.0
@@ -255,7 +257,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
 
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
-    critic = load_model(cfg.critic_model, dtype=cfg.dtype) if cfg.critic_model else None
+    critic = load_critic(cfg.critic_model, dtype=cfg.dtype) if cfg.critic_model else None
     value = disable_dropout(build_value_model(model, separate=cfg.separate_critic, critic=critic))
     model, reference, backend = load_trainable_policy(cfg, tokenizer, model)
     shares_trunk = value.shares_trunk
@@ -370,4 +372,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 "kl": kl_ctl.state_dict(),
             },
         )
+    if cfg.separate_critic:  # critic/: a sequence classifier (FSDP: gathered on every rank)
+        critic = distributed.unwrap(value)
+        state = distributed.full_state_dict(critic) if distributed.is_fsdp(critic) else None
+        if distributed.is_main():
+            critic.save(run_.dir / "critic", tokenizer, state=state)
     run_.finish(model, tokenizer, note=lambda: f" (peak RSS {peak_rss_mb():.0f} MB)")

@@ -92,6 +92,9 @@ def test_ppo_options_run_and_leave_their_traces(cli, jsonl, tmp_path):
     value = load_file(str(out / "checkpoint-1" / "value.safetensors"))
     assert any(k.startswith("critic.") for k in value)  # the critic's own trunk is saved
     assert (out / "final" / "config.json").exists()
+    critic = json.loads((out / "critic" / "config.json").read_text())  # a transformers classifier
+    assert critic["architectures"] == ["LlamaForSequenceClassification"]
+    assert critic["id2label"] == {"0": "value"}
 
 
 @pytest.mark.parametrize(

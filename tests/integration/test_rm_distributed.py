@@ -20,11 +20,8 @@ ARGS += ["--max_steps", "3", "--logging_steps", "1", "--progress", "false", "--b
 
 
 def _final(out):
-    f = out / "final"
+    f = out / "final"  # a sequence classifier: the trunk's body as model.*, the head as score.*
     weights = load_file(str(f / "model.safetensors"))
-    weights.update(
-        {f"head.{k}": v for k, v in load_file(str(f / "reward_head.safetensors")).items()}
-    )
     return weights, json.loads((f / "reward_config.json").read_text())
 
 
@@ -103,4 +100,4 @@ def test_fsdp_with_lora_2x4_equals_1x8(setup):
     assert_same_weights(w1, w2)
     assert meta1["mean"] == pytest.approx(meta2["mean"], abs=1e-6)
     assert meta1["std"] == pytest.approx(meta2["std"], abs=1e-6)
-    assert_moved({k: v for k, v in w2.items() if not k.startswith("head.")})  # merged adapters
+    assert_moved({k: v for k, v in w2.items() if not k.startswith("score.")})  # merged adapters

@@ -29,7 +29,7 @@ def test_shared_and_separate_value_models_read_the_same_positions():
     # entry t reads the hidden state of token t (the state in which token t+1 is chosen)
     expected = shared.head(hidden[:, :-1]).squeeze(-1)
     torch.testing.assert_close(shared(ids, attn, hidden), expected)
-    separate.head.load_state_dict(shared.head.state_dict())
+    separate.head.linear.weight.data.copy_(shared.head.linear.weight)  # (the critic's: no bias)
     # the critic's own trunk starts as a copy of the policy: same values, its own parameters
     torch.testing.assert_close(separate(ids, attn), expected, atol=1e-5, rtol=0)
     separate(ids, attn).sum().backward()

@@ -23,7 +23,7 @@ def tok():
 
 def _rm(tok, heads=("reward",), weights=None, seed=0) -> RewardModel:
     torch.manual_seed(seed)
-    rm = RewardModel(load_model("tiny-llama", tokenizer=tok), tok, heads, weights)
+    rm = RewardModel(load_model("tiny-llama", tokenizer=tok), tok, heads, weights, bias=True)
     torch.nn.init.normal_(rm.head.linear.weight, std=1.0)  # non-zero rewards to compare
     torch.nn.init.normal_(rm.head.linear.bias, std=1.0)
     return rm.eval()
@@ -138,7 +138,8 @@ def test_save_is_atomic_and_round_trips(tok, tmp_path):
     path.mkdir()
     (path / "stale.txt").write_text("old")  # an earlier save is replaced whole
     rm.save(path)
-    assert (path / HEAD_FILE).exists() and (path / CONFIG_FILE).exists()
+    assert (path / "model.safetensors").exists() and (path / CONFIG_FILE).exists()
+    assert not (path / HEAD_FILE).exists()  # the head is the classifier's score layer
     assert not (path / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["rm"]  # no temp dir left behind
     again = load_reward_model(path)
@@ -168,7 +169,8 @@ def test_lora_trunk_saves_merged_also_from_a_gathered_state(tok, tmp_path):
     rm.save(tmp_path / "given", state={k: v.clone() for k, v in rm.state_dict().items()})
     for d in ("own", "given"):
         saved = load_file(str(tmp_path / d / "model.safetensors"))
-        assert set(saved) == set(expected) - {"lm_head.weight"}  # tied to the embeddings
+        torch.testing.assert_close(saved.pop("score.weight"), rm.head.linear.weight.detach())
+        assert set(saved) == set(expected) - {"lm_head.weight"}  # a classifier: no LM head
         for k in saved:
             torch.testing.assert_close(saved[k], expected[k], rtol=0, atol=1e-6)
     plain = load_model("tiny-llama", tokenizer=tok).state_dict()
@@ -204,17 +206,14 @@ def test_one_label_sequence_classifier_loads_as_reward_model(tok, tmp_path):
     assert again.score(prompts, texts) == rm.score(prompts, texts)
 
 
-def test_two_label_classifier_is_refused(tok, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
+def test_a_causal_lm_is_not_a_reward_model(tok, tmp_path):
+    # (a K-label classifier loads as K heads: tests/integration/test_reward_hf_format.py)
     from posttrain.errors import UserError
+    from posttrain.models import save_pretrained
 
-    config = load_model("tiny-llama", tokenizer=tok).config
-    config.num_labels = 2
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "c2")
-    tok.save_pretrained(tmp_path / "c2")
-    with pytest.raises(UserError, match="one-label"):
-        load_reward_model(tmp_path / "c2")
+    save_pretrained(load_model("tiny-llama", tokenizer=tok), tok, tmp_path / "lm")
+    with pytest.raises(UserError, match="neither a posttrain reward model"):
+        load_reward_model(tmp_path / "lm")
 
 
 def test_reward_source_retokenizes_the_policys_text_with_its_own_template():
