@@ -62,6 +62,16 @@ def encode_example(tokenizer, prompt: Prompt, response: str, max_length: int) ->
     )
 
 
+def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
+    """Raw text (the ``text`` kind, e.g. pretraining data for PPO-ptx) with the loss on every
+    token: ``[bos] + text_ids + [eos]`` (BOS when the tokenizer adds one), the mask on everything
+    after BOS (without BOS the first token, which nothing predicts), cut to ``max_length``."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"]) + [tokenizer.eos_token_id]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    start = 1 if bos is not None and ids[0] == bos and len(ids) > 1 else 0
+    return Encoded(ids[:max_length], start, truncated=len(ids) > max_length)
+
+
 def prompt_kept(n_prompt: int, n_response: int, max_length: int) -> int:
     """How many prompt tokens (from its end) a sequence of at most ``max_length`` keeps: all if
     prompt and response fit; else as many as leave room for the response, but at least half of

@@ -11,6 +11,7 @@
 | unpaired    | prompt, completion, label (true = desirable)                   |
 | prompt      | prompt (prompt-only)                                           |
 | completions | prompt, completions (two or more) — judge / annotate input     |
+| text        | text (raw text, loss on every token, e.g. PPO-ptx data)        |
 
 Layouts as the hub publishes them are read as the kinds above (:func:`hub_layout`):
 
@@ -58,7 +59,7 @@ Messages = list[dict[str, str]]
 Prompt = str | Messages
 
 ROLES = ("system", "user", "assistant")
-KINDS = ("sft", "preference", "ranked", "scored", "unpaired", "prompt", "completions")
+KINDS = ("sft", "preference", "ranked", "scored", "unpaired", "prompt", "completions", "text")
 KIND_KEYS = {
     "sft": "prompt + completion, or messages",
     "preference": "prompt, chosen, rejected",
@@ -67,6 +68,7 @@ KIND_KEYS = {
     "unpaired": "prompt, completion, label",
     "prompt": "prompt",
     "completions": "prompt, completions",
+    "text": "text",
 }
 REQUIRED = {
     "sft": ("prompt", "completion"),
@@ -76,6 +78,7 @@ REQUIRED = {
     "unpaired": ("prompt", "completion", "label"),
     "prompt": ("prompt",),
     "completions": ("prompt", "completions"),
+    "text": ("text",),
 }
 
 
@@ -115,7 +118,7 @@ def detect_kind(data: dict[str, Any]) -> str | None:
     if {"chosen", "rejected"} <= keys:
         return "preference"  # with or without a prompt (implicit prompt: see hub_layout)
     if "prompt" not in keys:
-        return None
+        return "text" if "text" in keys else None
     if "completions" in keys:
         if "ranking" in keys or "wins" in keys:
             return "ranked"
@@ -360,6 +363,11 @@ def parse_example(rec: Record, kind: str) -> Example:
         return Example(
             kind, rec.where, prompt=messages[:-1], response=messages[-1]["content"], **meta
         )
+    if kind == "text":
+        text = d["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise _fail(rec, '"text" must be a non-empty string')
+        return Example(kind, rec.where, "", response=text, **meta)
     if implicit:
         prompt, chosen, rejected = _implicit_prompt(rec)
         d = dict(d, prompt=prompt, chosen=chosen, rejected=rejected)

@@ -66,7 +66,8 @@ def test_detect_kind_for_every_design_kind():
     assert detect_kind({"prompt": "p", "completions": ["a", "b"], "scores": []}) == "scored"
     assert detect_kind({"prompt": "p", "completion": "c", "label": True}) == "unpaired"
     assert detect_kind({"prompt": "p"}) == "prompt"
-    assert detect_kind({"text": "p"}) is None
+    assert detect_kind({"text": "p"}) == "text"  # raw text (PPO-ptx)
+    assert detect_kind({"txt": "p"}) is None
 
 
 def _error(fn) -> str:
