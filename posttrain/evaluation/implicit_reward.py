@@ -13,9 +13,9 @@ import torch
 
 from posttrain.data import Example, load_examples, to_preference_pairs
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
-from posttrain.models import check_model_name, load_model, load_tokenizer
+from posttrain.losses import reward_accuracy
+from posttrain.models import check_model_name, load_model, load_tokenizer, pair_logps
 from posttrain.models.lora import adapters_disabled
-from posttrain.recipes.dpo import pair_logps, win
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def implicit_reward_accuracy(
         *models, pairs, tokenizer.pad_token_id, beta=beta, batch_size=batch_size
     )  # (N,), (N,)
     return {
-        "accuracy": float(win(rc, rr).mean()),  # ties count half
+        "accuracy": float(reward_accuracy(rc, rr).mean()),  # ties count half
         "margin_mean": float((rc - rr).mean()),
         "chosen_reward_mean": float(rc.mean()),
         "rejected_reward_mean": float(rr.mean()),

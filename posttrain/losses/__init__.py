@@ -1,6 +1,11 @@
 """Losses, advantages and estimators as pure functions of tensors (float64 in -> float64 out)."""
 
-from posttrain.losses.advantages import gae, grpo_advantages, rloo_advantages
+from posttrain.losses.advantages import (
+    gae,
+    grpo_advantages,
+    moving_baseline_advantages,
+    rloo_advantages,
+)
 from posttrain.losses.common import (
     entropy_from_logits,
     log1mexp,
@@ -13,12 +18,16 @@ from posttrain.losses.kl import KL_KINDS, kl_estimate
 from posttrain.losses.ppo import ppo_policy_loss, ppo_value_loss
 from posttrain.losses.preference import (
     DPO_LOSS_TYPES,
+    PREFERENCE_LOSS_TYPES,
+    REFERENCE_FREE_LOSS_TYPES,
     bradley_terry_loss,
     dpo_loss,
     kto_kl_reference_point,
     kto_loss,
     orpo_loss,
+    preference_loss,
     reference_free_dpo_loss,
+    reward_accuracy,
     rpo_loss,
     simpo_loss,
 )
@@ -33,6 +42,8 @@ from posttrain.losses.sft import sft_loss, unlikelihood_loss
 
 __all__ = [
     "DPO_LOSS_TYPES",
+    "PREFERENCE_LOSS_TYPES",
+    "REFERENCE_FREE_LOSS_TYPES",
     "KL_KINDS",
     "adaptive_kl_coef",
     "bradley_terry_loss",
@@ -50,10 +61,13 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "moving_baseline_advantages",
     "orpo_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "preference_loss",
     "reference_free_dpo_loss",
+    "reward_accuracy",
     "reward_centering_loss",
     "rloo_advantages",
     "rpo_loss",

@@ -90,3 +90,21 @@ def grpo_advantages(rewards: torch.Tensor, *, scale: bool = True) -> torch.Tenso
         return centered
     std = rewards.std(dim=-1, keepdim=True, correction=1)  # (B, 1)
     return centered / (std + GRPO_STD_EPS)
+
+
+def moving_baseline_advantages(
+    rewards: torch.Tensor, baseline: float | None, batch_mean: float, *, decay: float
+) -> tuple[torch.Tensor, float]:
+    """REINFORCE with a moving-average baseline (Williams 1992, Sec. 4: any baseline that does
+    not depend on the action keeps the gradient unbiased): ``A = r - b``, then
+    ``b <- decay * b + (1 - decay) * batch_mean``.
+
+    ``baseline`` is b before this batch (None for the first batch: b = ``batch_mean``, so its
+    advantages are centred); ``batch_mean`` the batch's mean reward (under torchrun, over every
+    process's rows, which is why the caller passes it). Returns ``(advantages, new baseline)``;
+    the advantages of a batch never use its own update.
+
+    Shapes: rewards (B, K) -> advantages (B, K).
+    """
+    b = batch_mean if baseline is None else baseline
+    return rewards - b, decay * b + (1 - decay) * batch_mean

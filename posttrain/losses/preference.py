@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.losses.common import log1mexp
+from posttrain.losses.sft import unlikelihood_loss
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+REFERENCE_FREE_LOSS_TYPES = ("simpo", "orpo", "unlikelihood")  # never use a reference policy
+PREFERENCE_LOSS_TYPES = (*DPO_LOSS_TYPES, *REFERENCE_FREE_LOSS_TYPES)
 
 
 def bradley_terry_loss(
@@ -45,6 +48,19 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be > 0, got {beta}")
 
 
+def _smoothing(label_smoothing: float | torch.Tensor) -> float | torch.Tensor:
+    """One eps as a float, or per-pair eps as a (B,) tensor (kept as given)."""
+    if isinstance(label_smoothing, torch.Tensor) and label_smoothing.dim() > 0:
+        return label_smoothing
+    return float(label_smoothing)
+
+
+def _range(eps: float | torch.Tensor) -> tuple[float, float]:
+    if isinstance(eps, torch.Tensor):
+        return (float(eps.min()), float(eps.max())) if eps.numel() else (0.0, 0.0)
+    return eps, eps
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -53,7 +69,7 @@ def dpo_loss(
     *,
     beta: float,
     loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0,
+    label_smoothing: float | torch.Tensor = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO and its pairwise variants, as a function of the log-ratio difference
 
@@ -76,7 +92,9 @@ def dpo_loss(
         it subtracts the flipped-label term; it is unbiased for the clean loss and can be
         negative.
 
-    ``label_smoothing`` must be 0 for ``"ipo"`` and ``"hinge"`` (it has no meaning there).
+    ``label_smoothing`` must be 0 for ``"ipo"`` and ``"hinge"`` (it has no meaning there). It is
+    one number for the batch, or a (B,) tensor with one eps per pair: e.g. a judge's confidence
+    p_i in the chosen response gives eps_i = 1 - p_i (soft labels; online DPO's ``soft_labels``).
 
     Gradient (sigmoid): dL/d log pi(y_w) = -beta sigmoid(-beta h) (Rafailov et al. 2023, Sec. 4).
 
@@ -87,14 +105,15 @@ def dpo_loss(
     _check_beta(beta)
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected one of {DPO_LOSS_TYPES}")
-    eps = float(label_smoothing)
-    if loss_type == "sigmoid" and not 0.0 <= eps <= 0.5:
-        raise ValueError(f"label_smoothing for cDPO must be in [0, 0.5], got {eps}")
-    if loss_type == "robust" and not 0.0 <= eps < 0.5:
+    eps = _smoothing(label_smoothing)
+    lo, hi = _range(eps)
+    if loss_type == "sigmoid" and not 0.0 <= lo <= hi <= 0.5:
+        raise ValueError(f"label_smoothing for cDPO must be in [0, 0.5], got {label_smoothing}")
+    if loss_type == "robust" and not 0.0 <= lo <= hi < 0.5:
         raise ValueError(
-            f"label_smoothing (flip rate) for robust DPO must be in [0, 0.5), got {eps}"
+            f"label_smoothing (flip rate) for robust DPO must be in [0, 0.5), got {label_smoothing}"
         )
-    if loss_type in ("ipo", "hinge") and eps != 0.0:
+    if loss_type in ("ipo", "hinge") and (lo, hi) != (0.0, 0.0):
         raise ValueError(f"label_smoothing is not used by loss_type {loss_type!r}; set it to 0")
 
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
@@ -123,7 +142,7 @@ def reference_free_dpo_loss(
     *,
     beta: float,
     loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0,
+    label_smoothing: float | torch.Tensor = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO with a uniform reference (log pi_ref = 0), so h = log pi(y_w) - log pi(y_l).
 
@@ -273,3 +292,95 @@ def kto_loss(
     undesirable_losses = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - logratios)))
     losses = torch.where(desirable, desirable_losses, undesirable_losses)
     return losses, (beta * logratios).detach()
+
+
+def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Per pair 1 where the chosen response's reward is higher, 0.5 for a tie, else 0 (float64);
+    its mean is the pairwise accuracy (``rewards/accuracies``, ``eval/accuracy``).
+
+    A tie counts half, so a policy equal to its reference (every implicit reward 0) or a reward
+    model that cannot separate a pair scores 0.5, chance, not 0.
+
+    Shapes: (B,), (B,) -> (B,).
+    """
+    return (chosen_rewards > rejected_rewards).double() + 0.5 * (
+        chosen_rewards == rejected_rewards
+    ).double()
+
+
+def preference_loss(
+    policy,
+    ref_chosen: torch.Tensor | None,
+    ref_rejected: torch.Tensor | None,
+    *,
+    loss_type: str,
+    beta: float,
+    label_smoothing: float | torch.Tensor = 0.0,
+    rpo_alpha: float = 0.0,
+    simpo_gamma: float = 0.5,
+    orpo_lambda: float = 0.1,
+    unlikelihood_alpha: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))`` of any ``loss_type`` in
+    :data:`PREFERENCE_LOSS_TYPES`: the one dispatch from a loss name to the functions above.
+
+    ``policy`` holds the policy's log-probs of a pair batch (``posttrain.models.PairLogps``):
+    ``chosen``, ``rejected`` (B,) summed, ``chosen_lengths``, ``rejected_lengths`` (B,), and for
+    ``unlikelihood`` the per-token ``chosen_tokens``, ``rejected_tokens`` with their masks.
+    ``ref_chosen``/``ref_rejected`` (B,) are the reference's summed log-probs, or None for DPO
+    with a uniform reference (:func:`reference_free_dpo_loss`). ``rpo_alpha`` > 0 adds
+    :func:`rpo_loss`'s NLL to a DPO loss.
+
+    Rewards are the implicit rewards beta * log(pi / pi_ref) (reference-free losses: their own
+    reward, e.g. SimPO's length-normalised one; orpo and unlikelihood: beta * log pi), detached,
+    for metrics.
+    """
+    if loss_type == "simpo":
+        return simpo_loss(
+            policy.chosen,
+            policy.rejected,
+            policy.chosen_lengths,
+            policy.rejected_lengths,
+            beta=beta,
+            gamma=simpo_gamma,
+            label_smoothing=label_smoothing,
+        )
+    if loss_type in ("orpo", "unlikelihood"):
+        if loss_type == "orpo":
+            losses, _ = orpo_loss(
+                policy.chosen,
+                policy.rejected,
+                policy.chosen_lengths,
+                policy.rejected_lengths,
+                lam=orpo_lambda,
+            )
+        else:
+            losses = unlikelihood_loss(
+                policy.chosen_tokens,
+                policy.rejected_tokens,
+                policy.chosen_mask,
+                policy.rejected_mask,
+                alpha=unlikelihood_alpha,
+            )
+        return losses, beta * policy.chosen.detach(), beta * policy.rejected.detach()
+    if ref_chosen is None:
+        losses, rc, rr = reference_free_dpo_loss(
+            policy.chosen,
+            policy.rejected,
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+        )
+    else:
+        losses, rc, rr = dpo_loss(
+            policy.chosen,
+            policy.rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+        )
+    if rpo_alpha:
+        losses = rpo_loss(losses, policy.chosen, policy.chosen_lengths, alpha=rpo_alpha)
+    return losses, rc, rr

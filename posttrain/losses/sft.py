@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.losses.common import log1mexp, masked_mean
+from posttrain.losses.common import log1mexp, masked_mean, masked_sum
 
-SFT_NORMALIZE = ("tokens", "sequences")
+SFT_NORMALIZE = ("tokens", "sequences", "sum")
 UNLIKELIHOOD_MAX_LOGP = -1e-6  # log-probs are clamped here so log(1 - p) stays finite
 
 
@@ -18,7 +18,10 @@ def sft_loss(
     normalize:
       - ``"tokens"``: mean over every masked-in token of the batch, ``-sum(mask * lp) / sum(mask)``
         (the usual cross-entropy; long responses weigh more);
-      - ``"sequences"``: mean over sequences of each sequence's mean token NLL.
+      - ``"sequences"``: mean over sequences of each sequence's mean token NLL;
+      - ``"sum"``: the summed NLL of the masked-in tokens, ``-sum(mask * lp)``, for a caller that
+        divides by a count of its own (a micro-batch of a larger batch divides by the whole
+        batch's tokens, so micro-batches add up to the ``"tokens"`` mean of the batch).
 
     Shapes: token_logps (B, T) log pi(y_t | ...) of the target tokens, mask (B, T) -> scalar.
     """
@@ -26,6 +29,8 @@ def sft_loss(
         return -masked_mean(token_logps, mask)
     if normalize == "sequences":
         return -masked_mean(token_logps, mask, dim=-1).mean()
+    if normalize == "sum":
+        return -masked_sum(token_logps, mask)
     raise ValueError(f"unknown normalize {normalize!r}; expected one of {SFT_NORMALIZE}")
 
 

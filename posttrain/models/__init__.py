@@ -10,25 +10,27 @@ from posttrain.models.load import (
     torch_dtype,
 )
 from posttrain.models.logprobs import (
+    PairLogps,
     TokenLogprobs,
-    entropy_of_logits,
     forward_logprobs,
     forward_packed_logprobs,
     gather_logprobs,
+    pair_logps,
     position_ids_from_mask,
 )
 
 __all__ = [
     "KNOWN",
+    "PairLogps",
     "TokenLogprobs",
     "check_model_name",
-    "entropy_of_logits",
     "forward_logprobs",
     "forward_packed_logprobs",
     "gather_logprobs",
     "load_model",
     "load_policy",
     "load_tokenizer",
+    "pair_logps",
     "position_ids_from_mask",
     "save_pretrained",
     "torch_dtype",

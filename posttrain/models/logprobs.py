@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.losses.common import entropy_from_logits
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) positions counting only attended tokens (0 for leading padding)."""
@@ -35,14 +37,6 @@ def gather_logprobs(
         logits.flatten(0, -2), labels.flatten(), reduction="none"
     )
     return -nll.view(labels.shape)
-
-
-def entropy_of_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / temperature) over the last axis: (B, T, V) -> (B, T)."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 @dataclass
@@ -91,9 +85,51 @@ def forward_logprobs(
         logits = logits.float()
     mask = response_mask[:, 1:].to(logits.dtype)
     logps = gather_logprobs(logits, input_ids[:, 1:], temperature) * mask
-    entropy = entropy_of_logits(logits, temperature) * mask if with_entropy else None
+    if with_entropy:  # of the distribution sampled from: softmax(logits / temperature)
+        scaled = logits / temperature if temperature != 1.0 else logits
+        entropy = entropy_from_logits(scaled) * mask
+    else:
+        entropy = None
     hidden = out.hidden_states[-1] if with_hidden else None
     return TokenLogprobs(logps=logps, mask=mask, entropy=entropy, hidden=hidden)
+
+
+@dataclass
+class PairLogps:
+    """Summed response log-probs and lengths of a (2B, T) pair batch, split into halves."""
+
+    chosen: torch.Tensor  # (B,)
+    rejected: torch.Tensor  # (B,)
+    chosen_lengths: torch.Tensor  # (B,)
+    rejected_lengths: torch.Tensor  # (B,)
+    chosen_tokens: torch.Tensor  # (B, T-1) per-token log-probs (0 off the response)
+    rejected_tokens: torch.Tensor
+    chosen_mask: torch.Tensor  # (B, T-1)
+    rejected_mask: torch.Tensor
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
+    """Log-probs of a preference batch (``posttrain.data.preference.collate_pairs``) in one
+    forward over chosen and rejected together: padded rows (chosen rows, then rejected), or
+    padding-free rows holding each prompt once (``forward_packed_logprobs``)."""
+    if "label_from" in batch:
+        out = forward_packed_logprobs(model, batch)
+    else:
+        out = forward_logprobs(
+            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
+    b = batch["margin"].shape[0]
+    sums, lengths = out.sum(), out.lengths()
+    return PairLogps(
+        sums[:b],
+        sums[b:],
+        lengths[:b],
+        lengths[b:],
+        out.logps[:b],
+        out.logps[b:],
+        out.mask[:b],
+        out.mask[b:],
+    )
 
 
 def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogprobs:

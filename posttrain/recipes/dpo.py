@@ -52,27 +52,19 @@ from posttrain.data import load_examples, to_preference_pairs
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.errors import UserError
 from posttrain.losses import (
-    dpo_loss,
-    orpo_loss,
-    reference_free_dpo_loss,
-    rpo_loss,
-    simpo_loss,
-    unlikelihood_loss,
+    DPO_LOSS_TYPES,
+    REFERENCE_FREE_LOSS_TYPES,
+    preference_loss,
+    reward_accuracy,
 )
-from posttrain.models import (
-    check_model_name,
-    forward_logprobs,
-    forward_packed_logprobs,
-    load_model,
-    load_tokenizer,
-)
+from posttrain.models import PairLogps, check_model_name, load_model, load_tokenizer, pair_logps
 from posttrain.models.lora import adapters_disabled, apply_lora
 from posttrain.training import DataOrder, Run, distributed
 
 SUMMARY = "DPO and its family (IPO, hinge, robust, cDPO, RPO, SimPO, ORPO, unlikelihood) on pairs."
 
-DPO_TYPES = ("sigmoid", "ipo", "hinge", "robust")
-NO_REFERENCE = ("simpo", "orpo", "unlikelihood")
+DPO_TYPES = DPO_LOSS_TYPES
+NO_REFERENCE = REFERENCE_FREE_LOSS_TYPES
 USES_BETA = (*DPO_TYPES, "simpo")  # orpo and unlikelihood have no beta (it only scales logs)
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -172,111 +164,6 @@ class Config(TrainConfig):
 
 
 # --------------------------------------------------------------------------- reusable pieces
-
-
-@dataclass
-class PairLogps:
-    """Summed response log-probs and lengths of a (2B, T) pair batch, split into halves."""
-
-    chosen: torch.Tensor  # (B,)
-    rejected: torch.Tensor  # (B,)
-    chosen_lengths: torch.Tensor  # (B,)
-    rejected_lengths: torch.Tensor  # (B,)
-    chosen_tokens: torch.Tensor  # (B, T-1) per-token log-probs (0 off the response)
-    rejected_tokens: torch.Tensor
-    chosen_mask: torch.Tensor  # (B, T-1)
-    rejected_mask: torch.Tensor
-
-
-def pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
-    """One forward over chosen and rejected together (see ``collate_pairs``): padded rows, or
-    padding-free rows holding each prompt once."""
-    if "label_from" in batch:
-        out = forward_packed_logprobs(model, batch)
-    else:
-        out = forward_logprobs(
-            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        )
-    b = batch["margin"].shape[0]
-    sums, lengths = out.sum(), out.lengths()
-    return PairLogps(
-        sums[:b],
-        sums[b:],
-        lengths[:b],
-        lengths[b:],
-        out.logps[:b],
-        out.logps[b:],
-        out.mask[:b],
-        out.mask[b:],
-    )
-
-
-def preference_loss(
-    policy: PairLogps,
-    ref_chosen: torch.Tensor | None,
-    ref_rejected: torch.Tensor | None,
-    *,
-    loss_type: str,
-    beta: float,
-    label_smoothing: float = 0.0,
-    rpo_alpha: float = 0.0,
-    simpo_gamma: float = 0.5,
-    orpo_lambda: float = 0.1,
-    unlikelihood_alpha: float = 1.0,
-):
-    """``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))`` for any ``loss_type``.
-
-    Rewards are the implicit rewards beta * log(pi / pi_ref) (reference-free losses: their own
-    reward, e.g. SimPO's length-normalised one), detached, for metrics."""
-    if loss_type == "simpo":
-        return simpo_loss(
-            policy.chosen,
-            policy.rejected,
-            policy.chosen_lengths,
-            policy.rejected_lengths,
-            beta=beta,
-            gamma=simpo_gamma,
-            label_smoothing=label_smoothing,
-        )
-    if loss_type in ("orpo", "unlikelihood"):
-        if loss_type == "orpo":
-            losses, _ = orpo_loss(
-                policy.chosen,
-                policy.rejected,
-                policy.chosen_lengths,
-                policy.rejected_lengths,
-                lam=orpo_lambda,
-            )
-        else:
-            losses = unlikelihood_loss(
-                policy.chosen_tokens,
-                policy.rejected_tokens,
-                policy.chosen_mask,
-                policy.rejected_mask,
-                alpha=unlikelihood_alpha,
-            )
-        return losses, beta * policy.chosen.detach(), beta * policy.rejected.detach()
-    if ref_chosen is None:
-        losses, rc, rr = reference_free_dpo_loss(
-            policy.chosen,
-            policy.rejected,
-            beta=beta,
-            loss_type=loss_type,
-            label_smoothing=label_smoothing,
-        )
-    else:
-        losses, rc, rr = dpo_loss(
-            policy.chosen,
-            policy.rejected,
-            ref_chosen,
-            ref_rejected,
-            beta=beta,
-            loss_type=loss_type,
-            label_smoothing=label_smoothing,
-        )
-    if rpo_alpha:
-        losses = rpo_loss(losses, policy.chosen, policy.chosen_lengths, alpha=rpo_alpha)
-    return losses, rc, rr
 
 
 @torch.no_grad()
@@ -386,19 +273,12 @@ def evaluate(
         policy = pair_logps(model, batch)
         loss, rc, rr = preference_loss(policy, *_as(ref(batch, "eval", idx), policy), **loss_args)
         losses.append(loss)
-        correct.append(win(rc, rr))
+        correct.append(reward_accuracy(rc, rr))
     model.train(was)
     return {
         M.EVAL_LOSS: float(torch.cat(losses).mean()),
         M.EVAL_ACCURACY: float(torch.cat(correct).mean()),
     }
-
-
-def win(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """1 where the chosen response's reward is higher, 0.5 for a tie (e.g. before training), else 0."""
-    return (chosen_rewards > rejected_rewards).float() + 0.5 * (
-        chosen_rewards == rejected_rewards
-    ).float()
 
 
 def _as(ref_pair, policy: PairLogps):
@@ -520,7 +400,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                     ("loss", losses.detach()),
                     ("rc", rc),
                     ("rr", rr),
-                    ("acc", win(rc, rr)),
+                    ("acc", reward_accuracy(rc, rr)),
                     ("lc", policy.chosen.detach()),
                     ("lr", policy.rejected.detach()),
                 ):

@@ -30,10 +30,15 @@ from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
 from posttrain.data import Example, collate, encode_example, load_examples
 from posttrain.data.preference import collate_pairs, encode_pairs
-from posttrain.losses import kto_kl_reference_point, kto_loss
-from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
+from posttrain.losses import kto_kl_reference_point, kto_loss, reward_accuracy
+from posttrain.models import (
+    check_model_name,
+    forward_logprobs,
+    load_model,
+    load_tokenizer,
+    pair_logps,
+)
 from posttrain.models.lora import adapters_disabled, apply_lora
-from posttrain.recipes.dpo import pair_logps, win
 from posttrain.training import Run, distributed
 
 SUMMARY = "KTO on unpaired data: prompt, completion, label (true = desirable)."
@@ -136,7 +141,7 @@ def evaluate(model, reference, tokenizer, held_out, cfg: Config) -> dict[str, fl
                 ref = pair_logps(ref_model, batch)
             rc.append(cfg.beta * (policy.chosen - ref.chosen))
             rr.append(cfg.beta * (policy.rejected - ref.rejected))
-        out = {M.EVAL_ACCURACY: float(win(torch.cat(rc), torch.cat(rr)).mean())}
+        out = {M.EVAL_ACCURACY: float(reward_accuracy(torch.cat(rc), torch.cat(rr)).mean())}
     model.train(was)
     return out
 

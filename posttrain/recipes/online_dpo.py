@@ -16,10 +16,11 @@ One loop covers both; ``steps_per_round`` and ``ref_update`` choose the method:
 
 Pairs the judge cannot separate (p = 0.5: equal gold rewards, identical samples, an unparsed
 generative verdict) carry no preference and are left out of the step (counted in
-``judge/ties``). The loss is the DPO recipe's ``preference_loss`` (``posttrain.losses.dpo_loss``,
-loss_type sigmoid | ipo | hinge | robust); with ``soft_labels``
-the judge's confidence enters as per-pair label smoothing eps = 1 - p_chosen (cDPO, Mitchell
-2023), so a 55/45 verdict pulls less than a 100/0 one. Responses are re-encoded from their text
+``judge/ties``). The loss is ``posttrain.losses.preference_loss`` (``dpo_loss``, loss_type
+sigmoid | ipo | hinge | robust); with ``soft_labels`` the judge's confidence enters as per-pair
+label smoothing eps_i = 1 - p_chosen (cDPO, Mitchell 2023; ``dpo_loss`` takes a (B,) eps), so
+a 55/45 verdict pulls less than a 100/0 one. ``rewards/accuracies`` counts a tie half, as
+every recipe does (``losses.reward_accuracy``). Responses are re-encoded from their text
 (chat template, EOS appended) exactly as offline DPO encodes its data.
 
 Metrics: the DPO ones (``rewards/*``, ``logps/*``), the judge's (``judge/p_chosen``,
@@ -58,10 +59,10 @@ from posttrain.data.preference import collate_pairs, encode_pair
 from posttrain.errors import UserError
 from posttrain.judges.factory import build_judge, check_judge
 from posttrain.judges.pairwise import summarize
-from posttrain.losses import DPO_LOSS_TYPES, dpo_loss
-from posttrain.models import check_model_name, load_model, load_tokenizer
+from posttrain.losses import DPO_LOSS_TYPES, preference_loss, reward_accuracy
+from posttrain.models import check_model_name, load_model, load_tokenizer, pair_logps
 from posttrain.models.lora import apply_lora
-from posttrain.recipes.dpo import make_reference, pair_logps, preference_loss
+from posttrain.recipes.dpo import make_reference
 from posttrain.recipes.sample import sample_texts
 from posttrain.training import (
     DataOrder,
@@ -240,8 +241,8 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
     """Sum over ``pairs`` of the DPO loss / n_total (so micro-batches, and processes, add up to
     the step's mean), and the sums over ``pairs`` of the :data:`PAIR_METRICS`.
 
-    ``ref(batch, split, idx)`` is the DPO recipe's reference (a frozen copy, or the policy with
-    LoRA adapters off); the loss is its ``preference_loss`` (``posttrain.losses.dpo_loss``)."""
+    ``ref(batch, split, idx)`` is the reference (a frozen copy, or the policy with LoRA adapters
+    off); the loss is ``posttrain.losses.preference_loss``."""
     encoded = [
         encode_pair(
             tokenizer,
@@ -253,28 +254,26 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
     batch = collate_pairs(encoded, tokenizer.pad_token_id)
     logps = pair_logps(policy, batch)
     ref_chosen, ref_rejected = ref(batch, "train", [])
-    if cfg.soft_labels:  # cDPO with a per-pair eps_i = 1 - p_i (dpo_loss takes one eps)
-        eps = torch.tensor([1.0 - p["p"] for p in pairs], dtype=logps.chosen.dtype)
-        fwd, c_r, r_r = dpo_loss(
-            logps.chosen, logps.rejected, ref_chosen, ref_rejected, beta=cfg.beta
-        )
-        back, _, _ = dpo_loss(logps.rejected, logps.chosen, ref_rejected, ref_chosen, beta=cfg.beta)
-        losses = (1 - eps) * fwd + eps * back
-    else:
-        losses, c_r, r_r = preference_loss(
-            logps,
-            ref_chosen,
-            ref_rejected,
-            loss_type=cfg.loss_type,
-            beta=cfg.beta,
-            label_smoothing=cfg.label_smoothing,
-        )
+    # soft labels: cDPO with a per-pair eps_i = 1 - p_i (the judge's confidence)
+    eps = (
+        torch.tensor([1.0 - p["p"] for p in pairs], dtype=logps.chosen.dtype)
+        if cfg.soft_labels
+        else cfg.label_smoothing
+    )
+    losses, c_r, r_r = preference_loss(
+        logps,
+        ref_chosen,
+        ref_rejected,
+        loss_type=cfg.loss_type,
+        beta=cfg.beta,
+        label_smoothing=eps,
+    )
     logs = {
         M.TRAIN_LOSS: losses.detach().sum().item(),
         M.REWARDS_CHOSEN: c_r.sum().item(),
         M.REWARDS_REJECTED: r_r.sum().item(),
         M.REWARDS_MARGINS: (c_r - r_r).sum().item(),
-        M.REWARDS_ACCURACIES: (c_r > r_r).float().sum().item(),
+        M.REWARDS_ACCURACIES: reward_accuracy(c_r, r_r).sum().item(),  # ties half
         M.LOGPS_CHOSEN: logps.chosen.detach().sum().item(),
         M.LOGPS_REJECTED: logps.rejected.detach().sum().item(),
     }

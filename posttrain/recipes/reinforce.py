@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import check
+from posttrain.losses import moving_baseline_advantages
 from posttrain.recipes._policy_gradient import PolicyGradientConfig, run_policy_gradient
 from posttrain.training import distributed
 
@@ -33,12 +34,13 @@ class Config(PolicyGradientConfig):
 
 
 def moving_baseline(rewards: torch.Tensor, state: dict, decay: float) -> torch.Tensor:
-    """rewards - b (b = the first batch's mean before any update), then b <- decay * b +
-    (1 - decay) * this batch's mean (over every process's rows). rewards (B, K) -> (B, K)."""
+    """``losses.moving_baseline_advantages`` with b kept in ``state`` (checkpointed) and the
+    batch mean over every process's rows. rewards (B, K) -> (B, K)."""
     mean = distributed.all_sum(float(rewards.sum())) / distributed.all_sum(rewards.numel())
-    b = state.get("baseline", mean)
-    state["baseline"] = decay * b + (1 - decay) * mean
-    return rewards - b
+    advantages, state["baseline"] = moving_baseline_advantages(
+        rewards, state.get("baseline"), mean, decay=decay
+    )
+    return advantages
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:

@@ -34,7 +34,7 @@ from posttrain.data import load_examples, to_preference_pairs
 from posttrain.data.formats import Example
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.errors import UserError
-from posttrain.losses import bradley_terry_loss, reward_centering_loss
+from posttrain.losses import bradley_terry_loss, reward_accuracy, reward_centering_loss
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.models.reward import RewardModel, is_reward_model_dir, load_reward_model
@@ -135,11 +135,6 @@ def pair_rewards(rm, batch, head_idx: torch.Tensor) -> tuple[torch.Tensor, torch
     return rewards[:b][rows, head_idx], rewards[b:][rows, head_idx]
 
 
-def wins(rc: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
-    """(B,) 1 where the chosen response scores higher, 0.5 for a tie, else 0."""
-    return (rc > rr).float() + 0.5 * (rc == rr).float()
-
-
 @torch.no_grad()
 def accuracy(rm: RewardModel, pairs, heads: torch.Tensor, pad_id: int, batch_size: int) -> float:
     """Share of pairs whose chosen response gets the higher reward (ties count half)."""
@@ -148,7 +143,7 @@ def accuracy(rm: RewardModel, pairs, heads: torch.Tensor, pad_id: int, batch_siz
     won = []
     for i in range(0, len(pairs), batch_size):
         batch = collate_pairs(pairs[i : i + batch_size], pad_id)
-        won.append(wins(*pair_rewards(rm, batch, heads[i : i + batch_size])))
+        won.append(reward_accuracy(*pair_rewards(rm, batch, heads[i : i + batch_size])))
     rm.train(was)
     return float(torch.cat(won).mean())
 
@@ -223,7 +218,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 (losses.sum() / cfg.batch_size).backward()  # mean over the GLOBAL batch's pairs
                 rc, rr = rc.detach(), rr.detach()
                 sums["loss"] += float(losses.detach().sum())
-                sums["acc"] += float(wins(rc, rr).sum())
+                sums["acc"] += float(reward_accuracy(rc, rr).sum())
                 sums["margin"] += float((rc - rr).sum())
                 sums["rc"] += float(rc.sum())
                 sums["rr"] += float(rr.sum())

@@ -22,6 +22,7 @@ from posttrain import metrics as M
 from posttrain.config import TrainConfig
 from posttrain.data import Encoded, Example, collate, encode_example, load_examples
 from posttrain.data.collate import collate_packed, pack
+from posttrain.losses import sft_loss
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.training import Run, distributed
@@ -89,7 +90,8 @@ def without_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def nll_sum(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response NLL and response-token count of one batch."""
+    """Summed response NLL (``losses.sft_loss``, normalize ``sum``) and response-token count of
+    one batch."""
     out = forward_logprobs(
         model,
         batch["input_ids"],
@@ -97,7 +99,7 @@ def nll_sum(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         batch["response_mask"],
         position_ids=batch.get("position_ids"),
     )
-    return -out.logps.sum(), out.mask.sum()
+    return sft_loss(out.logps, out.mask, normalize="sum"), out.mask.sum()
 
 
 @torch.no_grad()

@@ -259,8 +259,7 @@ def test_preference_baselines_preferred_ft_and_control_tokens(cli, jsonl, tmp_pa
     reward-conditioned model prefers chosen-style text more after [GOOD] than after [BAD]."""
     from posttrain.data import load_examples
     from posttrain.data.preference import collate_pairs, encode_pairs
-    from posttrain.models import load_model, load_tokenizer
-    from posttrain.recipes.dpo import pair_logps
+    from posttrain.models import load_model, load_tokenizer, pair_logps
     from posttrain.recipes.sft import BAD, GOOD, with_prefix
     from tests.helpers_pref import preference_rows
 

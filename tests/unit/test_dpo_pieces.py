@@ -11,10 +11,16 @@ import torch
 
 from posttrain.data import Example
 from posttrain.data.preference import collate_pairs, encode_pairs
-from posttrain.losses import dpo_loss, orpo_loss, simpo_loss, unlikelihood_loss
-from posttrain.models import forward_logprobs, load_model, load_tokenizer
+from posttrain.losses import (
+    dpo_loss,
+    orpo_loss,
+    preference_loss,
+    reward_accuracy,
+    simpo_loss,
+    unlikelihood_loss,
+)
+from posttrain.models import PairLogps, forward_logprobs, load_model, load_tokenizer, pair_logps
 from posttrain.recipes import dpo
-from posttrain.recipes.dpo import PairLogps, pair_logps, preference_loss, win
 
 PAIRS = [
     ("The movie was", " great and lovely.", " awful."),
@@ -138,7 +144,9 @@ def test_reference_free_types_dispatch_to_their_losses():
 
 
 def test_win_counts_ties_half():
-    assert win(torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 0.0])).tolist() == [
+    assert reward_accuracy(
+        torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 0.0])
+    ).tolist() == [
         1.0,
         0.5,
         0.0,
@@ -261,6 +269,6 @@ def test_implicit_reward_accuracy_by_hand(model, tok, pairs):
     with torch.no_grad():
         p, r = pair_logps(policy, batch), pair_logps(model, batch)
     margins = 0.1 * ((p.chosen - r.chosen) - (p.rejected - r.rejected))
-    assert res["accuracy"] == pytest.approx(float(win(margins, torch.zeros(3)).mean()))
+    assert res["accuracy"] == pytest.approx(float(reward_accuracy(margins, torch.zeros(3)).mean()))
     assert res["margin_mean"] == pytest.approx(float(margins.mean()), abs=1e-12)
     assert res["accuracy"] != 0.5

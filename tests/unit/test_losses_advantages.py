@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from posttrain.losses import gae, grpo_advantages, rloo_advantages
+from posttrain.losses import gae, grpo_advantages, moving_baseline_advantages, rloo_advantages
 
 TOL = {"atol": 1e-9, "rtol": 1e-9}
 GAMMA, LAM = 0.9, 0.8  # gamma * lam = 0.72
@@ -111,3 +111,14 @@ def test_group_of_one_rejected():
         rloo_advantages(f64([[1.0], [2.0]]))
     with pytest.raises(ValueError):
         grpo_advantages(f64([[1.0], [2.0]]))
+
+
+def test_moving_baseline_by_hand():
+    """decay 0.5. Batch 1 (mean 2, no baseline yet): b = 2, A = (-1, 1), b <- 2.
+    Batch 2 (mean 5): A = (4 - 2, 6 - 2) = (2, 4), b <- 0.5 * 2 + 0.5 * 5 = 3.5."""
+    a, b = moving_baseline_advantages(f64([[1.0], [3.0]]), None, 2.0, decay=0.5)
+    assert_close(a, f64([[-1.0], [1.0]]), **TOL)
+    assert b == 2.0
+    a, b = moving_baseline_advantages(f64([[4.0], [6.0]]), b, 5.0, decay=0.5)
+    assert_close(a, f64([[2.0], [4.0]]), **TOL)
+    assert b == 3.5

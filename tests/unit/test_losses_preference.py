@@ -13,6 +13,7 @@ from posttrain.losses import (
     kto_loss,
     orpo_loss,
     reference_free_dpo_loss,
+    reward_accuracy,
     rpo_loss,
     simpo_loss,
 )
@@ -63,6 +64,42 @@ def test_dpo_cdpo_known_h():
     losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=BETA, label_smoothing=0.1)
     expected = [0.9 * softplus(-z) + 0.1 * softplus(z) for z in (0.75, 1.5)]
     assert_close(losses, f64(*expected), **TOL)
+
+
+def test_dpo_per_pair_label_smoothing_known_h():
+    """eps = (0.1, 0.3), one per pair (soft labels: a judge 90% and 70% sure):
+    row 0: 0.9 * log(1 + e^-0.75) + 0.1 * log(1 + e^0.75) = 0.9 * 0.3868710 + 0.1 * 1.1368710;
+    row 1: 0.7 * log(1 + e^-1.5) + 0.3 * log(1 + e^1.5). Rewards do not depend on eps."""
+    eps = f64(0.1, 0.3)
+    losses, rc, rr = dpo_loss(PC, PR, RC, RR, beta=BETA, label_smoothing=eps)
+    expected = [
+        0.9 * softplus(-0.75) + 0.1 * softplus(0.75),
+        0.7 * softplus(-1.5) + 0.3 * softplus(1.5),
+    ]
+    assert_close(losses, f64(*expected), **TOL)
+    assert_close(losses[0], torch.tensor(0.9 * 0.38687101 + 0.1 * 1.13687101, dtype=torch.float64))
+    assert_close(rc, f64(0.5, 0.5), **TOL)
+    assert_close(rr, f64(-0.25, -1.0), **TOL)
+    # a per-pair eps equal for every pair is the one-number eps
+    same, _, _ = dpo_loss(PC, PR, RC, RR, beta=BETA, label_smoothing=f64(0.1, 0.1))
+    one, _, _ = dpo_loss(PC, PR, RC, RR, beta=BETA, label_smoothing=0.1)
+    assert_close(same, one, **TOL)
+    # robust takes per-pair flip rates too: ((1 - e) l(h) - e l(-h)) / (1 - 2e) per row
+    robust, _, _ = dpo_loss(PC, PR, RC, RR, beta=BETA, loss_type="robust", label_smoothing=eps)
+    expected = [
+        (0.9 * softplus(-0.75) - 0.1 * softplus(0.75)) / 0.8,
+        (0.7 * softplus(-1.5) - 0.3 * softplus(1.5)) / 0.4,
+    ]
+    assert_close(robust, f64(*expected), **TOL)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dpo_loss(PC, PR, RC, RR, beta=BETA, label_smoothing=f64(0.1, 0.6))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dpo_loss(PC, PR, RC, RR, beta=BETA, loss_type="hinge", label_smoothing=f64(0.0, 0.1))
+
+
+def test_reward_accuracy_counts_ties_half():
+    got = reward_accuracy(f64(1.0, 0.0, -1.0, 2.0), f64(0.0, 0.0, 0.0, 2.0))
+    assert got.tolist() == [1.0, 0.5, 0.0, 0.5] and got.dtype == torch.float64
 
 
 def test_dpo_robust_known_h():
