@@ -49,3 +49,4 @@ TIME_SCORING = "time/scoring_s"  # seconds in the reward source this step
 TIME_LOGPROBS = "time/logprobs_s"  # seconds computing policy/reference log-probs of the rollout
 TIME_TRAINING = "time/training_s"  # seconds in forward/backward/optimizer this step
 MEMORY_PEAK_RSS = "memory/peak_rss_mb"  # peak resident memory of the process so far
+TRAIN_TIES = "train/ties"  # tied pairs (p = 0.5) in the training data: dropped, or --ties soft
