@@ -32,6 +32,7 @@ RECIPES = {
     "eval": "posttrain.recipes.eval",
     "plan": "posttrain.recipes.plan",
     "demo": "posttrain.recipes.demo",
+    "plot": "posttrain.recipes.plot",
     "sweep": "posttrain.recipes.sweep",
     "annotate": "posttrain.annotate.cli",
 }

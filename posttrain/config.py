@@ -396,8 +396,14 @@ class TrainConfig:
     """LoRA adapters."""
     progress: bool = True
     """Show a progress bar with ETA on stderr."""
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also send the logged metrics to TensorBoard (event files in output_dir/runs) or to an
+    offline wandb run (output_dir/wandb); metrics.jsonl is written either way."""
 
     def validate(self) -> None:
+        from posttrain.training.trackers import check_available
+
+        check_available(self.report_to)  # a missing package fails before output_dir exists
         check(self.max_steps >= 1, "max_steps", "must be >= 1", self.max_steps)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(

@@ -1,7 +1,9 @@
 """``posttrain annotate ...``: serve the app, manage accounts and assignments, report, export.
 
-    posttrain annotate create-admin  --db votes.db [--name admin]
-    posttrain annotate add-annotator --db votes.db alice bob
+    posttrain annotate create-admin  --db votes.db [--name admin] [--token-days N]
+    posttrain annotate add-annotator --db votes.db [--token-days N] alice bob
+    posttrain annotate reset-token   --db votes.db [--token-days N] alice
+    posttrain annotate deactivate    --db votes.db alice
     posttrain annotate load          --db votes.db --tasks samples.jsonl
     posttrain annotate assign        --db votes.db [--overlap 2] [--annotators alice,bob]
     posttrain annotate serve         --db votes.db --tasks samples.jsonl --port 8000
@@ -53,17 +55,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback)")
     p.add_argument("--guidelines", help="Markdown file shown to annotators (default: built in)")
     p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (HTTPS)")
+    p.add_argument(
+        "--session-hours",
+        type=float,
+        default=auth.SESSION_HOURS,
+        help=f"a browser login lasts this long (default {auth.SESSION_HOURS:g})",
+    )
 
     p = command("load", "Load a tasks file into the database.")
     p.add_argument("--tasks", required=True)
 
     p = command("create-admin", "Create an admin account and print its login token.")
     p.add_argument("--name", default="admin")
+    p.add_argument(
+        "--token-days",
+        type=float,
+        help="the token stops working after this many days (default never)",
+    )
 
     p = command("add-annotator", "Create annotator accounts; prints 'NAME TOKEN' per line.")
     p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument(
+        "--token-days",
+        type=float,
+        help="the token stops working after this many days (default never)",
+    )
 
-    p = command("reset-token", "Give an account a new login token (the old one stops working).")
+    p = command(
+        "reset-token", "Give an account a new login token (the old one and its sessions stop)."
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--token-days",
+        type=float,
+        help="the token stops working after this many days (default never)",
+    )
+
+    p = command("deactivate", "Lock an account out: its token and open sessions stop working.")
     p.add_argument("name", metavar="NAME")
 
     p = command("assign", "Assign tasks: gold items to everyone, others to --overlap annotators.")
@@ -97,7 +125,11 @@ def _run(args) -> int:
     if args.command == "export" and args.min_gold_agreement is not None:
         if not 0.0 <= args.min_gold_agreement <= 1.0:
             raise UsageError("--min-gold-agreement must be between 0 and 1")
+    if getattr(args, "token_days", None) is not None and not 0 < args.token_days <= 36500:
+        raise UsageError(f"--token-days must be from 0 (exclusive) to 36500, got {args.token_days}")
     if args.command == "serve":
+        if not 0 < args.session_hours <= 24 * 366:
+            raise UsageError("--session-hours must be from 0 (exclusive) to 8784")
         if args.guidelines and not Path(args.guidelines).is_file():
             raise UsageError(f"{args.guidelines}: no such file")
         if args.tasks:
@@ -115,20 +147,28 @@ def _run(args) -> int:
         print(f"loaded {added} new tasks ({present} already present) from {args.tasks}")
     elif args.command == "create-admin":
         with session(engine) as db:
-            token = auth.create_account(db, args.name, ROLE_ADMIN)
+            token = auth.create_account(db, args.name, ROLE_ADMIN, token_days=args.token_days)
             db.commit()
         print(f"{args.name} {token}")
     elif args.command == "add-annotator":
         with session(engine) as db:
-            tokens = [(name, auth.create_account(db, name, ROLE_ANNOTATOR)) for name in args.names]
+            tokens = [
+                (name, auth.create_account(db, name, ROLE_ANNOTATOR, token_days=args.token_days))
+                for name in args.names
+            ]
             db.commit()
         for name, token in tokens:
             print(f"{name} {token}")
     elif args.command == "reset-token":
         with session(engine) as db:
-            token = auth.reset_token(db, args.name)
+            token = auth.reset_token(db, args.name, token_days=args.token_days)
             db.commit()
         print(f"{args.name} {token}")
+    elif args.command == "deactivate":
+        with session(engine) as db:
+            auth.deactivate(db, args.name)
+            db.commit()
+        print(f"deactivated {args.name}: its token and open sessions no longer work")
     elif args.command == "assign":
         names = [n.strip() for n in args.annotators.split(",")] if args.annotators else None
         with session(engine) as db:
@@ -168,7 +208,12 @@ def _serve(engine, args) -> int:
         added, present = _load(engine, args.tasks)
         print(f"loaded {added} new tasks ({present} already present) from {args.tasks}", flush=True)
     guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else None
-    app = create_app(engine, guidelines=guidelines, secure_cookies=args.secure_cookies)
+    app = create_app(
+        engine,
+        guidelines=guidelines,
+        secure_cookies=args.secure_cookies,
+        session_hours=args.session_hours,
+    )
     print(f"posttrain annotate: serving on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

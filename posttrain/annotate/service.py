@@ -47,7 +47,8 @@ from posttrain.data.pairs import letter_index, parse_ranking
 ASPECTS = {"helpfulness": 5, "presentation": 3}
 # Confidence of an A / B choice: 1 = slightly better, 2 = better, 3 = much better.
 MAX_CONFIDENCE = 3
-_VOTE_KEY = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_VOTE_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")  # used with fullmatch: "$" would allow a final "\n"
+_MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns on PostgreSQL
 
 
 class NotFound(LookupError):
@@ -170,6 +171,8 @@ def assign(db: Session, names: list[str] | None = None, *, overlap: int = 1, see
 
 
 def _owned(db: Session, account: Account, assignment_id: int) -> Assignment:
+    if not isinstance(assignment_id, int) or not 1 <= assignment_id <= _MAX_ID:
+        raise NotFound(f"no task {assignment_id} for you")  # the database cannot hold such an id
     assignment = db.get(Assignment, assignment_id)
     if assignment is None or assignment.account_id != account.id:
         raise NotFound(f"no task {assignment_id} for you")
@@ -309,7 +312,11 @@ def _check_vote(payload: dict, order: list[int]) -> dict:
     if choice is not None:
         if n != 2:
             raise Invalid(f'"choice" is for two responses; this task has {n}, send a "ranking"')
-        shown = {"A": "A > B", "B": "B > A", "tie": "A = B"}.get(choice)
+        shown = (
+            {"A": "A > B", "B": "B > A", "tie": "A = B"}.get(choice)
+            if isinstance(choice, str)
+            else None
+        )
         if shown is None:
             raise Invalid('"choice" must be "A", "B" or "tie"')
         kind = "choice"
@@ -398,7 +405,7 @@ def record_vote(
     ``vote_key`` and ``assignment_id`` settle races between concurrent identical submits.
     """
     key = payload.get("vote_key")
-    if not isinstance(key, str) or not _VOTE_KEY.match(key):
+    if not isinstance(key, str) or not _VOTE_KEY.fullmatch(key):
         raise Invalid('"vote_key" must be 8-64 characters of letters, digits, "-" or "_"')
     try:
         vote = _replay(db, account, assignment_id, key)

@@ -25,7 +25,9 @@ from posttrain import metrics as M
 from posttrain.errors import UserError
 from posttrain.training import distributed
 from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from posttrain.training.curves import write_run_curves
 from posttrain.training.optim import make_optimizer, make_scheduler, optimizer_step
+from posttrain.training.trackers import open_tracker
 
 
 def prepare_output_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path | None:
@@ -179,6 +181,7 @@ class Run:
         self.resume_from = distributed.on_main(lambda: self._prepare(flags))
         self.start_step = 0
         self.metrics: MetricsLog | None = None
+        self.tracker = None  # --report_to: TensorBoard / offline wandb (rank 0)
         self._bar = None
         self._t0 = time.time()
 
@@ -209,6 +212,13 @@ class Run:
         if not distributed.is_main():
             return state
         self.metrics = MetricsLog(self.dir / "metrics.jsonl", resume_step=self.start_step)
+        self.tracker = open_tracker(
+            getattr(self.config, "report_to", "none"),
+            self.dir,
+            config=self.config,
+            recipe=self.recipe,
+            resume_step=self.start_step,
+        )
         if self.config.progress:
             from tqdm import tqdm
 
@@ -253,6 +263,8 @@ class Run:
             return
         assert self.metrics is not None, "call run.restore() first"
         self.metrics.log(step, {**values, M.ELAPSED: round(time.time() - self._t0, 3)})
+        if self.tracker is not None:  # a copy of the row metrics.jsonl just got
+            self.tracker.log(step, {k: v for k, v in self.metrics.last.items() if k != M.STEP})
         if self._bar is not None:
             shown = {
                 k.split("/")[-1]: f"{v:.4g}"
@@ -289,7 +301,8 @@ class Run:
             )
 
     def finish(self, model, tokenizer=None, *, save=None, note=None) -> Path:
-        """Save ``final/`` atomically: an HF directory with the tokenizer, or through ``save(path)``
+        """Save ``final/`` atomically (and draw ``curves.png`` from metrics.jsonl; close the
+        ``--report_to`` tracker): an HF directory with the tokenizer, or through ``save(path)``
         for models with their own format (reward models; under FSDP ``save(path, state=full
         weights)``). With several processes call it on every rank: rank 0 saves (FSDP shards are
         gathered first), the others wait. Rank 0 then prints ``saved PATH`` and ``note()`` (a
@@ -298,6 +311,9 @@ class Run:
 
         if self._bar is not None:
             self._bar.close()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
         final = self.dir / "final"
         model = distributed.unwrap(model)
         # FSDP: the full weights, gathered on rank 0 (a collective); else the model's own
@@ -307,6 +323,7 @@ class Run:
                 save(final, state=state)
             else:
                 save_pretrained(model, tokenizer, final, state=state)
+            write_run_curves(self.dir, title=f"{self.recipe}: {self.dir.name}")  # curves.png
         distributed.barrier()
         if distributed.is_main():
             print(f"saved {final}{note() if note else ''}")

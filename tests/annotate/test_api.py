@@ -332,7 +332,8 @@ def test_custom_guidelines_are_served_escaped(setup):
         setup.engine, guidelines="# Our rules\n\nPrefer **short** answers. <script>x</script>"
     )
     with TestClient(app) as test_client:
-        data = test_client.get("/api/guidelines").json()
+        assert test_client.get("/api/guidelines").status_code == 401  # login first
+        data = test_client.get("/api/guidelines", headers=setup.headers("alice")).json()
     assert "<h1>Our rules</h1>" in data["html"] and "<strong>short</strong>" in data["html"]
     assert "<script>" not in data["html"]
     assert data["aspects"] == {"helpfulness": 5, "presentation": 3} and data["max_confidence"] == 3
