@@ -203,6 +203,15 @@ def write_atomically(path: str | Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor that owns exactly its storage (a view into a larger buffer, e.g. of
+    FSDP's gathered state, is copied: safetensors refuses views of shared storage)."""
+    whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    if whole and t.storage_offset() == 0 and t.is_contiguous():
+        return t
+    return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+
+
 def classifier_class(config):
     """The transformers ``*ForSequenceClassification`` class of a model config."""
     from transformers import AutoModelForSequenceClassification
@@ -258,7 +267,7 @@ def save_classifier(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(directory)
-    save_torch_state_dict({k: v.contiguous() for k, v in weights.items()}, str(directory))
+    save_torch_state_dict({k: _own_storage(v) for k, v in weights.items()}, str(directory))
     tokenizer.save_pretrained(directory)
 
 

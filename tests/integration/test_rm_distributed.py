@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from posttrain.training import read_metrics
@@ -59,7 +58,7 @@ def test_ddp_2x4_equals_1x8(setup):
     proc = torchrun("rm", *ARGS, *extra, "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (w1, meta1), (w2, meta2) = _final(d / "single"), _final(out)
-    assert not torch.equal(w1["head.linear.weight"], torch.zeros_like(w1["head.linear.weight"]))
+    assert w1["score.weight"].abs().max() > 0  # the head (the classifier's score) moved
     assert_same_weights(w1, w2)
     assert meta1["mean"] == pytest.approx(meta2["mean"], abs=1e-6)
     assert meta1["std"] == pytest.approx(meta2["std"], abs=1e-6)
