@@ -5,21 +5,27 @@ JSON and the page writes it with ``textContent``, never as HTML. A Content-Secur
 inline scripts backs this up.
 
 Authentication: ``Authorization: Bearer TOKEN`` (scripts) or the ``pt_session`` cookie set by the
-login form (browsers; ``HttpOnly``, ``SameSite=Strict``). Cookie-authenticated requests that change
-state must carry the CSRF token (see ``auth``). No credential or an unknown one -> 401; the wrong
-role -> 403; another annotator's task -> 404 (we do not confirm that it exists).
+login form (browsers; ``HttpOnly``, ``SameSite=Strict``), which holds a server-side session id, not
+the token (logout revokes it; see ``auth``). Cookie-authenticated requests that change state must
+carry the CSRF token and, if they send ``Origin``, come from this very origin (scheme included). No
+credential, an unknown or expired one -> 401; the wrong role -> 403; another annotator's task or
+an id the database cannot hold -> 404 (we do not confirm that it exists). Every route checks the
+credential before it reads a request body, and bodies over ``MAX_BODY_BYTES`` are refused (413)
+before they are read whole.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Body, FastAPI, HTTPException, Request
+import anyio.from_thread
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
 
 from posttrain.annotate import auth, markdown, service
 from posttrain.annotate.db import ROLE_ADMIN, ROLE_ANNOTATOR, Account, session
@@ -27,7 +33,7 @@ from posttrain.annotate.export import MODES, preference_records, to_jsonl
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "annotate"
 DEFAULT_GUIDELINES = ASSETS / "guidelines.md"
-JsonObject = Annotated[dict, Body()]
+MAX_BODY_BYTES = 64 * 1024  # a vote, a login form or an admin request is far smaller
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _HEADERS = {
     "Content-Security-Policy": (
@@ -41,11 +47,79 @@ _HEADERS = {
 }
 
 
+class _BodyLimit:
+    """ASGI middleware: a request whose body is over ``limit`` bytes gets 413 and reaches no route.
+    A declared ``Content-Length`` is judged before anything is read (the server holds the body to
+    it); a body without one (chunked) is read here, at most ``limit + 1`` bytes, and handed on
+    whole only when it fits."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def refuse(self, scope, receive, send):
+        response = Response(
+            json.dumps({"detail": f"request body over {self.limit} bytes"}),
+            status_code=413,
+            media_type="application/json",
+            headers={**_HEADERS, "Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                return await self.refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await self.refuse(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def read_json_object(request: Request) -> dict:
+    """The request's JSON object body, read from a sync route (FastAPI runs those in a worker
+    thread); call it only after the credential check. Not a JSON object -> 422."""
+    body = anyio.from_thread.run(request.body)
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise HTTPException(422, "the request body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise HTTPException(422, "the request body must be a JSON object")
+    return value
+
+
 def create_app(
-    engine: Engine, *, guidelines: str | None = None, secure_cookies: bool = False
+    engine: Engine,
+    *,
+    guidelines: str | None = None,
+    secure_cookies: bool = False,
+    session_hours: float = auth.SESSION_HOURS,
 ) -> FastAPI:
     """The app over ``engine``. ``guidelines`` is Markdown text (default: the posttrain guidelines);
-    ``secure_cookies`` adds the ``Secure`` flag (use it behind HTTPS)."""
+    ``secure_cookies`` adds the ``Secure`` flag (use it behind HTTPS); a login lasts
+    ``session_hours`` at most."""
     app = FastAPI(title="posttrain annotate", docs_url=None, redoc_url=None, openapi_url=None)
     guidelines_html = markdown.render(
         guidelines if guidelines is not None else DEFAULT_GUIDELINES.read_text(encoding="utf-8")
@@ -59,6 +133,7 @@ def create_app(
             response.headers.setdefault(name, value)
         return response
 
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before anything reads
     app.mount("/static", StaticFiles(directory=ASSETS / "static"), name="static")
 
     def set_cookie(response: Response, name: str, value: str, *, http_only: bool) -> None:
@@ -69,7 +144,7 @@ def create_app(
     # -- authentication -------------------------------------------------------------------------
 
     def credential(request: Request) -> tuple[str | None, bool]:
-        """(token, came from the cookie)."""
+        """(login token, False) from the header or (session id, True) from the cookie."""
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             return header[7:].strip(), False
@@ -77,20 +152,28 @@ def create_app(
 
     def check_csrf(request: Request) -> None:
         origin = request.headers.get("origin")
-        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+        host = request.headers.get("host")
+        allowed = {f"{request.url.scheme}://{host}"}
+        if secure_cookies:  # behind an HTTPS proxy the app itself may see http
+            allowed.add(f"https://{host}")
+        if origin is not None and origin not in allowed:
             raise HTTPException(403, "cross-origin request refused")
         if not auth.same_secret(
             request.headers.get(auth.CSRF_HEADER), request.cookies.get(auth.CSRF_COOKIE)
         ):
             raise HTTPException(403, "missing or wrong CSRF token; reload the page")
 
-    def require(db, request: Request, role: str) -> Account:
-        token, from_cookie = credential(request)
-        account = auth.account_for_token(db, token)
+    def require(db, request: Request, role: str | None) -> Account:
+        """The signed-in account, which must have ``role`` (``None``: any role)."""
+        secret, from_cookie = credential(request)
+        if from_cookie:
+            account = auth.account_for_session(db, secret)
+            detail = "log in first" if not secret else "your session has ended; log in again"
+        else:
+            account, detail = auth.check_token(db, secret)
         if account is None:
-            detail = "log in first" if not token else "this token is not valid"
             raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
-        if account.role != role:
+        if role is not None and account.role != role:
             raise HTTPException(403, f"this needs an {role} account")
         if from_cookie and request.method not in _SAFE_METHODS:
             check_csrf(request)
@@ -98,7 +181,7 @@ def create_app(
 
     def page_account(request: Request) -> Account | None:
         with session(engine) as db:
-            return auth.account_for_token(db, request.cookies.get(auth.SESSION_COOKIE))
+            return auth.account_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
 
     # -- pages ----------------------------------------------------------------------------------
 
@@ -131,12 +214,22 @@ def create_app(
         ):
             return render_login(request, "Your session expired; please try again.", 403)
         token = str(form.get("token", "")).strip()
-        with session(engine) as db:
-            account = auth.account_for_token(db, token)
+
+        def start() -> tuple[Account | None, str]:
+            with session(engine) as db:
+                account, problem = auth.check_token(db, token)
+                if account is None:
+                    return None, problem
+                session_id = auth.start_session(db, account, session_hours)
+                db.commit()
+                return account, session_id
+
+        account, session_id = await run_in_threadpool(start)
         if account is None:
-            return render_login(request, "That token is not valid.", 401)
+            message = "That token has expired." if "expired" in session_id else ""
+            return render_login(request, message or "That token is not valid.", 401)
         response = RedirectResponse(home_of(account), status_code=303)
-        set_cookie(response, auth.SESSION_COOKIE, token, http_only=True)
+        set_cookie(response, auth.SESSION_COOKIE, session_id, http_only=True)
         set_cookie(response, auth.CSRF_COOKIE, auth.new_csrf_token(), http_only=False)
         return response
 
@@ -147,6 +240,13 @@ def create_app(
             str(form.get(auth.CSRF_FIELD, "")), request.cookies.get(auth.CSRF_COOKIE)
         ):
             raise HTTPException(403, "missing or wrong CSRF token")
+
+        def end() -> None:
+            with session(engine) as db:
+                auth.end_session(db, request.cookies.get(auth.SESSION_COOKIE))
+                db.commit()
+
+        await run_in_threadpool(end)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(auth.SESSION_COOKIE, path="/")
         return response
@@ -170,7 +270,9 @@ def create_app(
     # -- annotator API --------------------------------------------------------------------------
 
     @app.get("/api/guidelines")
-    def get_guidelines():
+    def get_guidelines(request: Request):
+        with session(engine) as db:
+            require(db, request, None)
         return {
             "html": guidelines_html,
             "aspects": service.ASPECTS,
@@ -201,9 +303,10 @@ def create_app(
                 raise HTTPException(404, str(exc)) from None
 
     @app.post("/api/tasks/{assignment_id}/vote")
-    def vote(assignment_id: int, request: Request, payload: JsonObject):
+    def vote(assignment_id: int, request: Request):
         with session(engine) as db:
             account = require(db, request, ROLE_ANNOTATOR)
+            payload = read_json_object(request)
             try:
                 summary, created = service.record_vote(db, account, assignment_id, payload)
             except service.NotFound as exc:
@@ -212,7 +315,8 @@ def create_app(
                 raise HTTPException(409, str(exc)) from None
             except service.Invalid as exc:
                 raise HTTPException(422, str(exc)) from None
-            return {"stored": True, "duplicate": not created, **summary}
+            # a replayed key answers with the vote already stored under it: nothing new is stored
+            return {"stored": created, "duplicate": not created, **summary}
 
     @app.post("/api/tasks/{assignment_id}/skip")
     def skip(assignment_id: int, request: Request):
@@ -233,9 +337,10 @@ def create_app(
             return service.dashboard(db)
 
     @app.post("/api/admin/annotators")
-    def add_annotator(request: Request, payload: JsonObject):
+    def add_annotator(request: Request):
         with session(engine) as db:
             require(db, request, ROLE_ADMIN)
+            payload = read_json_object(request)
             name = payload.get("name")
             try:
                 token = auth.create_account(db, str(name or ""), ROLE_ANNOTATOR)
@@ -245,9 +350,10 @@ def create_app(
             return {"name": name, "token": token}
 
     @app.post("/api/admin/assign")
-    def assign(request: Request, payload: JsonObject):
+    def assign(request: Request):
         with session(engine) as db:
             require(db, request, ROLE_ADMIN)
+            payload = read_json_object(request)
             overlap, seed = payload.get("overlap", 1), payload.get("seed", 0)
             names = payload.get("annotators")
             if not isinstance(overlap, int) or not isinstance(seed, int):
@@ -266,11 +372,14 @@ def create_app(
             return {"assigned": count}
 
     @app.get("/api/admin/export")
-    def export(request: Request, mode: str = "all", include_gold: bool = False):
-        if mode not in MODES:
-            raise HTTPException(422, f"mode must be one of {', '.join(MODES)}")
+    def export(request: Request, mode: str = "all", include_gold: str = "false"):
         with session(engine) as db:
-            require(db, request, ROLE_ADMIN)
+            require(db, request, ROLE_ADMIN)  # before looking at the parameters
+            if mode not in MODES:
+                raise HTTPException(422, f"mode must be one of {', '.join(MODES)}")
+            if include_gold.lower() not in ("true", "false", "1", "0"):
+                raise HTTPException(422, "include_gold must be true or false")
+            include_gold = include_gold.lower() in ("true", "1")
             records = preference_records(db, mode, include_gold=include_gold)
         return Response(
             to_jsonl(records),
