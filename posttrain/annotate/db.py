@@ -1,9 +1,10 @@
 """Tables and engine setup for the annotation app (SQLAlchemy 2.x).
 
-Four tables: ``accounts`` (annotators and admins, login tokens stored as SHA-256 hashes), ``tasks``
+Tables: ``accounts`` (annotators and admins, login tokens stored as SHA-256 hashes), ``tasks``
 (a prompt with 2..26 completions, optionally a gold ranking), ``assignments`` (which annotator sees
 which task, in which shuffled order) and ``votes`` (one per assignment, keyed by a client-made
-``vote_key`` so a retried or double-clicked submit can never store twice).
+``vote_key`` so a retried or double-clicked submit can never store twice; a revised vote replaces
+the row and its earlier version moves to ``vote_revisions``).
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a vote is on disk before the server answers.
 Writers take the lock up front (``BEGIN IMMEDIATE``) so concurrent writers wait on the busy timeout
@@ -119,6 +120,28 @@ class Vote(Base):
     ratings: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, original letters
     elapsed_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class VoteRevision(Base):
+    """A superseded version of a vote: when an annotator revises an answer, the ``votes`` row takes
+    the new answer (exports read only ``votes``) and the old one is copied here. A new table, so
+    databases made before revisions existed gain it from ``create_all`` without a migration."""
+
+    __tablename__ = "vote_revisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vote_id: Mapped[int] = mapped_column(ForeignKey("votes.id"), index=True)
+    vote_key: Mapped[str] = mapped_column(String(64), unique=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    ranking: Mapped[str] = mapped_column(String(200))
+    shown_ranking: Mapped[str] = mapped_column(String(200))
+    confidence: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ratings: Mapped[str | None] = mapped_column(Text, nullable=True)
+    elapsed_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # of that version
+    superseded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 def normalize_url(url: str) -> str:

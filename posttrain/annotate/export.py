@@ -1,35 +1,55 @@
-"""Votes -> preference JSONL that ``posttrain rm`` and ``posttrain dpo`` read.
+"""Votes -> JSONL that ``posttrain rm`` and ``posttrain dpo`` read, keeping what annotators said.
 
-Each record has ``prompt``, ``chosen``, ``rejected`` (the preference format of DESIGN.md) plus
-``annotator`` and ``task_id``. Rankings become pairs with ``ranking_to_pairs``; ties give no pair.
+Preference records (DESIGN.md) have ``prompt``, ``chosen``, ``rejected`` plus ``annotator`` (the
+account name), ``task_id`` and, per vote, ``elapsed_ms`` (time spent on the task; a revised vote's
+time adds up over its visits). Strength and ties use DESIGN.md's keys:
 
-- ``mode="all"``: one record per pair per vote; A / B votes carry their ``confidence`` (1 slightly
-  better, 2 better, 3 much better).
-- ``mode="majority"``: votes on the same task are pooled pair by pair; a pair is kept when one
-  side got strictly more votes than the other side and than "tie". ``annotator`` is
-  ``"majority"``, ``annotators`` lists who voted, ``confidence`` is the winning share of the votes.
+- A / B votes carry ``p_chosen`` from their confidence (``CONFIDENCE_P``: 1 "slightly better"
+  -> 0.6, 2 "better" -> 0.75, 3 "much better" -> 0.9) and the raw ``confidence``. Rankings and
+  A / B votes without a confidence carry no ``p_chosen`` (certain, p = 1).
+- A tie (an A = B vote, or ``=`` inside a ranking) is a record with ``tie: true`` (chosen / rejected
+  in file order); the trainers drop ties by default and count them (``--ties soft`` trains them).
 
-Gold (screening) items are left out unless ``include_gold``; ``min_gold_agreement`` drops every
-vote of annotators whose gold agreement is below it (annotators with no gold answers are kept).
+Modes:
+
+- ``"all"``: one record per response pair per vote (a ranking of K gives K(K-1)/2 records).
+- ``"majority"``: the votes on a task are pooled pair by pair. ``p_chosen`` is the majority share:
+  (votes for the chosen side + half the tie votes) / all votes on that pair; chosen is the side
+  with the larger share, and an even split is ``tie: true``. ``annotator`` is ``"majority"``,
+  ``annotators`` lists the voters, ``votes`` counts them and ``vote_counts`` splits them
+  (``chosen`` / ``rejected`` / ``tie``).
+- ``"scored"``: Likert ratings as scored records (``prompt``, ``completions``, ``scores``: one
+  ``{aspect: score}`` per completion, in file order) for ``posttrain rm --heads
+  helpfulness,presentation``; one record per vote whose every completion got a score on a common
+  aspect (only the aspects rated for all completions are kept; other votes are left out).
+
+Only the latest version of a revised vote is exported (``revisions`` says how many earlier versions
+the database keeps). Gold (screening) items are left out unless ``include_gold``;
+``min_gold_agreement`` drops every vote of annotators whose gold agreement is below it (annotators
+with no gold answers are kept).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from posttrain.annotate import quality
-from posttrain.annotate.db import Account, Task, Vote
+from posttrain.annotate.db import Account, Task, Vote, VoteRevision
 from posttrain.annotate.tasks import loads_stored
 from posttrain.data.io import dumps_line
-from posttrain.data.pairs import letter_index, ranking_to_pairs
 
-MODES = ("all", "majority")
+MODES = ("all", "majority", "scored")
+# Confidence of an A / B vote -> probability that the chosen response is preferred. The scale's
+# words ("slightly better", "better", "much better") are read as 60 %, 75 % and 90 %; a choice is
+# never exported as certain, since the annotator could have been wrong.
+CONFIDENCE_P = {1: 0.6, 2: 0.75, 3: 0.9}
 
 
 def _screened_out(rows, threshold: float | None) -> set[str]:
@@ -49,7 +69,8 @@ def preference_records(
     include_gold: bool = False,
     min_gold_agreement: float | None = None,
 ) -> list[dict]:
-    """Preference records from all stored votes, in a stable order (task, then vote)."""
+    """Records from all stored votes in a stable order (task, then vote): preference records, or
+    scored records for ``mode="scored"``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     rows = db.execute(
@@ -64,26 +85,53 @@ def preference_records(
         for vote, task, name in rows
         if name not in dropped and (include_gold or task.gold is None)
     ]
+    revisions = dict(
+        db.execute(select(VoteRevision.vote_id, func.count()).group_by(VoteRevision.vote_id)).all()
+    )
     if mode == "all":
-        return [record for row in rows for record in _all_records(*row)]
+        return [record for row in rows for record in _all_records(*row, revisions)]
+    if mode == "scored":
+        return [record for row in rows for record in _scored_records(*row, revisions)]
     return _majority_records(rows)
 
 
-def _all_records(vote: Vote, task: Task, name: str) -> list[dict]:
+def _about(vote: Vote, task: Task, name: str, revisions: dict[int, int]) -> dict:
+    about = {"annotator": name, "task_id": task.ext_id}
+    if vote.elapsed_ms is not None:
+        about["elapsed_ms"] = vote.elapsed_ms
+    if revisions.get(vote.id):
+        about["revisions"] = revisions[vote.id]
+    return about
+
+
+def _all_records(vote: Vote, task: Task, name: str, revisions: dict[int, int]) -> list[dict]:
     prompt, completions = loads_stored(task.prompt), loads_stored(task.completions)
     records = []
-    for better, worse in ranking_to_pairs(vote.ranking):
-        record = {
-            "prompt": prompt,
-            "chosen": completions[letter_index(better)],
-            "rejected": completions[letter_index(worse)],
-            "annotator": name,
-            "task_id": task.ext_id,
-        }
-        if vote.kind == "choice" and vote.confidence is not None:
+    for (i, j), relation in quality.pair_relations(vote.ranking).items():
+        better, worse = (j, i) if relation == "<" else (i, j)
+        record = {"prompt": prompt, "chosen": completions[better], "rejected": completions[worse]}
+        if relation == "=":
+            record["tie"] = True
+        elif vote.kind == "choice" and vote.confidence is not None:
+            record["p_chosen"] = CONFIDENCE_P[vote.confidence]
             record["confidence"] = vote.confidence
+        record.update(_about(vote, task, name, revisions))
         records.append(record)
     return records
+
+
+def _scored_records(vote: Vote, task: Task, name: str, revisions: dict[int, int]) -> list[dict]:
+    ratings = json.loads(vote.ratings) if vote.ratings else {}
+    completions = loads_stored(task.completions)
+    letters = [chr(ord("A") + k) for k in range(len(completions))]
+    per_completion = [ratings.get(letter, {}) for letter in letters]
+    common = set.intersection(*(set(scores) for scores in per_completion))
+    if not common:
+        return []
+    scores = [{aspect: s[aspect] for aspect in sorted(common)} for s in per_completion]
+    record = {"prompt": loads_stored(task.prompt), "completions": completions, "scores": scores}
+    record.update(_about(vote, task, name, revisions))
+    return [record]
 
 
 def _majority_records(rows) -> list[dict]:
@@ -102,24 +150,29 @@ def _majority_records(rows) -> list[dict]:
         for (i, j), tally in sorted(counts.items()):
             ahead, behind, ties = tally[">"], tally["<"], tally["="]
             total = ahead + behind + ties
-            if ahead > behind and ahead > ties:
-                better, worse, wins = i, j, ahead
-            elif behind > ahead and behind > ties:
-                better, worse, wins = j, i, behind
+            p_first = (ahead + ties / 2) / total
+            if p_first >= 0.5:
+                better, worse, p, wins, losses = i, j, p_first, ahead, behind
             else:
-                continue  # a tie won, or no side has a plurality
-            records.append(
+                better, worse, p, wins, losses = j, i, 1 - p_first, behind, ahead
+            record = {
+                "prompt": prompt,
+                "chosen": completions[better],
+                "rejected": completions[worse],
+            }
+            if p == 0.5:
+                record["tie"] = True
+            record.update(
                 {
-                    "prompt": prompt,
-                    "chosen": completions[better],
-                    "rejected": completions[worse],
+                    "p_chosen": p,
                     "annotator": "majority",
                     "annotators": names,
                     "task_id": task.ext_id,
                     "votes": total,
-                    "confidence": wins / total,
+                    "vote_counts": {"chosen": wins, "rejected": losses, "tie": ties},
                 }
             )
+            records.append(record)
     return records
 
 

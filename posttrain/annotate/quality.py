@@ -134,3 +134,63 @@ def inter_annotator(votes: Sequence[tuple[Hashable, str, str]]) -> dict:
         "observed_agreement": agree / total if total else None,
         "pairs": pairs,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# the admin's quality view: disagreement per task, habits per annotator
+
+
+def disagreement(rankings: Sequence[str]) -> float:
+    """How much the votes on one task disagree: the mean over completion pairs of
+    1 - (share of votes holding the most common relation on that pair). 0 when all votes agree;
+    two votes that differ on every pair give 0.5; ``n`` votes split evenly over 3 relations give 2/3.
+    """
+    if len(rankings) < 2:
+        return 0.0
+    tallies: dict[tuple[int, int], Counter] = {}
+    for ranking in rankings:
+        for key, relation in pair_relations(ranking).items():
+            tallies.setdefault(key, Counter())[relation] += 1
+    shares = [1 - max(t.values()) / sum(t.values()) for t in tallies.values()]
+    return sum(shares) / len(shares)
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The middle value (the mean of the two middle ones for an even count); None when empty."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return None
+    return float(ordered[n // 2]) if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def annotator_habits(votes: Sequence[dict]) -> dict:
+    """Habits of one annotator from their votes, each ``{"kind", "shown_ranking", "confidence",
+    "elapsed_ms"}`` (``shown_ranking`` in the letters the annotator saw).
+
+    - ``position_a_rate``: of their A / B choices that were not ties, the share that chose the
+      response shown first. Display order is shuffled per annotator, so a careful annotator sits
+      near 0.5; far from it is a position bias. None without such votes.
+    - ``tie_rate``: share of all the response pairs they compared that they called a tie.
+    - ``confidence``: how many A / B choices had confidence 1, 2, 3.
+    - ``median_ms``: median time per task (``elapsed_ms``; revisions add up), None if unrecorded.
+    """
+    first = strict = ties = pairs = 0
+    confidence = {1: 0, 2: 0, 3: 0}
+    for vote in votes:
+        relations = pair_relations(vote["shown_ranking"])
+        ties += sum(r == "=" for r in relations.values())
+        pairs += len(relations)
+        if vote["kind"] == "choice" and relations[(0, 1)] != "=":
+            strict += 1
+            first += relations[(0, 1)] == ">"
+        if vote["kind"] == "choice" and vote.get("confidence") in confidence:
+            confidence[vote["confidence"]] += 1
+    times = [v["elapsed_ms"] for v in votes if v.get("elapsed_ms") is not None]
+    return {
+        "votes": len(votes),
+        "position_a_rate": first / strict if strict else None,
+        "tie_rate": ties / pairs if pairs else None,
+        "confidence": confidence,
+        "median_ms": median(times),
+    }

@@ -293,6 +293,13 @@ def create_app(
             view = None if assignment is None else service.task_view(db, account, assignment.id)
             return {"task": view, "progress": service.progress(db, account)}
 
+    @app.get("/api/recent")
+    def recent(request: Request):
+        """The annotator's answered tasks, latest first (the page's "previous")."""
+        with session(engine) as db:
+            account = require(db, request, ROLE_ANNOTATOR)
+            return {"answers": service.recent_answers(db, account)}
+
     @app.get("/api/tasks/{assignment_id}")
     def get_task(assignment_id: int, request: Request):
         with session(engine) as db:
@@ -363,13 +370,27 @@ def create_app(
             ):
                 raise HTTPException(422, '"annotators" must be a list of names')
             try:
+                before = service.assignment_counts(db)
                 count = service.assign(db, names, overlap=overlap, seed=seed)
+                after = service.assignment_counts(db)
                 db.commit()
             except service.NotFound as exc:
                 raise HTTPException(404, str(exc)) from None
             except service.Invalid as exc:
                 raise HTTPException(422, str(exc)) from None
-            return {"assigned": count}
+            # "gold" / "regular": how many of the new assignments are screening items (an
+            # assignment that added only gold tasks means there were no new tasks to hand out)
+            return {
+                "assigned": count,
+                "gold": after["gold"] - before["gold"],
+                "regular": after["regular"] - before["regular"],
+            }
+
+    @app.get("/api/admin/quality")
+    def quality_view(request: Request):
+        with session(engine) as db:
+            require(db, request, ROLE_ADMIN)
+            return service.quality_report(db)
 
     @app.get("/api/admin/export")
     def export(request: Request, mode: str = "all", include_gold: str = "false"):

@@ -221,7 +221,11 @@ def task_view(db: Session, account: Account, assignment_id: int) -> dict:
         "prompt": loads_stored(task.prompt),
         "responses": [
             # html: the same renderer as the guidelines (raw HTML is not passed through)
-            {"letter": letter, "text": completions[index], "html": markdown.render(completions[index])}
+            {
+                "letter": letter,
+                "text": completions[index],
+                "html": markdown.render(completions[index]),
+            }
             for letter, index in zip(shown, order)
         ],
         "vote": None if vote is None else _shown_vote(vote, order),
@@ -543,4 +547,78 @@ def dashboard(db: Session) -> dict:
         "gold_threshold": quality.GOLD_THRESHOLD,
         "annotators": table,
         "agreement": quality.inter_annotator(overlap_votes),
+    }
+
+
+def assignment_counts(db: Session) -> dict[str, int]:
+    """Assignments so far on gold (screening) tasks and on the rest."""
+    rows = db.execute(
+        select(Task.gold.is_not(None), func.count())
+        .select_from(Assignment)
+        .join(Task, Task.id == Assignment.task_id)
+        .group_by(Task.gold.is_not(None))
+    )
+    counts = {"gold": 0, "regular": 0}
+    for is_gold, count in rows:
+        counts["gold" if is_gold else "regular"] += count
+    return counts
+
+
+def quality_report(db: Session, *, top: int = 10) -> dict:
+    """The admin's quality view: the ``top`` most-disagreed tasks (two or more votes) with each
+    annotator's vote, and per annotator the habits of ``quality.annotator_habits`` plus how many
+    answers they revised."""
+    rows = db.execute(
+        select(Vote, Task, Account.name)
+        .join(Task, Task.id == Vote.task_id)
+        .join(Account, Account.id == Vote.account_id)
+        .order_by(Task.id, Account.name)
+    ).all()
+    revised = Counter(
+        dict(
+            db.execute(
+                select(Account.name, func.count(func.distinct(VoteRevision.vote_id)))
+                .join(Account, Account.id == VoteRevision.account_id)
+                .group_by(Account.name)
+            ).all()
+        )
+    )
+    by_task: dict[int, list] = {}
+    by_name: dict[str, list[dict]] = {}
+    for vote, task, name in rows:
+        by_task.setdefault(task.id, []).append((vote, task, name))
+        by_name.setdefault(name, []).append(
+            {
+                "kind": vote.kind,
+                "shown_ranking": vote.shown_ranking,
+                "confidence": vote.confidence,
+                "elapsed_ms": vote.elapsed_ms,
+            }
+        )
+    contested = []
+    for group in by_task.values():
+        if len(group) < 2:
+            continue
+        task = group[0][1]
+        prompt = loads_stored(task.prompt)
+        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        contested.append(
+            {
+                "task_id": task.ext_id,
+                "prompt": text[:200],
+                "gold": task.gold,
+                "disagreement": quality.disagreement([vote.ranking for vote, _, _ in group]),
+                "votes": [
+                    {"annotator": name, "ranking": vote.ranking, "confidence": vote.confidence}
+                    for vote, _, name in group
+                ],
+            }
+        )
+    contested.sort(key=lambda item: (-item["disagreement"], item["task_id"]))
+    return {
+        "disagreed": [item for item in contested if item["disagreement"] > 0][:top],
+        "annotators": [
+            {"name": name, **quality.annotator_habits(votes), "revised": revised[name]}
+            for name, votes in sorted(by_name.items())
+        ],
     }

@@ -554,6 +554,35 @@ def split_ties(pairs: Sequence[Example], ties: str = "drop") -> tuple[list[Examp
     return kept, n
 
 
+def select_pairs(
+    pairs: Sequence[Example], *, ties: str, what: str, loss_type: str | None = None
+) -> tuple[list[Example], int]:
+    """The preference pairs a run trains on and how many ties the data held (see
+    :func:`split_ties`); UserError (before anything is written) when nothing is left or when
+    ``loss_type`` (a DPO-family name; None: Bradley–Terry, which takes any p) cannot train a
+    pair's soft label (``posttrain.losses.soft_label_problem``), naming that record."""
+    from posttrain.losses import soft_label_problem
+
+    kept, n_ties = split_ties(pairs, ties)
+    if n_ties and not kept:
+        raise UserError(
+            f"{what}: no pairs left: all {n_ties} pairs are ties (p = 0.5); "
+            "--ties soft trains them at p = 0.5"
+        )
+    if loss_type is not None:
+        for ex in kept:
+            problem = soft_label_problem(loss_type, strength(ex))
+            if problem:
+                raise UserError(f"{ex.where}: {problem}")
+    return kept, n_ties
+
+
+def ties_note(n_ties: int, n_pairs: int, ties: str) -> str:
+    """The run's log line about ties."""
+    action = "trained at p = 0.5" if ties == "soft" else "dropped (--ties soft keeps them)"
+    return f"note: {n_ties} of {n_pairs} pairs are ties: {action}"
+
+
 def prompt_text(prompt: Prompt) -> str:
     """A prompt as plain text (message lists joined as 'role: content' lines) for display."""
     if isinstance(prompt, str):

@@ -20,6 +20,7 @@ from posttrain.losses.preference import (
     DPO_LOSS_TYPES,
     PREFERENCE_LOSS_TYPES,
     REFERENCE_FREE_LOSS_TYPES,
+    SOFT_LABEL_LOSS_TYPES,
     bradley_terry_loss,
     dpo_loss,
     kto_kl_reference_point,
@@ -30,9 +31,12 @@ from posttrain.losses.preference import (
     reward_accuracy,
     rpo_loss,
     simpo_loss,
+    soft_label_problem,
+    soft_label_smoothing,
 )
-from posttrain.losses.reward import reward_centering_loss
+from posttrain.losses.reward import reward_centering_loss, soft_bradley_terry_loss
 from posttrain.losses.rl import (
+    KLController,
     adaptive_kl_coef,
     explained_variance,
     kl_shaped_rewards,
@@ -44,6 +48,8 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "PREFERENCE_LOSS_TYPES",
     "REFERENCE_FREE_LOSS_TYPES",
+    "SOFT_LABEL_LOSS_TYPES",
+    "KLController",
     "KL_KINDS",
     "adaptive_kl_coef",
     "bradley_terry_loss",
@@ -73,6 +79,9 @@ __all__ = [
     "rpo_loss",
     "sft_loss",
     "simpo_loss",
+    "soft_bradley_terry_loss",
+    "soft_label_problem",
+    "soft_label_smoothing",
     "unlikelihood_loss",
     "value_clipfrac",
 ]

@@ -294,6 +294,48 @@ def kto_loss(
     return losses, (beta * logratios).detach()
 
 
+# Losses whose paper has a label-noise parameter, so a soft label p (probability that the chosen
+# response is preferred) has a principled meaning: the flip rate eps = 1 - p.
+SOFT_LABEL_LOSS_TYPES = ("sigmoid", "robust")
+
+
+def soft_label_problem(loss_type: str, p_chosen: float) -> str | None:
+    """Why ``loss_type`` cannot train a pair labelled ``p_chosen`` (None: it can).
+
+    - ``sigmoid``: conservative DPO (Mitchell 2023) with eps = 1 - p: any p in [0.5, 1];
+    - ``robust``: rDPO (Chowdhury et al. 2024) with flip rate eps = 1 - p < 0.5: p in (0.5, 1]
+      (a tie would divide by 1 - 2 eps = 0);
+    - every other loss (ipo, hinge, simpo, orpo, unlikelihood, kto): its paper has no label-noise
+      parameter, so only certain pairs (p = 1). (IPO's population loss could take the expectation
+      over the label, target h = (p - 1/2) / beta; not implemented.)
+    """
+    if p_chosen == 1.0:
+        return None
+    if loss_type not in SOFT_LABEL_LOSS_TYPES:
+        return (
+            f"loss_type {loss_type} has no soft-label form (its paper has no label-noise "
+            f"parameter), so p_chosen must be 1 (got {p_chosen:g}); use sigmoid or robust"
+        )
+    if loss_type == "robust" and p_chosen <= 0.5:
+        return "robust DPO's flip rate 1 - p must be < 0.5, so it cannot train ties (p = 0.5)"
+    return None
+
+
+def soft_label_smoothing(
+    p_chosen: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor | float:
+    """Per-pair cDPO / rDPO eps from soft labels p (B,): the probability that the label is wrong
+    when the data say P(chosen preferred) = p and, on top, every label flips with probability
+    ``label_smoothing`` = e: ``eps_i = (1 - p_i)(1 - e) + p_i e`` (p = 1: e; e = 0: 1 - p).
+
+    Returns ``label_smoothing`` unchanged (a float) when every p is 1, so certain data compute
+    exactly as before. Shapes: (B,) -> (B,) or float.
+    """
+    if bool((p_chosen == 1.0).all()):
+        return label_smoothing
+    return (1.0 - p_chosen) * (1.0 - label_smoothing) + p_chosen * label_smoothing
+
+
 def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Per pair 1 where the chosen response's reward is higher, 0.5 for a tie, else 0 (float64);
     its mean is the pairwise accuracy (``rewards/accuracies``, ``eval/accuracy``).
@@ -320,6 +362,7 @@ def preference_loss(
     simpo_gamma: float = 0.5,
     orpo_lambda: float = 0.1,
     unlikelihood_alpha: float = 1.0,
+    p_chosen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))`` of any ``loss_type`` in
     :data:`PREFERENCE_LOSS_TYPES`: the one dispatch from a loss name to the functions above.
@@ -334,7 +377,18 @@ def preference_loss(
     Rewards are the implicit rewards beta * log(pi / pi_ref) (reference-free losses: their own
     reward, e.g. SimPO's length-normalised one; orpo and unlikelihood: beta * log pi), detached,
     for metrics.
+
+    ``p_chosen`` (B,): soft labels (P(chosen preferred)); sigmoid and robust take them as the
+    per-pair eps of :func:`soft_label_smoothing`, every other loss raises ValueError unless all
+    are 1 (:func:`soft_label_problem`).
     """
+    if p_chosen is not None and not bool((p_chosen == 1.0).all()):
+        problem = soft_label_problem(loss_type, float(p_chosen.min()))
+        if problem:
+            raise ValueError(problem)
+        label_smoothing = soft_label_smoothing(
+            p_chosen.to(policy.chosen.dtype), float(label_smoothing)
+        )
     if loss_type == "simpo":
         return simpo_loss(
             policy.chosen,

@@ -23,18 +23,25 @@ sequence-classification directory: training then continues from its head as well
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
 from posttrain.data import load_examples, to_preference_pairs
-from posttrain.data.formats import Example
+from posttrain.data.formats import Example, select_pairs, ties_note
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.errors import UserError
-from posttrain.losses import bradley_terry_loss, reward_accuracy, reward_centering_loss
+from posttrain.losses import (
+    bradley_terry_loss,
+    reward_accuracy,
+    reward_centering_loss,
+    soft_bradley_terry_loss,
+)
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.models.reward import RewardModel, is_reward_model_dir, load_reward_model
@@ -56,6 +63,9 @@ class Config(TrainConfig):
     aspect_weights: dict[str, float] | None = None
     """Single head, scored data: weights that turn aspect scores into one ordering
     (sum_aspect w * score)."""
+    ties: Literal["drop", "soft"] = "drop"
+    """Pairs labelled as ties (p_chosen 0.5 or tie: true): drop them (counted in the log) or
+    train them at p = 0.5 (the soft Bradley-Terry loss pulls their reward difference to 0)."""
     center_rewards_coef: float = 0.0
     """Reward-centering regulariser coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023, eq. 2;
     0.01 is usual); 0 = off."""
@@ -105,11 +115,15 @@ def head_pairs(
 
 
 def load_pairs(path, tokenizer, cfg: Config, what: str):
-    """Encoded pairs, their head indices (P,) and how many were truncated."""
+    """Encoded pairs, their head indices (P,), how many were truncated, and how many of all the
+    pairs were ties (dropped unless ``--ties soft``)."""
     examples = load_examples(path, ["preference", "ranked", "scored"], what=what)
     labelled = head_pairs(examples, cfg.heads, cfg.aspect_weights)
+    kept, n_ties = select_pairs([ex for ex, _ in labelled], ties=cfg.ties, what=path)
+    keep = {id(ex) for ex in kept}
+    labelled = [(ex, z) for ex, z in labelled if id(ex) in keep]
     pairs, n_trunc = encode_pairs(tokenizer, [ex for ex, _ in labelled], cfg.max_length)
-    return pairs, torch.tensor([z for _, z in labelled], dtype=torch.long), n_trunc
+    return pairs, torch.tensor([z for _, z in labelled], dtype=torch.long), n_trunc, n_ties
 
 
 def build_reward_model(cfg: Config, tokenizer) -> RewardModel:
@@ -175,7 +189,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     # --- setup: everything that can fail on bad input happens before output_dir exists
     check_model_name(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    train, train_heads, n_trunc = load_pairs(cfg.train_data, tokenizer, cfg, "--train_data")
+    train, train_heads, n_trunc, n_ties = load_pairs(cfg.train_data, tokenizer, cfg, "--train_data")
     if not train:
         raise UserError(f"{cfg.train_data}: no preference pairs (every ranking a tie?)")
     held = load_pairs(cfg.eval_data, tokenizer, cfg, "--eval_data") if cfg.eval_data else None
@@ -183,6 +197,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     pad = tokenizer.pad_token_id
     if n_trunc and distributed.is_main():
         print(f"note: {n_trunc} of {len(train)} training pairs truncated to max_length")
+    if n_ties and distributed.is_main():
+        n_all = len(train) + (n_ties if cfg.ties == "drop" else 0)
+        print(ties_note(n_ties, n_all, cfg.ties), file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
     rm = build_reward_model(cfg, tokenizer)
@@ -195,7 +212,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     train_state = run_.start_training(model, len(train))
     order, scheduler = train_state.order, train_state.scheduler
     if run_.start_step == 0:
-        start = {M.TRAIN_TRUNCATED: n_trunc}
+        start = {M.TRAIN_TRUNCATED: n_trunc, M.TRAIN_TIES: n_ties}
         if held:
             start[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
         run_.log(0, start)
@@ -212,7 +229,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 with distributed.autocast(cfg.bf16_autocast):
                     rc, rr = pair_rewards(model, batch, train_heads[part])  # (b,) each
                 has_margin = any(train[i].margin is not None for i in part)
-                losses = bradley_terry_loss(rc, rr, batch["margin"] if has_margin else None)
+                margin = batch["margin"] if has_margin else None
+                p = batch["p_chosen"]
+                if bool((p == 1.0).all()):  # certain labels: the Bradley-Terry loss
+                    losses = bradley_terry_loss(rc, rr, margin)
+                else:  # soft labels: its cross-entropy against p
+                    losses = soft_bradley_terry_loss(rc, rr, p.to(rc.dtype), margin)
                 if cfg.center_rewards_coef:
                     losses = losses + cfg.center_rewards_coef * reward_centering_loss(rc, rr)
                 (losses.sum() / cfg.batch_size).backward()  # mean over the GLOBAL batch's pairs

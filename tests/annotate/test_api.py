@@ -129,8 +129,11 @@ def test_ranking_ratings_and_ties(client, setup):
         vote = db.scalar(select(Vote))
     assert vote.ranking == "A = C > B"
     assert json.loads(vote.ratings) == {"B": {"helpfulness": 1, "presentation": 2}}
-    pairs = {(r["chosen"], r["rejected"]) for r in _export(setup)}
-    assert pairs == {("Quick.", "Slow."), ("Rapid.", "Slow.")}  # the tie gives no pair
+    records = _export(setup)
+    pairs = {(r["chosen"], r["rejected"]) for r in records if not r.get("tie")}
+    assert pairs == {("Quick.", "Slow."), ("Rapid.", "Slow.")}
+    ties = [(r["chosen"], r["rejected"]) for r in records if r.get("tie")]
+    assert ties == [("Quick.", "Rapid.")]  # the tie is kept as tie: true (file order)
 
 
 def test_invalid_votes_are_rejected(client, setup):
@@ -269,7 +272,7 @@ def test_majority_export(client, setup, tmp_path):
         service.assign(db, overlap=3, seed=2)
         db.commit()
     # t1: alice and bob prefer "Red.", carol prefers the other -> Red. wins 2/3
-    # t3: alice A, bob B, carol tie -> no plurality -> no pair
+    # t3: alice A, bob B, carol tie -> an even split: a tie record (p = (1 + 1/2) / 3 = 0.5)
     plan = {
         "t1": {"alice": "Red.", "bob": "Red.", "carol": "Purple, probably."},
         "t3": {"alice": "Hello! How can I help?", "bob": "What do you want.", "carol": "tie"},
@@ -280,20 +283,24 @@ def test_majority_export(client, setup, tmp_path):
             choice = "tie" if text == "tie" else _letter_of(view, text)
             body = {"choice": choice} if choice == "tie" else {"choice": choice, "confidence": 1}
             assert _vote(client, setup, name, view, f"{name}-{ext}-m", **body).status_code == 200
-    (record,) = _export(setup, "majority")
+    record, tie = _export(setup, "majority")
     assert (record["task_id"], record["chosen"], record["rejected"]) == (
         "t1",
         "Red.",
         "Purple, probably.",
     )
     assert record["annotators"] == ["alice", "bob", "carol"] and record["votes"] == 3
-    assert abs(record["confidence"] - 2 / 3) < 1e-12
-    assert len(_export(setup, "all")) == 5  # t1: 3 pairs, t3: 2 pairs, the tie none
+    assert abs(record["p_chosen"] - 2 / 3) < 1e-12  # the majority share
+    assert record["vote_counts"] == {"chosen": 2, "rejected": 1, "tie": 0}
+    assert (tie["task_id"], tie["tie"], tie["p_chosen"]) == ("t3", True, 0.5)
+    everything = _export(setup, "all")  # t1: 3 pairs, t3: 2 pairs and the tie
+    assert len(everything) == 6 and sum(r.get("tie", False) for r in everything) == 1
+    assert all(r["p_chosen"] == 0.6 for r in everything if not r.get("tie"))  # confidence 1
     response = client.get("/api/admin/export?mode=majority", headers=setup.headers("admin"))
     assert response.status_code == 200
     assert "attachment" in response.headers["content-disposition"]
     lines = [json.loads(line) for line in response.text.splitlines()]
-    assert lines == [record]
+    assert lines == [record, tie]
 
 
 def test_admin_api_creates_annotators_and_assigns(client, setup):

@@ -148,3 +148,37 @@ def test_task_file_reads_ids_gold_and_messages(tmp_path):
     path.write_text(json.dumps(rows[1]) + "\n" + json.dumps(rows[1]) + "\n")
     with pytest.raises(TaskFileError, match=r":2: task id '7' already used on line 1"):
         read_tasks(path)
+
+
+def test_disagreement_by_hand():
+    from posttrain.annotate.quality import disagreement
+
+    assert disagreement(["A > B", "A > B"]) == 0.0
+    assert disagreement(["A > B", "B > A"]) == 0.5  # one pair, modal share 1/2
+    assert disagreement(["A > B", "B > A", "A = B"]) == pytest.approx(2 / 3, abs=1e-12)
+    # three responses, votes A > B > C and A > C > B: pairs (A,B) and (A,C) agree, (B,C) splits
+    # -> (0 + 0 + 1/2) / 3
+    assert disagreement(["A > B > C", "A > C > B"]) == pytest.approx(1 / 6, abs=1e-12)
+    assert disagreement(["A > B"]) == 0.0
+
+
+def test_annotator_habits_by_hand():
+    from posttrain.annotate.quality import annotator_habits, median
+
+    votes = [
+        {"kind": "choice", "shown_ranking": "A > B", "confidence": 3, "elapsed_ms": 1000},
+        {"kind": "choice", "shown_ranking": "A > B", "confidence": 2, "elapsed_ms": 4000},
+        {"kind": "choice", "shown_ranking": "B > A", "confidence": 3, "elapsed_ms": 2000},
+        {"kind": "choice", "shown_ranking": "A = B", "confidence": None, "elapsed_ms": None},
+        {"kind": "rank", "shown_ranking": "C > A = B", "confidence": None, "elapsed_ms": 9000},
+    ]
+    habits = annotator_habits(votes)
+    # A chosen in 2 of the 3 strict A / B choices; ties: 1 (A = B) + 1 (A = B in the ranking)
+    # of 1 + 1 + 1 + 1 + 3 = 7 compared pairs; median of 1000, 2000, 4000, 9000 = 3000
+    assert habits["position_a_rate"] == pytest.approx(2 / 3, abs=1e-12)
+    assert habits["tie_rate"] == pytest.approx(2 / 7, abs=1e-12)
+    assert habits["confidence"] == {1: 0, 2: 1, 3: 2}
+    assert habits["median_ms"] == 3000 and habits["votes"] == 5
+    assert median([]) is None and median([5]) == 5 and median([3, 1, 2]) == 2
+    empty = annotator_habits([])
+    assert empty["position_a_rate"] is None and empty["tie_rate"] is None

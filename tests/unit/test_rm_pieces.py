@@ -40,7 +40,7 @@ def _rm(tok, heads=("reward",), weights=None, seed=0) -> RewardModel:
 )
 def test_ranked_file_pair_count_through_the_recipe(tok, jsonl, ranking, n_pairs):
     rows = [{"prompt": "p", "completions": ["a", "b", "c", "d"], "ranking": ranking}]
-    pairs, heads, _ = load_pairs(jsonl("r.jsonl", rows), tok, _cfg(), "--train_data")
+    pairs, heads, _, _ = load_pairs(jsonl("r.jsonl", rows), tok, _cfg(), "--train_data")
     assert len(pairs) == n_pairs and heads.tolist() == [0] * n_pairs
 
 
@@ -76,7 +76,7 @@ def test_scored_file_with_weights_gives_the_pairs_by_hand(tok, jsonl):
             ("z", "x", 1),
         ]
     )
-    _, heads, _ = load_pairs(path, tok, _cfg(heads=["help", "harm"]), "--train_data")
+    _, heads, _, _ = load_pairs(path, tok, _cfg(heads=["help", "harm"]), "--train_data")
     assert sorted(heads.tolist()) == [0, 0, 0, 1, 1, 1]
 
 
