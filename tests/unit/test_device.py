@@ -1,0 +1,105 @@
+"""--device: auto picks CUDA, then MPS, then the CPU; a device that is not there is a UserError
+naming it; torchrun ranks take cuda:LOCAL_RANK; batches move whole. (No GPU here: CUDA and MPS
+are faked where a test needs them present.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from posttrain.errors import UserError
+from posttrain.training import device as D
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(D, "mps_available", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+def test_cpu_machine(no_gpu):
+    assert D.resolve("auto") == D.resolve("cpu") == D.resolve(" CPU ") == torch.device("cpu")
+    for spec in ("cuda", "cuda:0", "cuda:3"):
+        with pytest.raises(UserError, match=rf"--device: {spec} is not available on this machine"):
+            D.resolve(spec)
+    with pytest.raises(UserError, match="mps is not available"):
+        D.resolve("mps")
+    for bad in ("gpu", "cuda:x", "tpu:0"):
+        with pytest.raises(UserError, match="must be one of auto, cpu, cuda, cuda:N or mps"):
+            D.resolve(bad)
+
+
+def test_auto_prefers_cuda_then_mps(monkeypatch, two_gpus):
+    assert D.resolve("auto") == torch.device("cuda", 0)
+    assert D.resolve("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UserError, match=r"cuda:2 is not there \(2 CUDA device"):
+        D.resolve("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(D, "mps_available", lambda: True)
+    assert D.resolve("auto") == torch.device("mps")
+
+
+def test_torchrun_ranks_take_their_local_gpu(monkeypatch, two_gpus):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert D.resolve("auto") == D.resolve("cuda") == torch.device("cuda", 1)
+    assert D.resolve("cpu") == torch.device("cpu")  # gloo on the CPU
+    with pytest.raises(UserError, match="each process takes cuda:LOCAL_RANK"):
+        D.resolve("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(D, "mps_available", lambda: True)
+    assert D.resolve("auto") == torch.device("cpu")  # MPS is one process
+    with pytest.raises(UserError, match="mps runs one process"):
+        D.resolve("mps")
+
+
+def test_dtypes_the_device_cannot_compute_are_refused(monkeypatch):
+    D.check_dtype(torch.device("cpu"), "bfloat16")
+    D.check_dtype(torch.device("cpu"), "float64")
+    with pytest.raises(UserError, match="float64 is not supported on mps"):
+        D.check_dtype(torch.device("mps"), "float64")
+    monkeypatch.setattr(D, "supports_bfloat16", lambda device: False)
+    monkeypatch.setattr(D, "_name", lambda device: "Tesla T4, compute capability 7.5")
+    with pytest.raises(UserError, match=r"--dtype: bfloat16 is not supported on cuda:0 \(Tesla"):
+        D.check_dtype(torch.device("cuda", 0), "bfloat16")
+
+
+class Pair(NamedTuple):
+    a: torch.Tensor
+    b: int
+
+
+@dataclasses.dataclass
+class Batch:
+    ids: torch.Tensor
+    name: str
+
+
+def test_to_device_moves_every_tensor_and_keeps_the_structure():
+    meta = torch.device("meta")  # a device every torch has: shows the move without a GPU
+    x = torch.ones(2, 3)
+    obj = {"ids": x, "rows": [x, (x, 5)], "pair": Pair(x, 3), "batch": Batch(x, "n"), "s": "k"}
+    out = D.to_device(obj, meta)
+    assert out["ids"].device == meta and out["rows"][0].device == meta
+    assert out["rows"][1][0].device == meta and out["rows"][1][1] == 5
+    assert isinstance(out["pair"], Pair) and out["pair"].a.device == meta and out["pair"].b == 3
+    assert isinstance(out["batch"], Batch) and out["batch"].ids.device == meta
+    assert out["s"] == "k" and x.device.type == "cpu"  # the input is not changed
+    assert D.to_device(x, "cpu") is x  # already there: no copy
+
+
+def test_memory_metrics_are_cuda_only():
+    assert D.memory_metrics(torch.device("cpu")) == {}
+    assert D.module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert D.describe(torch.device("cpu")) == "cpu"
