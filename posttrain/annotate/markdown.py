@@ -1,84 +1,36 @@
-"""A small, safe Markdown subset for the guidelines page.
+"""Markdown -> HTML for the guidelines page (and model responses), by markdown-it-py (CommonMark).
 
-Supported: ``#``..``####`` headings, paragraphs, ``-`` / ``*`` bullet lists, ``1.`` numbered lists,
-``**bold**``, ``*italic*``, ```code```, ``> quotes`` and ``---`` rules. All text is HTML-escaped
-before any markup is added, so raw HTML in the guidelines file shows as text.
+Raw HTML is off: tags in the text come out escaped, as text. Links, tables (GFM) and
+strikethrough are on. markdown-it-py's link check (``validateLink``) drops ``javascript:``,
+``vbscript:``, ``file:`` and ``data:`` URLs (except ``data:image/gif|png|jpeg|webp``) after
+unescaping entities and normalising case, so such a link is left as plain text. Links open in a new tab
+with ``rel="noopener noreferrer nofollow"``. The page's Content-Security-Policy forbids inline scripts
+on top of this.
 """
 
 from __future__ import annotations
 
-import html
-import re
+from markdown_it import MarkdownIt
 
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_ITALIC = re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])")
-_CODE = re.compile(r"`([^`]+)`")
-_HEADING = re.compile(r"^(#{1,4})\s+(.*)$")
-_BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
-_NUMBERED = re.compile(r"^\s*\d+[.)]\s+(.*)$")
+_LINK_REL = "noopener noreferrer nofollow"
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text, quote=True)
-    parts = _CODE.split(text)  # odd indices are code spans: no further markup inside
-    for k in range(0, len(parts), 2):
-        parts[k] = _ITALIC.sub(r"<em>\1</em>", _BOLD.sub(r"<strong>\1</strong>", parts[k]))
-    for k in range(1, len(parts), 2):
-        parts[k] = f"<code>{parts[k]}</code>"
-    return "".join(parts)
+def _make_renderer() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    md.enable(["table", "strikethrough"])
+
+    def link_open(renderer, tokens, idx, options, env):
+        tokens[idx].attrSet("target", "_blank")  # the annotator's page stays open
+        tokens[idx].attrSet("rel", _LINK_REL)
+        return renderer.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("link_open", link_open)
+    return md
+
+
+_MARKDOWN = _make_renderer()
 
 
 def render(markdown: str) -> str:
-    """Markdown text -> HTML string (see the module docstring for the subset)."""
-    out: list[str] = []
-    paragraph: list[str] = []
-    list_tag: str | None = None
-
-    def close_paragraph():
-        if paragraph:
-            out.append("<p>" + _inline(" ".join(paragraph)) + "</p>")
-            paragraph.clear()
-
-    def close_list():
-        nonlocal list_tag
-        if list_tag:
-            out.append(f"</{list_tag}>")
-            list_tag = None
-
-    for line in markdown.splitlines():
-        stripped = line.strip()
-        heading = _HEADING.match(stripped)
-        bullet = _BULLET.match(line)
-        numbered = _NUMBERED.match(line)
-        if not stripped:
-            close_paragraph()
-            close_list()
-        elif stripped in ("---", "***"):
-            close_paragraph()
-            close_list()
-            out.append("<hr>")
-        elif heading:
-            close_paragraph()
-            close_list()
-            level = len(heading.group(1))
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif bullet or numbered:
-            close_paragraph()
-            tag = "ul" if bullet else "ol"
-            if list_tag != tag:
-                close_list()
-                out.append(f"<{tag}>")
-                list_tag = tag
-            out.append("<li>" + _inline((bullet or numbered).group(1)) + "</li>")
-        elif stripped.startswith(">"):
-            close_paragraph()
-            close_list()
-            out.append("<blockquote>" + _inline(stripped.lstrip("> ")) + "</blockquote>")
-        elif list_tag and line.startswith(("  ", "\t")):
-            out[-1] = out[-1][: -len("</li>")] + " " + _inline(stripped) + "</li>"
-        else:
-            close_list()
-            paragraph.append(stripped)
-    close_paragraph()
-    close_list()
-    return "\n".join(out)
+    """Markdown text -> an HTML fragment (CommonMark + tables; raw HTML and script URLs inert)."""
+    return _MARKDOWN.render(markdown)
