@@ -315,3 +315,21 @@ def test_a_replayed_key_with_another_payload_says_duplicate(client, setup):
     with session(setup.engine) as db:
         assert db.scalar(select(Vote.shown_ranking)) == " > ".join(letters)
         assert db.scalar(select(func.count()).select_from(Assignment)) > 0
+
+
+def test_an_older_database_gains_the_token_expiry_column(db_url):
+    from sqlalchemy import inspect
+
+    from posttrain.annotate.db import make_engine
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:  # as a database made before tokens could expire
+        conn.exec_driver_sql("ALTER TABLE accounts DROP COLUMN token_expires_at")
+    engine.dispose()
+    engine = make_engine(db_url)
+    assert "token_expires_at" in {c["name"] for c in inspect(engine).get_columns("accounts")}
+    with session(engine) as db:
+        token = auth.create_account(db, "dora", token_days=1)
+        db.commit()
+        assert auth.account_for_token(db, token).name == "dora"
+    engine.dispose()
