@@ -49,6 +49,7 @@ import torch
 from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
 from posttrain.data import load_examples, to_preference_pairs
+from posttrain.data.formats import select_pairs, ties_note
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.errors import UserError
 from posttrain.losses import (
@@ -82,6 +83,10 @@ class Config(TrainConfig):
         "sigmoid"
     )
     """Objective: sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo, orpo, unlikelihood."""
+    ties: Literal["drop", "soft"] = "drop"
+    """Pairs labelled as ties (p_chosen 0.5 or tie: true): drop them (counted in the log) or
+    train them at p = 0.5 (sigmoid: cDPO with eps 0.5, which pulls their margin to 0; robust
+    cannot)."""
     label_smoothing: float = 0.0
     """sigmoid: conservative-DPO label smoothing; robust: the assumed label-flip rate."""
     rpo_alpha: float = 0.0
@@ -271,7 +276,9 @@ def evaluate(
         idx = list(range(i, min(i + batch_size, len(pairs))))
         batch = collate_pairs([pairs[j] for j in idx], pad_id, padding_free=padding_free)
         policy = pair_logps(model, batch)
-        loss, rc, rr = preference_loss(policy, *_as(ref(batch, "eval", idx), policy), **loss_args)
+        loss, rc, rr = preference_loss(
+            policy, *_as(ref(batch, "eval", idx), policy), p_chosen=batch["p_chosen"], **loss_args
+        )
         losses.append(loss)
         correct.append(reward_accuracy(rc, rr))
     model.train(was)
@@ -286,11 +293,19 @@ def _as(ref_pair, policy: PairLogps):
     return tuple(None if r is None else r.to(policy.chosen.dtype) for r in ref_pair)
 
 
-def load_pairs(path: str, tokenizer, cfg: Config, what: str) -> tuple[list[EncodedPair], int]:
+def load_pairs(path: str, tokenizer, cfg: Config, what: str) -> tuple[list[EncodedPair], int, int]:
+    """Encoded pairs (soft labels in ``p_chosen``), how many were truncated, how many of all the
+    pairs were ties (dropped unless ``--ties soft``); a soft label the loss cannot train is a
+    ``FILE:LINE`` error."""
     examples = load_examples(path, ["preference", "ranked", "scored"], what=what)
-    return encode_pairs(
-        tokenizer, to_preference_pairs(examples, cfg.aspect_weights), cfg.max_length
+    pairs, n_ties = select_pairs(
+        to_preference_pairs(examples, cfg.aspect_weights),
+        ties=cfg.ties,
+        what=path,
+        loss_type=cfg.loss_type,
     )
+    encoded, n_trunc = encode_pairs(tokenizer, pairs, cfg.max_length)
+    return encoded, n_trunc, n_ties
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -302,11 +317,14 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if cfg.reference_model:
         check_model_name(cfg.reference_model)
     tokenizer = load_tokenizer(cfg.model)
-    train, n_trunc = load_pairs(cfg.train_data, tokenizer, cfg, "--train_data")
+    train, n_trunc, n_ties = load_pairs(cfg.train_data, tokenizer, cfg, "--train_data")
     held_out = load_pairs(cfg.eval_data, tokenizer, cfg, "--eval_data")[0] if cfg.eval_data else []
     run_ = Run(cfg, flags, "dpo")
     if n_trunc:
         print(f"note: {n_trunc} of {len(train)} pairs truncated to max_length={cfg.max_length}")
+    if n_ties and distributed.is_main():
+        n_all = len(train) + (n_ties if cfg.ties == "drop" else 0)
+        print(ties_note(n_ties, n_all, cfg.ties), file=sys.stderr)
     pad = tokenizer.pad_token_id
     loss_args = dict(
         loss_type=cfg.loss_type,
@@ -376,7 +394,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     train_state = run_.start_training(model, len(train))
     order, scheduler = train_state.order, train_state.scheduler
     if run_.start_step == 0:
-        start = {M.TRAIN_TRUNCATED: n_trunc}
+        start = {M.TRAIN_TRUNCATED: n_trunc, M.TRAIN_TIES: n_ties}
         if held_out:
             start.update(evaluate(model, ref, held_out, pad, **eval_args))
         run_.log(0, start)
@@ -393,7 +411,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 with distributed.autocast(cfg.bf16_autocast):
                     policy = pair_logps(model, batch)
                 ref_c, ref_r = _as(ref(batch, "train", idx), policy)
-                losses, rc, rr = preference_loss(policy, ref_c, ref_r, **loss_args)
+                losses, rc, rr = preference_loss(
+                    policy, ref_c, ref_r, p_chosen=batch["p_chosen"], **loss_args
+                )
                 # mean over the whole (global) batch's pairs; gradients are summed over processes
                 (losses.sum() / cfg.batch_size).backward()
                 for key, value in (
