@@ -33,6 +33,8 @@ def login(page, base: str, token: str, landing: str) -> None:
     page.click("#login-button")
     page.wait_for_url(base + landing)
     page.wait_for_selector("body[data-ready='1']")
+    if page.is_visible("#guidelines-ack"):  # first login: the guidelines are open until read
+        page.click("#guidelines-ack")
 
 
 def votes(setup) -> list[Vote]:
@@ -183,12 +185,17 @@ def test_hostile_model_text_shows_as_text_and_runs_nothing(page, hostile_server)
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     login(page, base, setup.tokens["alice"], "/annotate")
     page.wait_for_timeout(300)  # give any injected handler (onerror, onload) time to fire
-    texts = page.eval_on_selector_all(".response-text", "nodes => nodes.map(n => n.textContent)")
-    assert sorted(texts) == sorted(HOSTILE)  # shown verbatim, in some shuffled order
+    # formatted (Markdown, raw HTML off): the tags show as text; the raw view shows them verbatim
+    texts = page.eval_on_selector_all(".response-md", "nodes => nodes.map(n => n.textContent)")
+    assert sorted(t.strip() for t in texts) == sorted(HOSTILE)
+    page.keyboard.press("m")
+    texts = page.eval_on_selector_all(".response-raw", "nodes => nodes.map(n => n.textContent)")
+    assert sorted(texts) == sorted(HOSTILE) and page.is_visible(".response-raw")
+    page.keyboard.press("m")
     assert "<svg onload" in page.text_content("#prompt")
     injected = page.evaluate(
         "() => document.querySelectorAll('#responses script, #responses img, #responses a, "
-        "#responses b, #prompt svg').length"
+        "#responses b, #prompt svg, #responses [onerror], #responses [onload]').length"
     )
     assert injected == 0
     assert page.evaluate("() => window.__pwned") is None
