@@ -81,6 +81,15 @@ def resolve(spec: str = "auto") -> torch.device:
     return torch.device("mps")
 
 
+def select(spec: str = "auto") -> torch.device:
+    """:func:`resolve`, and make a CUDA device the current one (so ``torch.cuda`` calls and
+    NCCL use it)."""
+    device = resolve(spec)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def supports_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes in bfloat16 natively."""
     if device.type == "cuda":

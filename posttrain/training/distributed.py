@@ -50,17 +50,18 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init() -> bool:
+def init(use_cuda: bool | None = None) -> bool:
     """Join the process group described by the environment (idempotent); True if distributed.
 
-    gloo on CPU, NCCL when CUDA is available (then the current device is ``cuda:LOCAL_RANK``).
-    The group is destroyed at interpreter exit.
+    gloo on CPU, NCCL on CUDA (then the current device is ``cuda:LOCAL_RANK``); ``use_cuda``
+    None: CUDA when available (``Run`` passes what ``--device`` chose). The group is destroyed
+    at interpreter exit.
     """
     if is_initialized():
         return True
     if not launched() or not dist.is_available():
         return False
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
     if use_cuda:
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -23,6 +23,7 @@ import torch
 from posttrain import config as cfglib
 from posttrain import metrics as M
 from posttrain.errors import UserError
+from posttrain.training import device as devices
 from posttrain.training import distributed
 from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.curves import write_run_curves
@@ -176,7 +177,10 @@ class Run:
         self.config = config
         self.recipe = recipe
         self.dir = Path(config.output_dir)
-        distributed.init()  # a no-op without a launcher
+        # --device (auto: CUDA, MPS, CPU; torchrun: cuda:LOCAL_RANK); the recipe puts its models
+        # and batches on run.device
+        self.device = devices.select(getattr(config, "device", "cpu"))
+        distributed.init(use_cuda=self.device.type == "cuda")  # a no-op without a launcher
         # rank 0 prepares output_dir; its result, or its error, reaches every rank
         self.resume_from = distributed.on_main(lambda: self._prepare(flags))
         self.start_step = 0
@@ -262,6 +266,7 @@ class Run:
         if not distributed.is_main():
             return
         assert self.metrics is not None, "call run.restore() first"
+        values = {**values, **devices.memory_metrics(self.device)}  # CUDA: peak allocated MB
         self.metrics.log(step, {**values, M.ELAPSED: round(time.time() - self._t0, 3)})
         if self.tracker is not None:  # a copy of the row metrics.jsonl just got
             self.tracker.log(step, {k: v for k, v in self.metrics.last.items() if k != M.STEP})
