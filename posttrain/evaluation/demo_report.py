@@ -146,7 +146,15 @@ def write_demo_report(
             all_rows,
         )
     )
-    images = [("Reward–KL frontier: gold reward vs KL from the SFT policy", "eval/frontier.png")]
+    images = [
+        (
+            "Reward–KL frontier: gold reward gain over the SFT policy (the origin) vs KL from it. "
+            "Large markers: final models; light: checkpoints; ± one standard error; each "
+            "method's line is its non-dominated front (up and to the left is better; see "
+            "docs/eval.md)",
+            "eval/frontier.png",
+        )
+    ]
     if (out / "eval" / "overoptimization.png").exists():
         images.append(
             (

@@ -3,13 +3,19 @@
 A **point** is one evaluated policy (a run's final model or one of its checkpoints): a dict with
 
     run: str            # the series it belongs to ("ppo", "dpo beta=0.1", "sft", ...)
+    method: str         # (frontier) the method whose front it counts in (default: run)
+    final: bool         # (frontier) a run's final point (default: its highest step)
     step: int | None    # training step, to order a run's points
     kl: float           # KL(policy || reference) per sequence, nats (kl_se: its standard error)
     gold_reward: float  # gold (true) reward, mean over prompts (gold_reward_se optional)
     proxy_reward: float | None   # the reward model's score of the same samples
 
 - **Frontier** (Rafailov et al. 2023, DPO, fig. 2 left): gold reward against KL from the
-  reference, one colour per run; a better method sits up and to the left.
+  reference, one colour per method; every run's final point is a point (its checkpoints
+  lighter), each method's non-dominated front (:func:`non_dominated`) is the line, and the
+  reference is the origin. A better method's front sits up and to the left. A run's checkpoints
+  are not joined in training order: an adaptive KL controller can pull KL back, and a line in
+  step order would double back on itself.
 - **Over-optimisation** (Gao, Schulman & Hilton 2022, "Scaling Laws for Reward Model
   Overoptimization", fig. 1): proxy and gold reward against ``sqrt(KL)`` (their distance
   ``d = sqrt(KL)``). While the policy optimises the proxy, the proxy keeps rising; the gold
@@ -59,45 +65,146 @@ def _colors(runs) -> dict[str, str]:
     return colors
 
 
+def non_dominated(points: Sequence[dict], *, x: str = "kl", y: str = "gold_reward") -> list[dict]:
+    """The points no other point beats on both axes (the Pareto front for "less ``x``, more
+    ``y``"), ordered by ``x``: a point is dominated when another has ``x`` no larger and ``y`` no
+    smaller, one of them strictly. Of exact duplicates the first is kept. Along the result ``x``
+    rises and ``y`` strictly rises."""
+    front: list[dict] = []
+    best_y = -math.inf
+    # by x ascending, then y descending: a point is on the front iff its y beats every y so far
+    for p in sorted(points, key=lambda q: (q[x], -q[y])):
+        if p[y] > best_y:
+            front.append(p)
+            best_y = p[y]
+    return front
+
+
+def model_entries(patterns: Sequence[str]) -> tuple[list[tuple[str, str, int | None]], dict]:
+    """``(entries, methods)`` for ``eval --mode frontier``: each pattern is a model directory or
+    a glob of them (as before), a run directory (its ``final/`` and every ``checkpoint-STEP/``),
+    or a sweep directory of ``posttrain sweep`` (every point's run). ``entries``: ``(run name,
+    model path, step)``; ``methods``: run name -> method (a sweep's recipe, else the run name),
+    the series whose non-dominated front is drawn."""
+    import json
+
+    from posttrain.evaluation.policy import point_label, resolve_models
+
+    entries: list[tuple[str, str, int | None]] = []
+    methods: dict[str, str] = {}
+
+    def run_dir(path: Path, name: str, method: str) -> None:
+        models = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if (path / "final").is_dir():
+            models.append(path / "final")
+        for m in resolve_models([str(m) for m in models]):
+            entries.append((name, str(m), point_label(m)[1]))
+        methods[name] = method
+
+    for pat in patterns:
+        path = Path(pat)
+        if (path / "sweep.json").is_file():
+            sweep = json.loads((path / "sweep.json").read_text())
+            for pt in sweep["points"]:
+                if (path / pt["dir"]).is_dir():
+                    run_dir(path / pt["dir"], f"{sweep['recipe']} {pt['name']}", sweep["recipe"])
+        elif (path / "config.yaml").is_file() and not (path / "config.json").exists():
+            run_dir(path, path.name, path.name)
+        else:
+            for m in resolve_models([pat]):
+                name, step = point_label(m)
+                entries.append((name, str(m), step))
+                methods.setdefault(name, name)
+    return entries, methods
+
+
+def _front_points(points: Sequence[dict]) -> tuple[dict | None, list[dict]]:
+    """The reference point (run "reference") and the others, each with ``method`` and
+    ``final`` filled in (the default final point of a run is its highest step)."""
+    ref = next((p for p in points if p["run"] == "reference"), None)
+    others = [dict(p) for p in points if p["run"] != "reference"]
+    last: dict[str, float] = {}
+    for p in others:
+        s = p.get("step")
+        last[p["run"]] = max(last.get(p["run"], -math.inf), math.inf if s is None else s)
+    for p in others:
+        p.setdefault("method", p["run"])
+        if "final" not in p:
+            s = p.get("step")
+            p["final"] = (math.inf if s is None else s) == last[p["run"]]
+    return ref, others
+
+
 def plot_frontier(
     points: Sequence[dict], path: str | Path, *, title: str = "Reward–KL frontier"
 ) -> Path:
-    """Gold reward vs KL(policy || reference), one series per run; writes ``path`` (PNG)."""
-    fig = _figure()
+    """The reward–KL frontier (Rafailov et al. 2023, fig. 2 left); writes ``path`` (PNG).
+
+    Each run's final point is drawn large and its checkpoints small and light, all with error
+    bars of one standard error (per-sequence spread); each method's non-dominated front (over
+    all its points and the reference) is the line. With a ``reference`` point (run
+    "reference"), gold is drawn relative to it, so the reference sits at the origin. Points:
+    ``run``, ``step``, ``kl`` (``kl_se``), ``gold_reward`` (``gold_reward_se``), optional
+    ``method`` (default: the run) and ``final`` (default: the run's highest step)."""
+    ref, pts = _front_points(points)
+    base = ref["gold_reward"] if ref is not None and ref.get("gold_reward") is not None else 0.0
+    fig = _figure(6.8, 4.6)
     ax = fig.add_subplot(1, 1, 1)
-    series = _series(points)
-    colors = _colors(series)
-    for i, (run, pts) in enumerate(series.items()):
-        xs = [p["kl"] for p in pts]
-        ys = [p["gold_reward"] for p in pts]
-        xerr = [p.get("kl_se") or 0.0 for p in pts]
-        yerr = [p.get("gold_reward_se") or 0.0 for p in pts]
-        ax.errorbar(
-            xs,
-            ys,
-            xerr=xerr,
-            yerr=yerr,
-            marker=_MARKERS[i % len(_MARKERS)],
-            linestyle="-" if len(pts) > 1 else "none",
-            capsize=2,
-            color=colors[run],
-            label=run,
-            alpha=0.9,
-        )
-        last = pts[-1]
-        if len(pts) > 1 and last.get("step") is not None:
-            ax.annotate(
-                f"step {last['step']}",
-                (last["kl"], last["gold_reward"]),
-                textcoords="offset points",
-                xytext=(4, -10),
-                fontsize=7,
+    methods = list(dict.fromkeys(p["method"] for p in pts))
+    colors = _colors(methods)
+    origin = {"kl": 0.0, "gold_reward": base}
+    for i, method in enumerate(methods):
+        mine = [p for p in pts if p["method"] == method]
+        c, marker = colors[method], _MARKERS[i % len(_MARKERS)]
+        for final, size, alpha in ((False, 3.5, 0.35), (True, 7.0, 1.0)):
+            sel = [p for p in mine if bool(p["final"]) == final]
+            if not sel:
+                continue
+            ax.errorbar(
+                [p["kl"] for p in sel],
+                [p["gold_reward"] - base for p in sel],
+                xerr=[p.get("kl_se") or 0.0 for p in sel],
+                yerr=[p.get("gold_reward_se") or 0.0 for p in sel],
+                fmt=marker,
+                markersize=size,
+                color=c,
+                alpha=alpha,
+                capsize=2,
+                label=f"{method} (final)" if final else f"{method} checkpoints",
             )
+        front = non_dominated(mine + ([origin] if ref is not None else []))
+        ax.plot(
+            [p["kl"] for p in front],
+            [p["gold_reward"] - base for p in front],
+            "-",
+            color=c,
+            linewidth=1.5,
+            label=f"{method} front",
+        )
+        runs = list(dict.fromkeys(p["run"] for p in mine))
+        if len(runs) > 1:  # name each run's final point (a sweep: its grid values)
+            for p in mine:
+                if p["final"]:
+                    ax.annotate(
+                        p["run"].removeprefix(method).strip(),
+                        (p["kl"], p["gold_reward"] - base),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=6,
+                        color=c,
+                    )
+    if ref is not None:
+        ax.plot([0.0], [0.0], "k*", markersize=11, label="reference", zorder=5)
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ylabel = f"gold reward − reference's ({base:.3f})"
+    else:
+        ylabel = "gold reward (mean)"
     ax.set_xlabel("KL(policy ‖ reference) per sequence (nats)")
-    ax.set_ylabel("gold reward (mean)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
+    ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -192,13 +192,19 @@ def policy_result(res: dict, *, model: str, reference: str | None, opponent: str
     return flat
 
 
-def frontier_images(res: dict, out: Path) -> list[tuple[str, str]]:
+def frontier_images(
+    res: dict, out: Path, methods: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     """Plot the reward–KL frontier and the over-optimisation curve of an evaluation of several
-    models (gold reward, else win rate) into ``out``; the report's ``(caption, file name)``."""
+    models (gold reward, else win rate) into ``out``; the report's ``(caption, file name)``.
+    ``methods``: run name -> method (the series whose non-dominated front is drawn)."""
     ref = res["reference"]
+    with_final = {p["name"] for p in res["points"] if Path(p["model"]).name == "final"}
     pts = [
         {
             "run": p["name"],
+            "method": (methods or {}).get(p["name"], p["name"]),
+            **({"final": Path(p["model"]).name == "final"} if p["name"] in with_final else {}),
             "step": p["step"],
             "kl": p["kl_k3"],
             "kl_se": p["kl_k3_se"],
@@ -221,8 +227,15 @@ def frontier_images(res: dict, out: Path) -> list[tuple[str, str]]:
     if start["gold_reward"] is not None:
         # every run starts at the reference: prepend it to each run's curve
         curve = [dict(start, run=r) for r in dict.fromkeys(p["run"] for p in pts)] + pts
-        plot_frontier([start, *curve], out / "frontier.png")
-        images.append(("Reward–KL frontier: gold reward vs KL from the reference", "frontier.png"))
+        plot_frontier([start, *pts], out / "frontier.png")
+        images.append(
+            (
+                "Reward–KL frontier: gold reward gain over the reference vs KL from it; each "
+                "run's final point large, its checkpoints light, each method's non-dominated "
+                "front as a line, ± one standard error",
+                "frontier.png",
+            )
+        )
         if plot_overoptimization(curve, out / "overoptimization.png") is not None:
             images.append(
                 (

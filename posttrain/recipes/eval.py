@@ -37,10 +37,8 @@ from posttrain.errors import UserError
 from posttrain.evaluation.policy import (
     _prompt_set,
     evaluate_models,
-    frontier_entries,
     load_choice_items,
     log,
-    resolve_models,
 )
 from posttrain.evaluation.report import Report, Table, write_report
 from posttrain.evaluation.tables import (
@@ -190,10 +188,14 @@ def run_policy(cfg: Config, out: Path) -> dict:
 
 
 def run_frontier(cfg: Config, out: Path, entries=None) -> dict:
-    entries = entries or frontier_entries(cfg.models)
+    from posttrain.evaluation.frontier import model_entries
+
+    methods = None
+    if entries is None:
+        entries, methods = model_entries(cfg.models)
     res = evaluate_models(cfg, entries)
     ref = res["reference"]
-    images = frontier_images(res, out)
+    images = frontier_images(res, out, methods)
     report = build_report(
         res,
         title=cfg.title,
@@ -279,7 +281,9 @@ def _check_inputs(cfg: Config) -> None:
     if cfg.judge and cfg.mode in ("policy", "frontier"):
         check_judge_spec(cfg)
     if cfg.mode == "frontier":
-        resolve_models(cfg.models)
+        from posttrain.evaluation.frontier import model_entries
+
+        model_entries(cfg.models)  # model dirs, globs, run dirs or sweep dirs
     if cfg.mode in ("policy", "frontier"):
         _prompt_set(cfg)  # validates prompt / opponent files
         if cfg.choice_data:
