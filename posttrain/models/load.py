@@ -64,8 +64,11 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, *, dtype: str = "float32", tokenizer=None, value_head: bool = False):
-    """A causal LM in ``dtype``, in train mode off (call ``.train()`` yourself)."""
+def load_model(
+    name: str, *, dtype: str = "float32", tokenizer=None, value_head: bool = False, device=None
+):
+    """A causal LM in ``dtype``, in train mode off (call ``.train()`` yourself), on ``device``
+    (a ``torch.device`` from ``posttrain.training.device``; None: the CPU)."""
     dt = torch_dtype(dtype)
     if name in TINY_NAMES:
         from posttrain.models.tiny import build_tiny_llama
@@ -78,13 +81,13 @@ def load_model(name: str, *, dtype: str = "float32", tokenizer=None, value_head:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir(name)), dtype=dt)
     model.config.use_cache = False
     model.eval()
-    return model
+    return model if device is None else model.to(device)
 
 
-def load_policy(name: str, *, dtype: str = "float32"):
-    """``(model, tokenizer)`` for a model name."""
+def load_policy(name: str, *, dtype: str = "float32", device=None):
+    """``(model, tokenizer)`` for a model name (the model on ``device``)."""
     tokenizer = load_tokenizer(name)
-    return load_model(name, dtype=dtype, tokenizer=tokenizer), tokenizer
+    return load_model(name, dtype=dtype, tokenizer=tokenizer, device=device), tokenizer
 
 
 def save_pretrained(model, tokenizer, path: str | Path, *, state=None) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.losses.common import entropy_from_logits
+from posttrain.training.device import module_device, to_device
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,8 +70,12 @@ def forward_logprobs(
     """Run ``model`` on (B, T) ids and return log-probs of the response tokens (see module doc).
 
     ``attention_mask`` may be 2-D (B, T) padding mask, or 4-D for packed rows (then pass
-    ``position_ids``).
+    ``position_ids``). Inputs elsewhere than the model are moved to its device; the outputs
+    are on the model's device.
     """
+    input_ids, attention_mask, response_mask, position_ids = to_device(
+        (input_ids, attention_mask, response_mask, position_ids), module_device(model)
+    )
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
     out = model(
@@ -142,9 +147,10 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
     ``logits_to_keep``, which returns them in row-major order: as ``label_from`` is strictly
     increasing (one label per position), they are already in label order. With a transformers too
     old for it, logits come at every position."""
+    batch = to_device(batch, module_device(model))
     ids, label_from = batch["input_ids"], batch["label_from"]
     assert bool((label_from[1:] > label_from[:-1]).all()), "label_from must be strictly increasing"
-    keep = torch.zeros(ids.numel(), dtype=torch.bool)
+    keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
     keep[label_from] = True
     out = model(
         input_ids=ids,

@@ -283,8 +283,10 @@ class RewardScorer:
         self.rm, self.normalize, self.batch_size = rm, normalize, batch_size
 
     @classmethod
-    def from_path(cls, path: str | Path, *, dtype: str = "float32", **kw) -> RewardScorer:
-        return cls(load_reward_model(path, dtype=dtype), **kw)
+    def from_path(
+        cls, path: str | Path, *, dtype: str = "float32", device=None, **kw
+    ) -> RewardScorer:
+        return cls(load_reward_model(path, dtype=dtype, device=device), **kw)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
         return self.rm.score(
@@ -314,9 +316,15 @@ def is_reward_model_dir(path: str | Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
 
 
-def load_reward_model(path: str | Path, *, dtype: str = "float32") -> RewardModel:
+def load_reward_model(path: str | Path, *, dtype: str = "float32", device=None) -> RewardModel:
     """A reward model saved by posttrain (either layout), or a transformers
-    sequence-classification directory with K labels (K heads; module doc)."""
+    sequence-classification directory with K labels (K heads; module doc), on ``device``
+    (None: the CPU)."""
+    rm = _load_reward_model(Path(path), dtype)
+    return rm if device is None else rm.to(device)
+
+
+def _load_reward_model(path: Path, dtype: str) -> RewardModel:
     from transformers import AutoTokenizer
 
     from posttrain.models.load import torch_dtype

@@ -121,11 +121,14 @@ def _name(device: torch.device) -> str:
     return device.type
 
 
-def to_device(obj: Any, device: torch.device | str) -> Any:
+def to_device(obj: Any, device: torch.device | str | None) -> Any:
     """``obj`` with every tensor in it on ``device`` (dicts, lists, tuples and dataclass fields
-    followed; anything else returned as is). A tensor already there is not copied."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+    followed; anything else returned as is; ``device`` None: ``obj`` itself). A tensor already
+    there is not copied."""
+    if device is None:
+        return obj
+    if isinstance(obj, torch.Tensor):  # non-blocking only host -> GPU (the reverse may race)
+        return obj.to(device, non_blocking=torch.device(device).type == "cuda")
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple
@@ -142,11 +145,16 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter (or buffer); the CPU for an empty module."""
-    for t in (*module.parameters(), *module.buffers()):
+def module_device(module) -> torch.device | None:
+    """The device of a module's first parameter (or buffer); None for a module without any, or
+    a plain function standing in for a model."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    for t in module.parameters():
         return t.device
-    return torch.device("cpu")
+    for t in module.buffers():
+        return t.device
+    return None
 
 
 def synchronize(device: torch.device) -> None:

@@ -102,4 +102,5 @@ def test_to_device_moves_every_tensor_and_keeps_the_structure():
 def test_memory_metrics_are_cuda_only():
     assert D.memory_metrics(torch.device("cpu")) == {}
     assert D.module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert D.module_device(lambda x: x) is None and D.to_device([1], None) == [1]
     assert D.describe(torch.device("cpu")) == "cpu"
