@@ -167,7 +167,7 @@ def test_previous_revises_a_vote_and_keeps_history(new_page, sqlite_setup, live_
     page.wait_for_function("(id) => document.querySelector('#task').dataset.assignment === id",
                            arg=answered[1])  # fmt: skip
     assert page.is_visible("#revise-banner")
-    page.click("#previous")  # and one further back
+    page.go_back()  # the browser's Back button goes one further back
     page.wait_for_function("(id) => document.querySelector('#task').dataset.assignment === id",
                            arg=answered[0])  # fmt: skip
     if page.is_visible("#pair-controls"):
@@ -346,7 +346,7 @@ def test_ranking_by_letter_keys_and_compact_text(new_page, sqlite_setup, live_se
     wait_moved_on(page, old)
     assert votes(setup)[-1].shown_ranking == "C > A = B"
 
-    page.keyboard.press("p")  # the compact forms are accepted too
+    page.click("#previous")  # the compact forms are accepted too
     page.wait_for_function("(id) => document.querySelector('#task').dataset.assignment === id",
                            arg=old)  # fmt: skip
     for text, expected in (("bca", "B > C > A"), ("A C B", "A > C > B")):

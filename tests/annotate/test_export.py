@@ -164,3 +164,21 @@ def test_assign_reports_gold_only_additions(client, setup):
     # every regular task already has its 2 annotators: erin gets only the gold task
     response = client.post("/api/admin/assign", headers=headers, json={"overlap": 2})
     assert response.json() == {"assigned": 1, "gold": 1, "regular": 0}
+
+
+def test_a_database_made_before_revisions_gains_the_table(setup):
+    from posttrain.annotate.db import make_engine
+
+    with session(setup.engine) as db:
+        _vote_on(db, "alice", "t1", None, vote_key="old-db-first", choice="A", confidence=2)
+    VoteRevision.__table__.drop(setup.engine)  # as a database from before this table existed
+    engine = make_engine(setup.url)  # what `posttrain annotate serve --db ...` does on start
+    try:
+        with session(engine) as db:
+            _vote_on(db, "alice", "t1", None, vote_key="old-db-second", choice="B", confidence=3,
+                     revise=True)  # fmt: skip
+            (record,) = [r for r in preference_records(db) if r["task_id"] == "t1"]
+            assert record["p_chosen"] == 0.9 and record["revisions"] == 1
+            assert record["chosen"] == "Purple, probably."
+    finally:
+        engine.dispose()

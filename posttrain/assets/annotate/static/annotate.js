@@ -665,6 +665,12 @@ async function start() {
   $("shortcuts").addEventListener("click", (event) => { if (event.target === $("shortcuts")) toggleShortcuts(false); });
   $("prompt-toggle").addEventListener("click", togglePrompt);
   document.addEventListener("keydown", onKey);
+  // The browser's Back button means "previous answer" here (it used to lead to the login form).
+  history.pushState({ annotate: true }, "");
+  window.addEventListener("popstate", () => {
+    history.pushState({ annotate: true }, "");
+    previous();
+  });
 
   const guidelines = await api("GET", "/api/guidelines", undefined, { retries: 5 });
   state.aspects = guidelines.aspects;
