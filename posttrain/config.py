@@ -399,11 +399,16 @@ class TrainConfig:
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     """Also send the logged metrics to TensorBoard (event files in output_dir/runs) or to an
     offline wandb run (output_dir/wandb); metrics.jsonl is written either way."""
+    device: str = "auto"
+    """Where to compute: auto (CUDA if available, then MPS, else CPU), cpu, cuda, cuda:N or mps.
+    Under torchrun each process takes cuda:LOCAL_RANK (auto / cuda) or the CPU."""
 
     def validate(self) -> None:
+        from posttrain.training.device import check_dtype, resolve
         from posttrain.training.trackers import check_available
 
         check_available(self.report_to)  # a missing package fails before output_dir exists
+        check_dtype(resolve(self.device), self.dtype)  # an absent device: exit 2, nothing written
         check(self.max_steps >= 1, "max_steps", "must be >= 1", self.max_steps)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(
