@@ -71,6 +71,29 @@ def set_rng_state(
         gen.set_state(state[f"gen:{name}"])
 
 
+def check_finite(modules: dict[str, torch.nn.Module], what: str) -> None:
+    """``UserError`` naming the first parameter or buffer holding a NaN or inf; nothing non-finite
+    is ever saved. With several processes every rank checks its own shard and all learn the
+    verdict (a collective: call it on every rank)."""
+    bad = ""
+    for name, module in modules.items():
+        for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+            if local.is_floating_point() and not torch.isfinite(local.detach()).all():
+                bad = f"{name}.{key}"
+                break
+        if bad:
+            break
+    if distributed.is_initialized():
+        if distributed.all_sum(float(bool(bad))) > 0 and not bad:
+            bad = "a parameter on another process"
+    if bad:
+        raise UserError(
+            f"not saving {what}: the weights are not finite ({bad} holds NaN or inf); "
+            "the training diverged"
+        )
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -91,6 +114,7 @@ def save_checkpoint(
     tmp = output_dir / f".checkpoint-{step}.tmp"
     many = distributed.is_initialized()
     modules = {name: distributed.unwrap(m) for name, m in modules.items()}
+    check_finite(modules, f"checkpoint-{step}")
     if many:  # collectives first, on every rank
         gathered = _gather(modules, optimizer, generators)
         if not distributed.is_main():

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from posttrain.errors import UserError
+
 
 def make_optimizer(
     model: torch.nn.Module,
@@ -71,12 +73,23 @@ def make_scheduler(
 
 
 def optimizer_step(params, optimizer, scheduler, max_grad_norm: float) -> float:
-    """Clip (when ``max_grad_norm`` > 0), step, advance the schedule, zero grads; returns the norm."""
+    """Clip (when ``max_grad_norm`` > 0), step, advance the schedule, zero grads; returns the norm.
+
+    A non-finite gradient norm (a NaN or inf loss upstream) raises ``UserError`` before the update,
+    so the weights, and every checkpoint saved later, stay finite. Under several processes the
+    norm is the global one, so every rank stops together."""
     params = [p for p in params if p.grad is not None]
     if max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))
+    if not math.isfinite(float(norm)):
+        update = "" if scheduler is None else f" at step {scheduler.last_epoch + 1}"
+        raise UserError(
+            f"training stopped{update}: the loss or its gradient is not finite (gradient norm "
+            f"{float(norm)}); the update was not applied and no non-finite weights were saved. "
+            "Try a lower --learning_rate, --max_grad_norm, float32, or check the data"
+        )
     optimizer.step()
     if scheduler is not None:
         scheduler.step()

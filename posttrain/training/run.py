@@ -25,7 +25,12 @@ from posttrain import metrics as M
 from posttrain.errors import UserError
 from posttrain.training import device as devices
 from posttrain.training import distributed
-from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from posttrain.training.checkpoint import (
+    check_finite,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from posttrain.training.curves import write_run_curves
 from posttrain.training.optim import make_optimizer, make_scheduler, optimizer_step
 from posttrain.training.trackers import open_tracker
@@ -263,6 +268,7 @@ class Run:
         """Append ``values`` to metrics.jsonl; with several processes call it on every rank: each
         number is averaged over ranks (log a sum as its all-reduced value) and rank 0 writes."""
         values = distributed.all_reduce_mean(values)
+        _stop_on_non_finite_loss(step, values)  # the same values on every rank: all stop
         if not distributed.is_main():
             return
         assert self.metrics is not None, "call run.restore() first"
@@ -289,11 +295,12 @@ class Run:
     def step_done(
         self, step: int, *, modules, optimizer=None, scheduler=None, state=None, generators=None
     ) -> None:
-        """Advance the progress bar; write a checkpoint when ``save_steps`` says so."""
+        """Advance the progress bar; write a checkpoint when ``save_steps`` says so, and always at
+        the last step (so ``--resume`` with a larger ``--max_steps`` continues from there)."""
         if self._bar is not None:
             self._bar.update(1)
         save = self.config.save_steps
-        if save and step % save == 0 and step < self.config.max_steps:
+        if step == self.config.max_steps or (save and step % save == 0):
             save_checkpoint(
                 self.dir,
                 step,
@@ -321,6 +328,7 @@ class Run:
             self.tracker = None
         final = self.dir / "final"
         model = distributed.unwrap(model)
+        check_finite({"model": model}, "final/")
         # FSDP: the full weights, gathered on rank 0 (a collective); else the model's own
         state = distributed.full_state_dict(model) if distributed.is_fsdp(model) else None
         if distributed.is_main():
@@ -333,6 +341,21 @@ class Run:
         if distributed.is_main():
             print(f"saved {final}{note() if note else ''}")
         return final
+
+
+def _stop_on_non_finite_loss(step: int, values: dict[str, Any]) -> None:
+    """``UserError`` when a training loss (``train/loss`` or under ``loss/``) is NaN or inf: the run
+    stops before this step's checkpoint (``step_done`` comes after ``log``)."""
+    for key, value in values.items():
+        is_loss = key == M.TRAIN_LOSS or key.startswith("loss/")
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if is_loss and isinstance(value, float) and not math.isfinite(value):
+            raise UserError(
+                f"training stopped at step {step}: {key} is not finite ({value}); "
+                "nothing from this step was saved. Try a lower --learning_rate, "
+                "--max_grad_norm, float32, or check the data"
+            )
 
 
 def default_threads() -> None:

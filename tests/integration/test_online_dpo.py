@@ -11,6 +11,7 @@ smallest gap 0.08; docs/ai_feedback.md), so the direction is asserted.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -98,6 +99,8 @@ def test_iterative_dpo_refreshes_the_reference_and_resumes_exactly(cli, sft_mode
     assert margins[1] != 0.0 and margins[4] != 0.0, margins
     # resume from checkpoint-3 (round 2 onwards): bit-identical final weights
     first = load_file(str(out / "final/model.safetensors"))
+    # every run also saves its last step: resume from the periodic checkpoint before it
+    shutil.rmtree(out / "checkpoint-6")
     _online_dpo(cli, model, prompts, out, *args, "--resume")
     again = load_file(str(out / "final/model.safetensors"))
     assert all(torch.equal(first[k], again[k]) for k in first)

@@ -8,10 +8,12 @@ checkpoint (written from gathered full weights)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
-from posttrain.training import read_metrics
+from posttrain.training import latest_checkpoint, read_metrics
 from tests.helpers_rl import COMMON, reward_curve
 from tests.integration.test_online_dpo import sft_model  # noqa: F401  (the fixture)
 from tests.invariance.helpers_distributed import assert_moved, final_weights, torchrun
@@ -34,6 +36,8 @@ def assert_resumes_exactly(args: list, out, keys: tuple[str, ...]) -> None:
     """``--resume`` from the last checkpoint repeats the last two logged steps (``keys``) and
     the final weights bit for bit."""
     rows, weights = read_metrics(out / "metrics.jsonl"), final_weights(out)
+    # every run also saves its last step: resume from the periodic checkpoint before it
+    shutil.rmtree(latest_checkpoint(out))
     proc = torchrun(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_metrics(out / "metrics.jsonl")

@@ -7,6 +7,7 @@ writes the outputs, and it resumes under 2 processes."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 
@@ -46,6 +47,8 @@ def test_online_dpo_on_two_processes_learns_and_resumes(sft_model, tmp_path):  #
     assert all(r["train/pairs"] <= 8 for r in rows[1:])  # the global batch's pairs
     weights = final_weights(out)
     # resume from checkpoint-28 under the same number of processes: steps 29-30 again, exactly
+    # every run also saves its last step: resume from the periodic checkpoint before it
+    shutil.rmtree(out / "checkpoint-30")
     proc = torchrun(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_metrics(out / "metrics.jsonl")

@@ -8,6 +8,7 @@ resumes exactly under 2 processes."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 
@@ -36,6 +37,8 @@ def test_ppo_on_two_processes_learns_and_resumes(tmp_path):
     samples = (out / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 4 and json.loads(samples[0])["step"] == 5  # rank 0's table only
     # resume from checkpoint-18 under the same number of processes: steps 19-20 again, exactly
+    # every run also saves its last step: resume from the periodic checkpoint before it
+    shutil.rmtree(out / "checkpoint-20")
     proc = torchrun(*ARGS, "--output_dir", out, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_metrics(out / "metrics.jsonl")

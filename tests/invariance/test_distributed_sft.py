@@ -66,6 +66,8 @@ def test_fsdp_2x4_equals_1x8_and_resumes_under_2_processes(train, single, tmp_pa
     assert (out / "checkpoint-2" / "model.safetensors").exists()
 
     shutil.rmtree(out / "final")  # continue from checkpoint-2: the same final weights
+    # every run also saves its last step: resume from the periodic checkpoint before it
+    shutil.rmtree(out / "checkpoint-3")
     proc = torchrun(*args, "--output_dir", out, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr
