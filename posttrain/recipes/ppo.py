@@ -9,7 +9,7 @@ Each iteration:
 3. GAE (``gamma``, ``lam``) over the value model's values -> returns; advantages whitened;
 4. ``ppo_epochs`` passes over shuffled minibatches (``num_minibatches`` optimizer steps each):
    clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy
-   (+ PPO-ptx: ``ptx_coef`` * NLL of ``ptx_data``); the epoch loop stops early once the mean
+   (+ PPO-ptx: ``ptx_coef`` * NLL of ``ptx_data``, raw text or SFT records); the epoch loop stops early once the mean
    approximate KL to the sampling policy passes ``max_approx_kl``;
 5. the KL controller updates beta (fixed, or adaptive toward ``kl_target``, Ziegler et al. 2019);
 6. log, samples table, checkpoint (sampling RNG, KL controller, optimizer, data positions, value
@@ -41,7 +41,8 @@ import torch
 
 from posttrain import metrics as M
 from posttrain.config import check
-from posttrain.data import collate, load_examples
+from posttrain.data import collate, encode_example, load_examples
+from posttrain.data.chat import encode_text
 from posttrain.losses import (
     explained_variance,
     gae,
@@ -55,7 +56,7 @@ from posttrain.losses import (
 )
 from posttrain.models import check_model_name, forward_logprobs, load_model
 from posttrain.models.value import build_value_model, load_critic
-from posttrain.recipes.sft import encode_all, nll_sum
+from posttrain.recipes.sft import nll_sum
 from posttrain.rollout.online import (
     Experience,
     KLController,
@@ -117,7 +118,8 @@ class Config(OnlineConfig):
     """With separate_critic: the critic's starting model (a model name, HF directory, or a reward
     model's directory: its trunk)."""
     ptx_data: str | None = None
-    """PPO-ptx: SFT/pretraining data whose log-likelihood is mixed into the loss."""
+    """PPO-ptx: data whose log-likelihood is mixed into the loss: raw pretraining text
+    (`{"text": ...}`, loss on every token, as InstructGPT) or SFT records (loss on the response)."""
     ptx_coef: float = 0.0
     """PPO-ptx gamma: weight of the NLL per token of ptx_data."""
     ptx_batch_size: int = 8
@@ -250,9 +252,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         check_model_name(cfg.critic_model)
     ptx = []
     if cfg.ptx_data:
-        ptx, _ = encode_all(
-            tokenizer, load_examples(cfg.ptx_data, ["sft"], what="--ptx_data"), cfg.max_length
-        )
+        ptx = [  # raw text: every token; SFT records: the response
+            encode_text(tokenizer, ex.response, cfg.max_length)
+            if ex.kind == "text"
+            else encode_example(tokenizer, ex.prompt, ex.response, cfg.max_length)
+            for ex in load_examples(cfg.ptx_data, ["text", "sft"], what="--ptx_data")
+        ]
     run_ = Run(cfg, flags, "ppo")
 
     torch.manual_seed(cfg.seed)
