@@ -316,6 +316,8 @@ def test_pages_fit_the_screen(new_page, sqlite_setup, live_server, size):
     assert overflow(page) == 0
     assert inside_viewport(page, ".bar")
     shot(page, f"annotate-admin-{size}")
+    assert page.locator("#habits tbody tr").count() == 2  # alice, bob
+    assert page.locator("#disagreed tbody tr").count() >= 1
     page.evaluate("() => { document.querySelector('#quality').scrollIntoView();"
                   " window.scrollBy(0, -60); }")  # fmt: skip
     shot(page, f"annotate-quality-{size}")
@@ -490,3 +492,17 @@ def test_long_tasks_keep_controls_and_prompt_in_reach(new_page, long_server):
     assert page.evaluate("() => window.scrollY") == 0  # a new task starts at the top
     assert page.text_content("#status") == ""
     shot(page, "annotate-long-desktop")
+
+
+def test_assign_says_when_only_gold_tasks_were_added(new_page, sqlite_setup, live_server):
+    setup, base = sqlite_setup, live_server.base
+    page = new_page()
+    login(page, base, setup.tokens["admin"], "/admin")
+    page.fill("#new-name", "carol")
+    page.click("#add-form button")
+    page.wait_for_selector("#token-value")
+    page.fill("#overlap", "2")  # every regular task already has two annotators
+    page.click("#assign-form button")
+    page.wait_for_function("() => document.querySelector('#assign-result').textContent !== ''")
+    text = page.text_content("#assign-result")
+    assert text.startswith("1 new assignments") and "all of them gold" in text
