@@ -1,0 +1,131 @@
+"""Response log-probs without the (tokens x vocabulary) logits ever existing whole.
+
+A causal LM's last step is ``logits = lm_head(hidden)`` over every position: on SmolLM2
+(49,152 tokens) a batch of 64 x 80 tokens makes 1 GB of float32 logits, several times over once
+log-softmax, entropy and their gradients are kept. Only the positions that predict a response
+token are needed, and each one's log-prob needs only its own row of logits. So:
+
+1. the model runs with its output layer fed an empty slice (:func:`lm_head_skipped`: a forward
+   pre-hook that keeps the layer's input, the last hidden state, and passes on ``hidden[..., :0,
+   :]``), so no logits are made;
+2. :func:`chunked_token_logprobs` takes the hidden states at the response positions only and
+   applies the output layer, log-softmax, the gather (and the entropy) ``chunk_size`` positions at
+   a time. With gradients each chunk runs under activation checkpointing (non-reentrant), so the
+   backward recomputes one chunk's logits at a time instead of keeping them all: peak memory is
+   one chunk's (chunk_size x V) logits, forward or backward.
+
+The numbers are those of the whole-logits computation (the same operations on the same rows;
+``tests/unit/test_chunked_logprobs.py`` checks values and gradients to 1e-6 in float64).
+Models whose output is not a plain ``lm_head(hidden)`` (final logit soft-capping, a logit scale)
+and wrapped (DDP / FSDP) models are not eligible (:func:`can_chunk`): the caller computes whole
+logits for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from posttrain.losses.common import entropy_from_logits
+
+DEFAULT_CHUNK_SIZE = 1024
+"""Positions per chunk: 1024 x 49,152 float32 logits are 200 MB."""
+
+
+def can_chunk(model) -> bool:
+    """Whether ``model``'s logits are ``get_output_embeddings()(last hidden state)`` and nothing
+    else (a transformers causal LM, possibly with peft adapters, not wrapped for DDP/FSDP)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return False
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Module):
+        return False
+    from posttrain.training.distributed import is_fsdp
+
+    if is_fsdp(model):
+        return False
+    config = getattr(model, "config", None)
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(config, name, None) not in (None, 1.0):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def lm_head_skipped(model):
+    """Inside the block, a forward of ``model`` makes no logits (its output layer sees an empty
+    slice of positions); yields ``(head, box)``: the output layer and a dict whose ``"hidden"``
+    is the last forward's full input to it, (B, T, H)."""
+    head = model.get_output_embeddings()
+    box: dict[str, torch.Tensor] = {}
+
+    def keep_input(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("input")
+        box["hidden"] = hidden
+        return (hidden[..., :0, :],) + tuple(args[1:]), kwargs
+
+    handle = head.register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        yield head, box
+    finally:
+        handle.remove()
+
+
+def _chunk(head, hidden, labels, temperature: float, with_entropy: bool):
+    """(C, H) hidden, (C,) labels -> log-probs (C,) [and entropies (C,)] in at least float32."""
+    logits = head(hidden)
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps = -torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    if with_entropy:
+        return logps, entropy_from_logits(logits)
+    return (logps,)
+
+
+def chunked_token_logprobs(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of ``labels`` at the positions where ``mask`` is set.
+
+    hidden (B, T - 1, H): the output layer's inputs at the positions that predict ``labels``
+    (B, T - 1); mask (B, T - 1). Returns ``(logps, entropy)``, each (B, T - 1) in at least
+    float32, 0 where ``mask`` is 0 (entropy None unless ``with_entropy``). The output layer runs
+    on ``chunk_size`` positions at a time, checkpointed when gradients are on."""
+    b, t = labels.shape
+    flat = mask.reshape(-1) != 0
+    idx = flat.nonzero().squeeze(-1)  # (K,) positions to score
+    rows = hidden.reshape(b * t, -1).index_select(0, idx)  # (K, H)
+    targets = labels.reshape(-1).index_select(0, idx)  # (K,)
+    fn = functools.partial(_chunk, head, temperature=temperature, with_entropy=with_entropy)
+    grad = torch.is_grad_enabled() and (
+        rows.requires_grad or any(p.requires_grad for p in head.parameters())
+    )
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for lo in range(0, rows.size(0), chunk_size):
+        args = (rows[lo : lo + chunk_size], targets[lo : lo + chunk_size])
+        if grad:
+            parts.append(checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False))
+        else:
+            parts.append(fn(*args))
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    out = []
+    for j in range(2 if with_entropy else 1):
+        values = torch.cat([p[j] for p in parts]) if parts else hidden.new_zeros(0, dtype=dtype)
+        full = values.new_zeros(b * t).index_put((idx,), values)
+        out.append(full.view(b, t))
+    return out[0], out[1] if with_entropy else None

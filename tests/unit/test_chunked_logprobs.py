@@ -1,0 +1,99 @@
+"""Chunked response log-probs (posttrain.models.chunked) equal the whole-logits ones: values,
+entropies and gradients (to the hidden states and to every weight), float64, tiny-llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.data import collate, encode_example
+from posttrain.losses.common import entropy_from_logits
+from posttrain.models import gather_logprobs, load_policy
+from posttrain.models.chunked import can_chunk, chunked_token_logprobs, lm_head_skipped
+from posttrain.models.logprobs import position_ids_from_mask
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("tiny-llama", dtype="float64")
+
+
+def _batch(tok):
+    encs = [
+        encode_example(tok, "The movie", " was great and long enough to chunk", 64),
+        encode_example(tok, "A much longer prompt here", " bad", 64),
+        encode_example(tok, "x", " an ending of middling length", 64),
+    ]
+    return collate(encs, tok.pad_token_id, side="right")
+
+
+def _whole(model, b, temperature):
+    """The reference computation: every position's logits at once, masked afterwards."""
+    out = model(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        position_ids=position_ids_from_mask(b["attention_mask"]),
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1] / temperature
+    mask = b["response_mask"][:, 1:].to(logits.dtype)
+    logps = gather_logprobs(logits, b["input_ids"][:, 1:]) * mask
+    return logps, entropy_from_logits(logits) * mask
+
+
+def _chunked(model, b, temperature, chunk_size):
+    with lm_head_skipped(model) as (head, box):
+        out = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            position_ids=position_ids_from_mask(b["attention_mask"]),
+            use_cache=False,
+        )
+    assert out.logits.shape[1] == 0  # no logits were made
+    return chunked_token_logprobs(
+        head,
+        box["hidden"][:, :-1],
+        b["input_ids"][:, 1:],
+        b["response_mask"][:, 1:],
+        temperature=temperature,
+        with_entropy=True,
+        chunk_size=chunk_size,
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 4096])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_whole_logits_values_and_gradients(tiny, chunk_size, temperature):
+    model, tok = tiny
+    assert can_chunk(model)
+    b = _batch(tok)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    ref_logps, ref_ent = _whole(model, b, temperature)
+    # a loss that weights every position differently, through log-probs and entropy
+    w = torch.linspace(0.5, 2.0, ref_logps.numel(), dtype=torch.float64).view(ref_logps.shape)
+    ref_grads = torch.autograd.grad((w * ref_logps).sum() + (ref_ent / w).sum(), params)
+
+    logps, ent = _chunked(model, b, temperature, chunk_size)
+    grads = torch.autograd.grad((w * logps).sum() + (ent / w).sum(), params)
+
+    assert logps.dtype == torch.float64 and logps.shape == ref_logps.shape
+    torch.testing.assert_close(logps, ref_logps, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-6, rtol=0)
+    assert bool((logps[b["response_mask"][:, 1:] == 0] == 0).all())
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g, rg, atol=1e-6, rtol=0)
+    assert any(float(g.abs().max()) > 1e-3 for g in grads)  # the gradients are not all zero
+
+
+def test_no_grad_chunks_and_empty_mask(tiny):
+    model, tok = tiny
+    b = _batch(tok)
+    with torch.no_grad():
+        ref, _ = _whole(model, b, 1.0)
+        got, ent = _chunked(model, b, 1.0, 3)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    b["response_mask"] = torch.zeros_like(b["response_mask"])
+    with torch.no_grad():
+        got, _ = _chunked(model, b, 1.0, 3)
+    assert got.shape == ref.shape and bool((got == 0).all())
