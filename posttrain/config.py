@@ -162,6 +162,35 @@ def _unknown(cls: type, key: str) -> UserError:
     return UserError(f"unknown setting --{key}{hint} (see --help)")
 
 
+def section_values(value: Any, name: str) -> dict[str, Any]:
+    """A section's settings: a mapping, or a mapping written as YAML on the command line
+    (``--lora '{enabled: true, r: 4}'``)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--{name}: not valid YAML (got {value!r})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--{name}: expected a section of settings, e.g. '{{key: value}}'")
+    return value
+
+
+def build_section(cls: type, value: Any, name: str, **fixed: Any) -> Any:
+    """Another command's config (e.g. expert-iteration's ``--sft``) from a mapping or a YAML
+    string, typed and checked like top-level fields (errors name ``--NAME.field``), with the
+    ``fixed`` values set over it; ``validate()`` is called."""
+    config = build(cls, {**section_values(value, name), **fixed}, prefix=f"{name}.")
+    if hasattr(config, "validate"):
+        try:
+            config.validate()
+        except UserError as exc:  # "--field: ..." of the section -> "--name.field: ..."
+            message = str(exc)
+            if message.startswith("--") and not message.startswith(f"--{name}."):
+                raise UserError(f"--{name}.{message[2:]}") from None
+            raise
+    return config
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from a nested dict, converting and checking every value."""
     hints = _hints(cls)
@@ -172,8 +201,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             raise _unknown(cls, prefix + key)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise UserError(f"--{prefix}{key}: expected a section of settings")
+            value = section_values(value, prefix + key)
             kwargs[key] = build(tp, value, prefix=f"{prefix}{key}.")
         else:
             kwargs[key] = _convert(value, tp, prefix + key)
@@ -341,6 +369,55 @@ class LoraConfig:
         ]
     )
     """Module names that get adapters."""
+
+
+@dataclass(kw_only=True)
+class GenerationConfig:
+    """The sampling settings of every command that generates (sample, best-of-n,
+    expert-iteration, cai, online-dpo and the online RL recipes): one definition of the fields,
+    their docs and checks, given flat on the command line (``--max_new_tokens 32``). A command
+    may re-declare a field to change its default."""
+
+    max_new_tokens: int = 64
+    """Longest response in tokens (a response not ended by then is cut)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability (1: off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0: off)."""
+
+    def check_sampling(self, *, greedy: bool = True, why: str = "") -> None:
+        """Check the sampling fields; ``greedy=False``: temperature must be > 0 (``why``)."""
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
+        if greedy:
+            check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
+        else:
+            message = f"must be > 0 {why}" if why else "must be > 0"
+            check(self.temperature > 0, "temperature", message, self.temperature)
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        check(self.top_k >= 0, "top_k", "must be >= 0", self.top_k)
+
+    def sampling_args(self) -> dict[str, Any]:
+        """The fields as keyword arguments of ``posttrain.rollout.sampler.sample_texts``."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+        }
+
+
+@dataclass(kw_only=True)
+class SamplingConfig(GenerationConfig):
+    """:class:`GenerationConfig` plus the number of samples per prompt (``--n``)."""
+
+    n: int = 1
+    """Samples per prompt."""
+
+    def check_sampling(self, *, greedy: bool = True, why: str = "") -> None:
+        check(self.n >= 1, "n", "must be >= 1", self.n)
+        super().check_sampling(greedy=greedy, why=why)
 
 
 @dataclass(kw_only=True)

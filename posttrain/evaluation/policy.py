@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from posttrain.data import encode_prompt, load_examples
+from posttrain.data import load_examples
 from posttrain.errors import UserError
 from posttrain.evaluation.capability import (
     ChoiceItem,
@@ -39,7 +39,8 @@ from posttrain.evaluation.win_rate import (
     win_rate,
 )
 from posttrain.models import check_model_name, load_model, load_tokenizer
-from posttrain.rollout import decode_responses, generate
+from posttrain.rollout import SamplingParams, decode_responses
+from posttrain.rollout.sampler import sample_rollouts
 
 
 def log(msg: str) -> None:
@@ -129,25 +130,18 @@ def load_any(path: str | Path, dtype: str):
 
 
 def sample(model, tok, prompts: list, *, max_new_tokens: int, batch_size: int, seed: int):
-    """One response per prompt at temperature 1: ``(texts, (input_ids, attention_mask,
-    response_mask) per batch)``."""
-    gen = torch.Generator().manual_seed(seed)
-    texts: list[str] = []
-    batches = []
-    enc = [encode_prompt(tok, p) for p in prompts]
-    for i in range(0, len(enc), batch_size):
-        roll = generate(
-            model,
-            enc[i : i + batch_size],
-            pad_id=tok.pad_token_id,
-            eos_id=tok.eos_token_id,
-            max_new_tokens=max_new_tokens,
-            temperature=1.0,
-            generator=gen,
-        )
-        texts += decode_responses(tok, roll)
-        batches.append((roll.input_ids, roll.attention_mask, roll.response_mask))
-    return texts, batches
+    """One response per prompt at temperature 1 (``rollout.sampler.sample_rollouts``):
+    ``(texts, (input_ids, attention_mask, response_mask) per batch)``."""
+    rollouts = sample_rollouts(
+        model,
+        tok,
+        prompts,
+        SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0),
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    texts = [t for roll in rollouts for t in decode_responses(tok, roll)]
+    return texts, [(r.input_ids, r.attention_mask, r.response_mask) for r in rollouts]
 
 
 def kl_of_batches(policy, reference, batches, batch_size: int) -> dict[str, float]:

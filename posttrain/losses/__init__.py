@@ -36,6 +36,7 @@ from posttrain.losses.preference import (
 )
 from posttrain.losses.reward import reward_centering_loss, soft_bradley_terry_loss
 from posttrain.losses.rl import (
+    KLController,
     adaptive_kl_coef,
     explained_variance,
     kl_shaped_rewards,
@@ -48,6 +49,7 @@ __all__ = [
     "PREFERENCE_LOSS_TYPES",
     "REFERENCE_FREE_LOSS_TYPES",
     "SOFT_LABEL_LOSS_TYPES",
+    "KLController",
     "KL_KINDS",
     "adaptive_kl_coef",
     "bradley_terry_loss",

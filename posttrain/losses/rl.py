@@ -1,4 +1,4 @@
-"""RLHF reward shaping, the adaptive KL coefficient and the value-function diagnostics of PPO."""
+"""RLHF reward shaping, the adaptive KL coefficient (and its controller) and the value-function diagnostics of PPO."""
 
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def adaptive_kl_coef(
     """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return kl_coef * (1.0 + error * n_steps / horizon)
+
+
+class KLController:
+    """The KL coefficient beta of an online run: fixed (``target`` None) or adaptive
+    (:func:`adaptive_kl_coef`, Ziegler et al. 2019); its state goes into checkpoints."""
+
+    def __init__(self, value: float, target: float | None = None, horizon: int = 10000):
+        self.value, self.target, self.horizon = value, target, horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            self.value = adaptive_kl_coef(
+                self.value, kl, target=self.target, horizon=self.horizon, n_steps=n_steps
+            )
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor):

@@ -11,7 +11,7 @@ estimator's state: exact resume).
 
 No separate no-grad policy forward: the first training forward (before any update) supplies the
 "old" log-probs, the KL and the entropy, so a step costs one generation, one reference forward
-and one forward + backward per pass; dropout is switched off (``disable_dropout``) so that
+and one forward + backward per pass; dropout is switched off (``models.modes.disable_dropout``) so that
 forward's numbers are the sampling policy's. With ``gradient_accumulation_steps`` > 1 the batch is split into micro-batches, each
 weighted by its share of the batch's response tokens (the same gradient as one pass), and the
 old log-probs then come from a no-grad forward first.
@@ -37,17 +37,8 @@ from posttrain import metrics as M
 from posttrain.config import check
 from posttrain.losses import kl_estimate, masked_mean, ppo_policy_loss
 from posttrain.models import forward_logprobs
-from posttrain.rollout.online import (
-    Experience,
-    OnlineConfig,
-    collect,
-    load_inputs,
-    load_trainable_policy,
-    peak_rss_mb,
-    rollout_metrics,
-    timed,
-    write_samples,
-)
+from posttrain.recipes._online import OnlineConfig, load_inputs, load_trainable_policy
+from posttrain.rollout.online import Experience, collect, rollout_metrics, write_samples
 from posttrain.training import (
     DataOrder,
     Run,
@@ -56,6 +47,7 @@ from posttrain.training import (
     make_scheduler,
     optimizer_step,
 )
+from posttrain.training.timing import peak_rss_mb, timed
 
 Estimator = Callable[[torch.Tensor, dict], torch.Tensor]
 

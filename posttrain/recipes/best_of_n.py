@@ -16,19 +16,19 @@ from typing import Any
 
 import torch
 
-from posttrain.config import check
+from posttrain.config import SamplingConfig, build_section, check
 from posttrain.data import load_examples, write_jsonl
 from posttrain.judges.sources import load_reward_source
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.recipes import sft
-from posttrain.recipes.sample import sample_texts
+from posttrain.rollout.sampler import sample_texts
 from posttrain.training import prepare_output_dir
 
 SUMMARY = "Best-of-n: sample n, keep the highest-reward response per prompt (writes JSONL)."
 
 
 @dataclass(kw_only=True)
-class Config:
+class Config(SamplingConfig):
     model: str
     """Model to sample from."""
     prompts: str
@@ -39,14 +39,6 @@ class Config:
     """JSONL to write: prompt, completion (the best), score, completions, scores."""
     n: int = 4
     """Samples per prompt."""
-    max_new_tokens: int = 64
-    """Longest response."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling."""
-    top_k: int = 0
-    """Top-k sampling (0: off)."""
     batch_size: int = 16
     """Sequences generated together."""
     seed: int = 0
@@ -60,10 +52,7 @@ class Config:
     """Settings of that SFT run (max_steps, batch_size, learning_rate, ...)."""
 
     def validate(self) -> None:
-        check(self.n >= 1, "n", "must be >= 1", self.n)
-        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
-        check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        self.check_sampling()
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
 
 
@@ -91,21 +80,18 @@ def best_of_n(
 
 
 def sft_config(model: str, data: Path, output_dir: Path, settings: dict, seed: int) -> sft.Config:
-    """The SFT config that trains ``model`` on ``data`` (validated; short defaults)."""
-    cfg = sft.Config(
-        **{
-            "max_steps": 20,
-            "batch_size": 8,
-            "progress": False,
-            **settings,
-            "model": model,
-            "train_data": str(data),
-            "output_dir": str(output_dir),
-            "seed": seed,
-        }
+    """The SFT config that trains ``model`` on ``data``: short defaults under ``settings``
+    (``--sft``), typed and validated like ``posttrain sft``'s own settings (bad input: a
+    ``UserError`` naming ``--sft.FIELD``)."""
+    return build_section(
+        sft.Config,
+        {"max_steps": 20, "batch_size": 8, "progress": False, **settings},
+        "sft",
+        model=model,
+        train_data=str(data),
+        output_dir=str(output_dir),
+        seed=seed,
     )
-    cfg.validate()
-    return cfg
 
 
 def write_kept(rows: list[dict], path: Path) -> None:
@@ -133,11 +119,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         reward_fn,
         n=cfg.n,
         generator=torch.Generator().manual_seed(cfg.seed),
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
         batch_size=cfg.batch_size,
+        **cfg.sampling_args(),
     )
     write_jsonl(cfg.output, rows)
     mean_best = sum(r["score"] for r in rows) / len(rows)

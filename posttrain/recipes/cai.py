@@ -37,14 +37,14 @@ from typing import Literal
 import torch
 import yaml
 
-from posttrain.config import check
+from posttrain.config import GenerationConfig, check
 from posttrain.data import load_examples, write_jsonl
 from posttrain.data.chat import as_messages
 from posttrain.data.formats import prompt_text
 from posttrain.errors import UserError
 from posttrain.judges.constitution import load_constitution
 from posttrain.models import check_model_name, load_policy
-from posttrain.recipes.sample import sample_texts
+from posttrain.rollout.sampler import sample_texts
 
 SUMMARY = "Constitutional AI (supervised stage): critique and revise responses; writes SFT data."
 
@@ -57,7 +57,7 @@ def default_asset(name: str) -> str:
 
 
 @dataclass(kw_only=True)
-class Config:
+class Config(GenerationConfig):
     model: str
     """The model that answers, critiques and revises (a model name or HF directory)."""
     output: str
@@ -94,15 +94,13 @@ class Config:
     def validate(self) -> None:
         check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         check(self.limit >= 0, "limit", "must be >= 0", self.limit)
-        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
+        self.check_sampling()
         check(
             self.critique_max_new_tokens >= 1,
             "critique_max_new_tokens",
             "must be >= 1",
             self.critique_max_new_tokens,
         )
-        check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
 
 
@@ -156,6 +154,7 @@ def critique_and_revise(
     critique_max_new_tokens: int,
     temperature: float,
     top_p: float = 1.0,
+    top_k: int = 0,
     batch_size: int = 8,
 ) -> tuple[list[dict], int]:
     """The CAI loop over all prompts at once; returns (traces, empty_revisions)."""
@@ -171,6 +170,7 @@ def critique_and_revise(
             max_new_tokens=limit,
             temperature=temperature,
             top_p=top_p,
+            top_k=top_k,
             batch_size=batch_size,
             generator=generator,
         )
@@ -250,6 +250,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         critique_max_new_tokens=cfg.critique_max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        top_k=cfg.top_k,
         batch_size=cfg.batch_size,
     )
     for ex, trace in zip(examples, traces):

@@ -350,7 +350,7 @@ def stage_sft(cfg, b, out, task, data, prog):
 def stage_pairs(cfg, b, out, task, sft_dir, data, prog, facts):
     """Two SFT samples per prompt, labelled by the simulated annotator."""
     from posttrain.models import load_policy
-    from posttrain.recipes.sample import sample_texts
+    from posttrain.rollout.sampler import sample_texts
 
     prog.start(
         "sample", f"2 continuations for each of {b.pair_prompts} prompts from the SFT policy"

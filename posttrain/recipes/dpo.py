@@ -34,14 +34,10 @@ not the result.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -59,8 +55,13 @@ from posttrain.losses import (
     reward_accuracy,
 )
 from posttrain.models import PairLogps, check_model_name, load_model, load_tokenizer, pair_logps
-from posttrain.models.lora import adapters_disabled, apply_lora
+from posttrain.models.lora import apply_lora
 from posttrain.training import DataOrder, Run, distributed
+from posttrain.training.reference import (
+    Reference,
+    data_key,
+    precompute_pair_logps,
+)
 
 SUMMARY = "DPO and its family (IPO, hinge, robust, cDPO, RPO, SimPO, ORPO, unlikelihood) on pairs."
 
@@ -171,97 +172,10 @@ class Config(TrainConfig):
 # --------------------------------------------------------------------------- reusable pieces
 
 
-@torch.no_grad()
-def reference_logps(
-    reference, pairs: list[EncodedPair], pad_id: int, batch_size: int, padding_free: bool = False
-) -> torch.Tensor:
-    """(N, 2) summed reference log-probs [chosen, rejected] of every pair, in order (float64).
-
-    Batched by length (the pairs sorted by their longer response, results put back in order), so
-    batches carry little padding."""
-    was = reference.training
-    reference.eval()
-    out = torch.zeros(len(pairs), 2, dtype=torch.float64)
-    by_length = sorted(range(len(pairs)), key=lambda i: _longer(pairs[i]))
-    for k in range(0, len(pairs), batch_size):
-        idx = by_length[k : k + batch_size]
-        batch = collate_pairs([pairs[i] for i in idx], pad_id, padding_free=padding_free)
-        lp = pair_logps(reference, batch)
-        out[idx] = torch.stack([lp.chosen, lp.rejected], -1).double()
-    reference.train(was)
-    return out
-
-
-def _longer(pair: EncodedPair) -> int:
-    return max(len(pair.chosen.input_ids), len(pair.rejected.input_ids))
-
-
 def visited(n: int, cfg: Config) -> list[int]:
     """The training pairs a run of ``cfg.max_steps`` steps uses (``Run.start_training``'s data
     order): all of them once it passes an epoch."""
     return sorted(DataOrder(n, cfg.seed).next(min(n, cfg.max_steps * cfg.batch_size)))
-
-
-def fill_reference_cache(
-    cache: dict, wanted: dict[str, tuple[list[EncodedPair], list[int]]], compute
-) -> bool:
-    """Compute the rows of ``cache[split]`` (NaN = not computed yet) that ``wanted[split] =
-    (pairs, indices)`` asks for, with ``compute(pairs) -> (n, 2)``; True if any were missing."""
-    filled = False
-    for split, (pairs, indices) in wanted.items():
-        idx = torch.tensor(indices, dtype=torch.long)
-        missing = idx[cache[split][idx, 0].isnan()].tolist()
-        if missing:
-            cache[split][missing] = compute([pairs[i] for i in missing])
-            filled = True
-    return filled
-
-
-def data_key(pairs: list[EncodedPair], *parts: str) -> str:
-    """A fingerprint of tokenised pairs (and e.g. the reference model's name and dtype)."""
-    h = hashlib.sha256("\0".join(parts).encode())
-    for p in pairs:
-        for e in (p.chosen, p.rejected):
-            h.update(f"{e.response_start}:{','.join(map(str, e.input_ids))};".encode())
-    return h.hexdigest()
-
-
-def load_reference_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
-    """The cached reference log-probs at ``path`` if they were computed for ``key``, else None."""
-    if not path.exists():
-        return None
-    cache = torch.load(path, weights_only=True)
-    if cache.get("key") != key:
-        print(f"note: {path} is for other data or another reference; recomputing", file=sys.stderr)
-        return None
-    return cache
-
-
-def save_reference_cache(path: Path, cache: dict) -> None:
-    """Write atomically: a run killed mid-write leaves no cache (it is recomputed on resume)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(cache, tmp)
-    os.replace(tmp, path)
-
-
-def make_reference(kind: str, policy, frozen, cache: dict[str, torch.Tensor] | None):
-    """``ref(batch, split, idx) -> (ref_chosen (B,), ref_rejected (B,))`` or ``(None, None)``.
-
-    kind ``model``: the frozen copy; ``lora``: the policy with adapters disabled; ``precomputed``:
-    rows ``idx`` of the cached (N, 2) tensor of ``split``; ``none``: no reference."""
-
-    def ref(batch, split: str, idx: list[int]):
-        if kind == "none":
-            return None, None
-        if kind == "precomputed":
-            rows = cache[split][idx]
-            return rows[:, 0], rows[:, 1]
-        context = adapters_disabled(policy) if kind == "lora" else contextlib.nullcontext(frozen)
-        with torch.no_grad(), context as model:
-            r = pair_logps(model, batch)
-        return r.chosen, r.rejected
-
-    return ref
 
 
 @torch.no_grad()
@@ -276,9 +190,8 @@ def evaluate(
         idx = list(range(i, min(i + batch_size, len(pairs))))
         batch = collate_pairs([pairs[j] for j in idx], pad_id, padding_free=padding_free)
         policy = pair_logps(model, batch)
-        loss, rc, rr = preference_loss(
-            policy, *_as(ref(batch, "eval", idx), policy), p_chosen=batch["p_chosen"], **loss_args
-        )
+        ref_pair = _as(ref.pair_logps(batch, "eval", idx), policy)
+        loss, rc, rr = preference_loss(policy, *ref_pair, p_chosen=batch["p_chosen"], **loss_args)
         losses.append(loss)
         correct.append(reward_accuracy(rc, rr))
     model.train(was)
@@ -353,42 +266,26 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if kind == "model":
         frozen = frozen_reference()
     elif kind == "precomputed":  # computed once (kept across --resume), then the copy is freed
-        path = run_.dir / REFERENCE_CACHE
-        key = data_key(train + held_out, cfg.reference_model or cfg.model, cfg.dtype)
-        cache = load_reference_cache(path, key) or {
-            "key": key,
-            "train": torch.full((len(train), 2), float("nan"), dtype=torch.float64),
-            "eval": torch.full((len(held_out), 2), float("nan"), dtype=torch.float64),
-        }
-        wanted = {  # only the pairs this run will see (more on a resume with more steps)
-            "train": (train, visited(len(train), cfg)),
-            "eval": (held_out, list(range(len(held_out)))),
-        }
-        copy_ = None
-
-        def compute(pairs: list[EncodedPair]) -> torch.Tensor:
-            nonlocal copy_
-            if copy_ is None:
-                copy_ = frozen_reference()
-            rows = distributed.map_sharded(  # each process its share, every process all rows
-                lambda part: list(
-                    reference_logps(copy_, part, pad, cfg.batch_size, cfg.padding_free)
-                ),
-                pairs,
-            )
-            return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64)
-
-        if fill_reference_cache(cache, wanted, compute) and distributed.is_main():
-            save_reference_cache(path, cache)
-        del copy_
+        cache = precompute_pair_logps(
+            run_.dir / REFERENCE_CACHE,
+            data_key(train + held_out, cfg.reference_model or cfg.model, cfg.dtype),
+            {  # only the pairs this run will see (more on a resume with more steps)
+                "train": (train, visited(len(train), cfg)),
+                "eval": (held_out, list(range(len(held_out)))),
+            },
+            frozen_reference,
+            pad_id=pad,
+            batch_size=cfg.batch_size,
+            padding_free=cfg.padding_free,
+        )
     model = apply_lora(base, cfg.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
     # the reference holds the unwrapped policy (LoRA: adapters off) or the frozen copy
-    ref = make_reference(kind, model, frozen, cache)
-    if frozen is not None and cfg.distributed == "fsdp":
-        distributed.wrap(frozen, "fsdp")  # sharded in place, like the policy
+    ref = Reference(kind, policy=model, frozen=frozen, cache=cache)
+    if frozen is not None:
+        distributed.wrap_frozen(frozen, cfg.distributed)  # FSDP: sharded in place, like the policy
     model = distributed.wrap(model, cfg.distributed)
 
     train_state = run_.start_training(model, len(train))
@@ -410,7 +307,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 batch = collate_pairs([train[i] for i in idx], pad, padding_free=cfg.padding_free)
                 with distributed.autocast(cfg.bf16_autocast):
                     policy = pair_logps(model, batch)
-                ref_c, ref_r = _as(ref(batch, "train", idx), policy)
+                ref_c, ref_r = _as(ref.pair_logps(batch, "train", idx), policy)
                 losses, rc, rr = preference_loss(
                     policy, ref_c, ref_r, p_chosen=batch["p_chosen"], **loss_args
                 )

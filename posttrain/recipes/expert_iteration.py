@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from posttrain.config import check
+from posttrain.config import SamplingConfig, check
 from posttrain.data import load_examples, read_records, write_jsonl
 from posttrain.judges.sources import load_reward_source
 from posttrain.models import check_model_name, load_model, load_tokenizer
@@ -40,7 +40,7 @@ SUMMARY = "Expert iteration: rounds of best-of-n sampling and SFT on the kept re
 
 
 @dataclass(kw_only=True)
-class Config:
+class Config(SamplingConfig):
     model: str
     """Model to start from."""
     prompts: str
@@ -54,11 +54,7 @@ class Config:
     n: int = 4
     """Samples per prompt."""
     max_new_tokens: int = 32
-    """Longest response."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling."""
+    """Longest response in tokens (a response not ended by then is cut)."""
     batch_size: int = 16
     """Sequences generated together."""
     sft: dict[str, Any] = field(default_factory=dict)
@@ -68,9 +64,7 @@ class Config:
 
     def validate(self) -> None:
         check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
-        check(self.n >= 1, "n", "must be >= 1", self.n)
-        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
-        check(self.temperature > 0, "temperature", "must be > 0", self.temperature)
+        self.check_sampling(greedy=False)
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:
@@ -157,8 +151,6 @@ def sample_best(
         reward_fn,
         n=cfg.n,
         generator=torch.Generator().manual_seed(seed),
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
         batch_size=cfg.batch_size,
+        **cfg.sampling_args(),
     )[:own]

@@ -19,7 +19,6 @@ the one-process result.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -38,8 +37,9 @@ from posttrain.models import (
     load_tokenizer,
     pair_logps,
 )
-from posttrain.models.lora import adapters_disabled, apply_lora
+from posttrain.models.lora import apply_lora
 from posttrain.training import Run, distributed
+from posttrain.training.reference import Reference
 
 SUMMARY = "KTO on unpaired data: prompt, completion, label (true = desirable)."
 
@@ -74,12 +74,23 @@ class Config(TrainConfig):
 
 
 def as_unpaired(examples: list[Example]) -> list[Example]:
-    """Unpaired examples; a preference pair gives its chosen (desirable) and rejected response."""
+    """Unpaired examples; a preference pair gives its chosen (desirable) and rejected response.
+
+    KTO has no soft-label form: a pair with p_chosen below 1 is an error (``FILE:LINE``), a tie
+    (p = 0.5) says neither response is the better one and is left out."""
+    from posttrain.errors import UserError
+    from posttrain.losses import soft_label_problem
+
     out = []
     for ex in examples:
         if ex.kind == "unpaired":
             out.append(ex)
+        elif ex.tie:
+            continue
         else:
+            p = 1.0 if ex.p_chosen is None else ex.p_chosen
+            if soft_label_problem("kto", p):
+                raise UserError(f"{ex.where}: {soft_label_problem('kto', p)}")
             out.append(Example("unpaired", ex.where, ex.prompt, response=ex.chosen, label=True))
             out.append(Example("unpaired", ex.where, ex.prompt, response=ex.rejected, label=False))
     return out
@@ -95,7 +106,8 @@ def batch_logps(model, tokenizer, prompts, responses, max_length: int) -> torch.
 def kto_terms(model, reference, tokenizer, batch: list[Example], max_length: int):
     """``(policy (N,), ref (N,), desirable (N,) bool)`` log-probs of the examples' own responses.
 
-    ``reference()`` is a context manager yielding the reference model."""
+    ``reference()`` is a context manager yielding the reference model
+    (``posttrain.training.reference.Reference``)."""
     prompts, responses = [ex.prompt for ex in batch], [ex.response for ex in batch]
     policy = batch_logps(model, tokenizer, prompts, responses, max_length)
     with torch.no_grad(), reference() as ref_model:
@@ -137,10 +149,9 @@ def evaluate(model, reference, tokenizer, held_out, cfg: Config) -> dict[str, fl
         for i in range(0, len(held_out), cfg.batch_size):
             batch = collate_pairs(held_out[i : i + cfg.batch_size], tokenizer.pad_token_id)
             policy = pair_logps(model, batch)
-            with reference() as ref_model:
-                ref = pair_logps(ref_model, batch)
-            rc.append(cfg.beta * (policy.chosen - ref.chosen))
-            rr.append(cfg.beta * (policy.rejected - ref.rejected))
+            ref_chosen, ref_rejected = reference.pair_logps(batch)
+            rc.append(cfg.beta * (policy.chosen - ref_chosen))
+            rr.append(cfg.beta * (policy.rejected - ref_rejected))
         out = {M.EVAL_ACCURACY: float(reward_accuracy(torch.cat(rc), torch.cat(rr)).mean())}
     model.train(was)
     return out
@@ -168,12 +179,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     policy.train()
-
-    def reference():  # the unwrapped policy with adapters off, or the frozen copy
-        return adapters_disabled(policy) if cfg.lora.enabled else contextlib.nullcontext(frozen)
-
-    if frozen is not None and cfg.distributed == "fsdp":
-        distributed.wrap(frozen, "fsdp")  # sharded in place, like the policy
+    # the unwrapped policy with adapters off, or the frozen copy (FSDP: sharded like the policy)
+    reference = (
+        Reference("lora", policy=policy)
+        if cfg.lora.enabled
+        else Reference("model", frozen=distributed.wrap_frozen(frozen, cfg.distributed))
+    )
     model = distributed.wrap(policy, cfg.distributed)
 
     train_state = run_.start_training(model, len(examples))

@@ -44,7 +44,6 @@ and a process left with fewer pairs (ties) makes weight-0 passes (:func:`micro_b
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -52,7 +51,7 @@ from typing import Literal
 import torch
 
 from posttrain import metrics as M
-from posttrain.config import TrainConfig, check
+from posttrain.config import GenerationConfig, TrainConfig, check
 from posttrain.data import load_examples
 from posttrain.data.formats import Example
 from posttrain.data.preference import collate_pairs, encode_pair
@@ -62,8 +61,7 @@ from posttrain.judges.pairwise import summarize
 from posttrain.losses import DPO_LOSS_TYPES, preference_loss, reward_accuracy
 from posttrain.models import check_model_name, load_model, load_tokenizer, pair_logps
 from posttrain.models.lora import apply_lora
-from posttrain.recipes.dpo import make_reference
-from posttrain.recipes.sample import sample_texts
+from posttrain.rollout.sampler import sample_texts
 from posttrain.training import (
     DataOrder,
     Run,
@@ -72,12 +70,13 @@ from posttrain.training import (
     make_scheduler,
     optimizer_step,
 )
+from posttrain.training.reference import policy_reference
 
 SUMMARY = "Online DPO from AI feedback (OAIF) and iterative DPO: sample, judge, DPO step."
 
 
 @dataclass(kw_only=True)
-class Config(TrainConfig):
+class Config(TrainConfig, GenerationConfig):
     judge: str
     """Judge: `llm`, `generative`, `reward-model` or `task:NAME` (gold reward, e.g. task:sentiment)."""
     judge_model: str | None = None
@@ -100,14 +99,8 @@ class Config(TrainConfig):
     ref_update: Literal["fixed", "round"] = "fixed"
     """Reference policy: `fixed` (the initial model) or `round` (refreshed to the policy at the
     start of every round: iterative DPO)."""
-    max_new_tokens: int = 64
-    """Length limit of sampled responses."""
     temperature: float = 1.0
     """Sampling temperature of the two responses (must be > 0, or they are identical)."""
-    top_p: float = 1.0
-    """Nucleus sampling."""
-    top_k: int = 0
-    """Top-k sampling (0: off)."""
     learning_rate: float = 5e-6
     """Peak learning rate of AdamW."""
     judge_batch_size: int = 8
@@ -135,13 +128,7 @@ class Config(TrainConfig):
             self.soft_labels,
         )
         check(self.steps_per_round >= 1, "steps_per_round", "must be >= 1", self.steps_per_round)
-        check(
-            self.temperature > 0,
-            "temperature",
-            "must be > 0 (two samples must differ)",
-            self.temperature,
-        )
-        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
+        self.check_sampling(greedy=False, why="(two samples must differ)")
         check(self.judge_batch_size >= 1, "judge_batch_size", "must be >= 1", self.judge_batch_size)
 
 
@@ -154,10 +141,7 @@ def sample_and_judge(policy, tokenizer, judge, prompts, cfg: Config, generator) 
         tokenizer,
         prompts,
         n=2,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
+        **cfg.sampling_args(),
         batch_size=max(cfg.judge_batch_size, 2),
         generator=generator,
     )
@@ -214,10 +198,7 @@ def eval_scores(policy, tokenizer, judge, prompts, cfg: Config) -> float:
         tokenizer,
         prompts,
         n=1,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
+        **cfg.sampling_args(),
         batch_size=max(cfg.judge_batch_size, 2),
         generator=torch.Generator().manual_seed(cfg.seed + 1),
     )
@@ -241,8 +222,8 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
     """Sum over ``pairs`` of the DPO loss / n_total (so micro-batches, and processes, add up to
     the step's mean), and the sums over ``pairs`` of the :data:`PAIR_METRICS`.
 
-    ``ref(batch, split, idx)`` is the reference (a frozen copy, or the policy with LoRA adapters
-    off); the loss is ``posttrain.losses.preference_loss``."""
+    ``ref`` is the reference (``posttrain.training.reference.Reference``: a frozen copy, or the
+    policy with LoRA adapters off); the loss is ``posttrain.losses.preference_loss``."""
     encoded = [
         encode_pair(
             tokenizer,
@@ -253,7 +234,7 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
     ]
     batch = collate_pairs(encoded, tokenizer.pad_token_id)
     logps = pair_logps(policy, batch)
-    ref_chosen, ref_rejected = ref(batch, "train", [])
+    ref_chosen, ref_rejected = ref.pair_logps(batch)
     # soft labels: cDPO with a per-pair eps_i = 1 - p_i (the judge's confidence)
     eps = (
         torch.tensor([1.0 - p["p"] for p in pairs], dtype=logps.chosen.dtype)
@@ -325,11 +306,10 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     policy = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
     policy = apply_lora(policy, cfg.lora)
     # the reference: a frozen copy, or (LoRA, fixed) the policy with its adapters switched off
+    # (sharded like the policy under FSDP)
     lora_ref = cfg.lora.enabled and cfg.ref_update == "fixed"
-    reference = None if lora_ref else copy.deepcopy(policy).eval().requires_grad_(False)
-    if reference is not None:  # sharded like the policy under FSDP
-        reference = distributed.wrap_frozen(reference, cfg.distributed)
-    ref = make_reference("lora" if lora_ref else "model", policy, reference, None)
+    ref = policy_reference(policy, lora_ref, cfg.distributed)
+    reference = ref.frozen  # refreshed each round with ref_update round
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     policy.train()

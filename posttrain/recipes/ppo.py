@@ -44,6 +44,7 @@ from posttrain.config import check
 from posttrain.data import collate, encode_example, load_examples
 from posttrain.data.chat import encode_text
 from posttrain.losses import (
+    KLController,
     explained_variance,
     gae,
     kl_estimate,
@@ -55,21 +56,11 @@ from posttrain.losses import (
     value_clipfrac,
 )
 from posttrain.models import check_model_name, forward_logprobs, load_model
+from posttrain.models.modes import disable_dropout
 from posttrain.models.value import build_value_model, load_critic
+from posttrain.recipes._online import OnlineConfig, load_inputs, load_trainable_policy
 from posttrain.recipes.sft import nll_sum
-from posttrain.rollout.online import (
-    Experience,
-    KLController,
-    OnlineConfig,
-    collect,
-    disable_dropout,
-    load_inputs,
-    load_trainable_policy,
-    peak_rss_mb,
-    rollout_metrics,
-    timed,
-    write_samples,
-)
+from posttrain.rollout.online import Experience, collect, rollout_metrics, write_samples
 from posttrain.training import (
     DataOrder,
     Run,
@@ -78,6 +69,7 @@ from posttrain.training import (
     make_scheduler,
     optimizer_step,
 )
+from posttrain.training.timing import peak_rss_mb, timed
 
 SUMMARY = "PPO with a value head, KL-shaped reward, GAE, adaptive KL, PPO-ptx; exact resume."
 

@@ -1,5 +1,6 @@
 """Rollouts: batched sampling with a KV cache, the Rollout record, the generation-backend
-interface, and (``posttrain.rollout.online``) the machinery every online recipe shares."""
+interface, and (``posttrain.rollout.online``) collect: K scored samples per prompt with the
+policy's and reference's log-probs (``Experience``)."""
 
 from posttrain.rollout.generate import (
     EngineBackend,

@@ -144,12 +144,12 @@ def test_shared_prompt_gives_the_padded_gradients(encoded, monkeypatch):
 
 def test_lora_policy_with_adapters_disabled_is_the_starting_model(encoded):
     """After the adapters have moved (so the policy differs), the reference the recipe uses —
-    ``make_reference("lora", ...)`` — gives exactly the starting model's log-probs."""
+    ``Reference("lora", ...)`` — gives exactly the starting model's log-probs."""
     import copy
 
     from posttrain.config import LoraConfig
     from posttrain.models.lora import apply_lora
-    from posttrain.recipes.dpo import make_reference
+    from posttrain.training.reference import Reference
 
     tok, pairs = encoded
     base = load_model("tiny-llama", dtype="float64", tokenizer=tok)
@@ -163,7 +163,7 @@ def test_lora_policy_with_adapters_disabled_is_the_starting_model(encoded):
     with torch.no_grad():
         moved, want = pair_logps(policy, batch), pair_logps(start, batch)
     assert not torch.allclose(moved.chosen, want.chosen)
-    ref_chosen, ref_rejected = make_reference("lora", policy, None, None)(batch, "train", [])
+    ref_chosen, ref_rejected = Reference("lora", policy=policy).pair_logps(batch)
     torch.testing.assert_close(ref_chosen, want.chosen, atol=1e-10, rtol=0)
     torch.testing.assert_close(ref_rejected, want.rejected, atol=1e-10, rtol=0)
     after = pair_logps(policy, batch)  # adapters back on afterwards

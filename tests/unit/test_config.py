@@ -125,3 +125,43 @@ def test_online_recipes_take_fsdp(recipe):
         args += ["--output_dir", "o", "--beta", "0.1"]
     config, _ = parse_args(module.Config, [*args, "--distributed", "fsdp"])
     assert config.distributed == "fsdp"
+
+
+def test_a_section_given_as_yaml_on_the_command_line_is_typed_like_fields():
+    base = ["--model", "tiny-llama", "--train_data", "a.jsonl", "--output_dir", "o"]
+    cfg, _ = parse_args(Config, [*base, "--lora", "{enabled: true, r: 4, alpha: 1e1}"])
+    assert cfg.lora.enabled is True and cfg.lora.r == 4 and cfg.lora.alpha == 10.0
+    with pytest.raises(UserError, match=r"--lora\.r: expected int \(got 'four'\)"):
+        parse_args(Config, [*base, "--lora", "{r: four}"])
+    with pytest.raises(UserError, match="--lora: expected a section"):
+        parse_args(Config, [*base, "--lora", "8"])
+
+
+def test_expert_iteration_sft_section_is_typed_and_validated(tmp_path, capsys):
+    """The documented ``--sft '{max_steps: 100, learning_rate: 1e-5}'`` (YAML reads 1e-5 as a
+    string) gives a typed SFT config; a bad section is one error line, exit 2, nothing written."""
+    from posttrain.cli import main
+    from posttrain.recipes import expert_iteration
+    from posttrain.recipes.best_of_n import sft_config
+
+    args = ["--model", "tiny-llama", "--prompts", "p.jsonl", "--reward", "task:counting"]
+    cfg, _ = parse_args(
+        expert_iteration.Config,
+        [*args, "--output_dir", "o", "--sft", "{max_steps: 100, learning_rate: 1e-5}"],
+    )
+    sft_cfg = sft_config(cfg.model, tmp_path / "d.jsonl", tmp_path / "s", cfg.sft, cfg.seed)
+    assert sft_cfg.max_steps == 100 and sft_cfg.learning_rate == 1e-5
+    assert isinstance(sft_cfg.learning_rate, float) and sft_cfg.batch_size == 8
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Count:"}\n')
+    args[3] = str(prompts)
+    for sft, message in [
+        ("{learning_rate: fast}", "error: --sft.learning_rate: expected float (got 'fast')"),
+        ("{max_steps: 0}", "error: --sft.max_steps: must be >= 1 (got 0)"),
+        ("{bogus: 1}", "error: unknown setting --sft.bogus"),
+    ]:
+        out = tmp_path / "out"
+        assert main(["expert-iteration", *args, "--output_dir", str(out), "--sft", sft]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and "Traceback" not in err, err
+        assert not out.exists()

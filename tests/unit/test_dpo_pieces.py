@@ -21,6 +21,7 @@ from posttrain.losses import (
 )
 from posttrain.models import PairLogps, forward_logprobs, load_model, load_tokenizer, pair_logps
 from posttrain.recipes import dpo
+from posttrain.training import reference
 
 PAIRS = [
     ("The movie was", " great and lovely.", " awful."),
@@ -154,22 +155,22 @@ def test_win_counts_ties_half():
 
 
 def test_reference_logps_and_cache(model, tok, pairs, tmp_path):
-    values = dpo.reference_logps(model, pairs, tok.pad_token_id, batch_size=2)  # (N, 2)
+    values = reference.reference_logps(model, pairs, tok.pad_token_id, batch_size=2)  # (N, 2)
     with torch.no_grad():
         lp = pair_logps(model, collate_pairs(pairs, tok.pad_token_id))
     torch.testing.assert_close(
         values, torch.stack([lp.chosen, lp.rejected], -1), atol=1e-10, rtol=0
     )
-    assert dpo.reference_logps(model, [], tok.pad_token_id, 2).shape == (0, 2)
-    key = dpo.data_key(pairs, "tiny-llama", "float64")
-    assert key != dpo.data_key(pairs[:2], "tiny-llama", "float64")
-    assert key != dpo.data_key(pairs, "tiny-llama", "float32")
+    assert reference.reference_logps(model, [], tok.pad_token_id, 2).shape == (0, 2)
+    key = reference.data_key(pairs, "tiny-llama", "float64")
+    assert key != reference.data_key(pairs[:2], "tiny-llama", "float64")
+    assert key != reference.data_key(pairs, "tiny-llama", "float32")
     path = tmp_path / dpo.REFERENCE_CACHE
-    assert dpo.load_reference_cache(path, key) is None
-    dpo.save_reference_cache(path, {"key": key, "train": values})
+    assert reference.load_reference_cache(path, key) is None
+    reference.save_reference_cache(path, {"key": key, "train": values})
     assert [p.name for p in tmp_path.iterdir()] == [dpo.REFERENCE_CACHE]  # no temp file left
-    assert torch.equal(dpo.load_reference_cache(path, key)["train"], values)
-    assert dpo.load_reference_cache(path, "other data") is None  # stale: recomputed
+    assert torch.equal(reference.load_reference_cache(path, key)["train"], values)
+    assert reference.load_reference_cache(path, "other data") is None  # stale: recomputed
 
 
 def test_precomputed_reference_covers_only_the_visited_pairs_and_fills_in_more():
@@ -190,24 +191,24 @@ def test_precomputed_reference_covers_only_the_visited_pairs_and_fills_in_more()
         return torch.tensor([[-float(r), -float(r) - 0.5] for r in rows], dtype=torch.float64)
 
     items = list(range(n))  # stand-ins for pairs: compute(rows) sees the items themselves
-    assert dpo.fill_reference_cache(cache, {"train": (items, first)}, compute)
+    assert reference.fill_reference_cache(cache, {"train": (items, first)}, compute)
     assert asked == [first] and not cache["train"][first].isnan().any()
     assert int((~cache["train"][:, 0].isnan()).sum()) == 6
     more = dpo.visited(n, _config(beta=0.1, max_steps=4, batch_size=3))
     assert set(first) < set(more)
-    assert dpo.fill_reference_cache(cache, {"train": (items, more)}, compute)
+    assert reference.fill_reference_cache(cache, {"train": (items, more)}, compute)
     assert asked[1] == sorted(set(more) - set(first))
-    assert not dpo.fill_reference_cache(cache, {"train": (items, more)}, compute)  # all there
+    assert not reference.fill_reference_cache(cache, {"train": (items, more)}, compute)  # all there
     assert dpo.visited(n, _config(beta=0.1, max_steps=40, batch_size=3)) == list(range(n))
     assert cache["train"][more[0]].tolist() == [-more[0], -more[0] - 0.5]
 
 
 def test_precomputed_reference_serves_rows_by_index(pairs, tok):
     cache = {"train": torch.tensor([[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]])}
-    ref = dpo.make_reference("precomputed", None, None, cache)
-    chosen, rejected = ref(None, "train", [2, 0])
+    ref = reference.Reference("precomputed", cache=cache)
+    chosen, rejected = ref.pair_logps(None, "train", [2, 0])
     assert chosen.tolist() == [-5.0, -1.0] and rejected.tolist() == [-6.0, -2.0]
-    assert dpo.make_reference("none", None, None, None)(None, "train", [0]) == (None, None)
+    assert reference.Reference("none").pair_logps(None, "train", [0]) == (None, None)
 
 
 def _config(**kw):

@@ -217,6 +217,7 @@ class _ScriptedBackend:
 
 def test_online_collect_runs_on_any_backend(tok):
     from posttrain.rollout import online
+    from posttrain.training.reference import policy_reference
 
     model = load_model("tiny-llama")
     backend = _ScriptedBackend(tok)
@@ -224,7 +225,7 @@ def test_online_collect_runs_on_any_backend(tok):
     exp = online.collect(
         backend,
         model,
-        online.make_reference(model, lora_enabled=False),
+        policy_reference(model, lora_enabled=False),
         tok,
         ["a prompt", "another prompt"],
         lambda prompts, completions: [float(len(c)) for c in completions],

@@ -11,16 +11,11 @@ import torch
 from posttrain import metrics as M
 from posttrain.errors import UserError
 from posttrain.judges.sources import RewardSource, load_reward_source
+from posttrain.losses import KLController
+from posttrain.models.modes import disable_dropout
 from posttrain.recipes.reinforce import moving_baseline
 from posttrain.rollout import Rollout
-from posttrain.rollout.online import (
-    Experience,
-    KLController,
-    disable_dropout,
-    penalized_scores,
-    rollout_metrics,
-    write_samples,
-)
+from posttrain.rollout.online import Experience, penalized_scores, rollout_metrics, write_samples
 
 
 def test_kl_controller_adapts_saves_and_stays_fixed_without_a_target():
@@ -115,14 +110,14 @@ def test_lora_reference_is_the_adapters_off_policy():
     from posttrain.config import LoraConfig
     from posttrain.models import forward_logprobs, load_policy
     from posttrain.models.lora import apply_lora
-    from posttrain.rollout.online import make_reference
+    from posttrain.training.reference import policy_reference
 
     base, tok = load_policy("tiny-llama")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     attn, resp = torch.ones_like(ids), torch.tensor([[0, 0, 1, 1, 1]])
     before = forward_logprobs(base, ids, attn, resp).logps
     model = apply_lora(base, LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"]))
-    reference = make_reference(model, lora_enabled=True)
+    reference = policy_reference(model, lora_enabled=True)
     with torch.no_grad():  # train the adapters a little: B != 0
         for name, p in model.named_parameters():
             if "lora_B" in name:
