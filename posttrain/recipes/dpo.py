@@ -56,6 +56,7 @@ from posttrain.losses import (
 )
 from posttrain.models import PairLogps, check_model_name, load_model, load_tokenizer, pair_logps
 from posttrain.models.lora import apply_lora
+from posttrain.models.modes import eval_mode
 from posttrain.training import DataOrder, Run, distributed
 from posttrain.training.reference import (
     Reference,
@@ -183,18 +184,18 @@ def evaluate(
     model, ref, pairs, pad_id, batch_size, padding_free=False, **loss_args
 ) -> dict[str, float]:
     """Held-out loss and implicit-reward accuracy (chosen reward > rejected reward)."""
-    was = model.training
-    model.eval()
-    losses, correct = [], []
-    for i in range(0, len(pairs), batch_size):
-        idx = list(range(i, min(i + batch_size, len(pairs))))
-        batch = collate_pairs([pairs[j] for j in idx], pad_id, padding_free=padding_free)
-        policy = pair_logps(model, batch)
-        ref_pair = _as(ref.pair_logps(batch, "eval", idx), policy)
-        loss, rc, rr = preference_loss(policy, *ref_pair, p_chosen=batch["p_chosen"], **loss_args)
-        losses.append(loss)
-        correct.append(reward_accuracy(rc, rr))
-    model.train(was)
+    with eval_mode(model):
+        losses, correct = [], []
+        for i in range(0, len(pairs), batch_size):
+            idx = list(range(i, min(i + batch_size, len(pairs))))
+            batch = collate_pairs([pairs[j] for j in idx], pad_id, padding_free=padding_free)
+            policy = pair_logps(model, batch)
+            ref_pair = _as(ref.pair_logps(batch, "eval", idx), policy)
+            loss, rc, rr = preference_loss(
+                policy, *ref_pair, p_chosen=batch["p_chosen"], **loss_args
+            )
+            losses.append(loss)
+            correct.append(reward_accuracy(rc, rr))
     return {
         M.EVAL_LOSS: float(torch.cat(losses).mean()),
         M.EVAL_ACCURACY: float(torch.cat(correct).mean()),
@@ -296,7 +297,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             start.update(evaluate(model, ref, held_out, pad, **eval_args))
         run_.log(0, start)
 
-    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
+    micro = run_.micro_batch_size
     for step in run_.steps():
         t0 = time.time()
         indices = distributed.shard(order.next(cfg.batch_size))  # this process's pairs
@@ -339,9 +340,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 M.TRAIN_EPOCH: order.epochs_done,
                 M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
             }
-            if held_out and (
-                step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)
-            ):
+            if held_out and run_.should_eval(step):
                 values.update(evaluate(model, ref, held_out, pad, **eval_args))
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())

@@ -38,6 +38,7 @@ from posttrain.models import (
     pair_logps,
 )
 from posttrain.models.lora import apply_lora
+from posttrain.models.modes import eval_mode
 from posttrain.training import Run, distributed
 from posttrain.training.reference import Reference
 
@@ -133,27 +134,25 @@ def reference_point(model, reference, tokenizer, batch: list[Example], max_lengt
 def evaluate(model, reference, tokenizer, held_out, cfg: Config) -> dict[str, float]:
     """Held-out unpaired data: the KTO loss (z0 from the held-out set). Held-out pairs: the
     implicit-reward accuracy (chosen reward > rejected reward, ties half)."""
-    was = model.training
-    model.eval()
-    if isinstance(held_out, list) and held_out and isinstance(held_out[0], Example):
-        z0 = reference_point(model, reference, tokenizer, held_out, cfg.max_length)
-        losses = []
-        for i in range(0, len(held_out), cfg.batch_size):
-            policy, ref, desirable = kto_terms(
-                model, reference, tokenizer, held_out[i : i + cfg.batch_size], cfg.max_length
-            )
-            losses.append(kto_loss(policy, ref, desirable, z0, beta=cfg.beta)[0])
-        out = {M.EVAL_LOSS: float(torch.cat(losses).mean())}
-    else:  # pairs; policy and reference apart (with LoRA they are one model)
-        rc, rr = [], []
-        for i in range(0, len(held_out), cfg.batch_size):
-            batch = collate_pairs(held_out[i : i + cfg.batch_size], tokenizer.pad_token_id)
-            policy = pair_logps(model, batch)
-            ref_chosen, ref_rejected = reference.pair_logps(batch)
-            rc.append(cfg.beta * (policy.chosen - ref_chosen))
-            rr.append(cfg.beta * (policy.rejected - ref_rejected))
-        out = {M.EVAL_ACCURACY: float(reward_accuracy(torch.cat(rc), torch.cat(rr)).mean())}
-    model.train(was)
+    with eval_mode(model):
+        if isinstance(held_out, list) and held_out and isinstance(held_out[0], Example):
+            z0 = reference_point(model, reference, tokenizer, held_out, cfg.max_length)
+            losses = []
+            for i in range(0, len(held_out), cfg.batch_size):
+                policy, ref, desirable = kto_terms(
+                    model, reference, tokenizer, held_out[i : i + cfg.batch_size], cfg.max_length
+                )
+                losses.append(kto_loss(policy, ref, desirable, z0, beta=cfg.beta)[0])
+            out = {M.EVAL_LOSS: float(torch.cat(losses).mean())}
+        else:  # pairs; policy and reference apart (with LoRA they are one model)
+            rc, rr = [], []
+            for i in range(0, len(held_out), cfg.batch_size):
+                batch = collate_pairs(held_out[i : i + cfg.batch_size], tokenizer.pad_token_id)
+                policy = pair_logps(model, batch)
+                ref_chosen, ref_rejected = reference.pair_logps(batch)
+                rc.append(cfg.beta * (policy.chosen - ref_chosen))
+                rr.append(cfg.beta * (policy.rejected - ref_rejected))
+            out = {M.EVAL_ACCURACY: float(reward_accuracy(torch.cat(rc), torch.cat(rr)).mean())}
     return out
 
 
@@ -193,7 +192,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         run_.log(0, evaluate(model, reference, tokenizer, held_out, cfg))
 
     n = cfg.batch_size
-    micro = n // distributed.world_size() // cfg.gradient_accumulation_steps
+    micro = run_.micro_batch_size
     for step in run_.steps():
         t0 = time.time()
         batch = [examples[i] for i in order.next(n)]
@@ -237,9 +236,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 M.TRAIN_EPOCH: order.epochs_done,
                 M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
             }
-            if held_out and (
-                step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)
-            ):
+            if held_out and run_.should_eval(step):
                 values.update(evaluate(model, reference, tokenizer, held_out, cfg))
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())

@@ -337,7 +337,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if held_out and run_.start_step == 0:
         run_.log(0, {M.EVAL_SCORES: eval_scores(policy, tokenizer, judge, held_out, cfg)})
 
-    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
+    micro = run_.micro_batch_size
     for step in run_.steps():
         t0 = time.time()
         k = (step - 1) % cfg.steps_per_round
@@ -373,7 +373,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             )
         else:  # every pair of this slice was a tie: nothing to learn from, keep the schedule
             scheduler.step()
-        if held_out and (step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)):
+        if held_out and run_.should_eval(step):
             logs[M.EVAL_SCORES] = eval_scores(policy, tokenizer, judge, held_out, cfg)
         if run_.should_log(step) or M.EVAL_SCORES in logs:
             run_.log(

@@ -217,7 +217,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             start[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
         run_.log(0, start)
 
-    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
+    micro = run_.micro_batch_size
     for step in run_.steps():
         t0 = time.time()
         mine = distributed.shard(order.next(cfg.batch_size))  # this process's pairs
@@ -259,7 +259,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 M.TRAIN_EPOCH: order.epochs_done,
                 M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
             }
-            if held and (step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)):
+            if held and run_.should_eval(step):
                 values[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())

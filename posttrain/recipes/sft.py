@@ -25,6 +25,7 @@ from posttrain.data.collate import collate_packed, pack
 from posttrain.losses import sft_loss
 from posttrain.models import check_model_name, forward_logprobs, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
+from posttrain.models.modes import eval_mode
 from posttrain.training import Run, distributed
 
 SUMMARY = "Supervised fine-tuning on prompt/completion or chat data (loss on responses only)."
@@ -105,13 +106,11 @@ def nll_sum(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def evaluate_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int) -> float:
     """Mean NLL per response token over ``encoded``."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0.0
-    for i in range(0, len(encoded), batch_size):
-        nll, n = nll_sum(model, collate(encoded[i : i + batch_size], pad_id))
-        total, count = total + float(nll), count + float(n)
-    model.train(was)
+    with eval_mode(model):
+        total, count = 0.0, 0.0
+        for i in range(0, len(encoded), batch_size):
+            nll, n = nll_sum(model, collate(encoded[i : i + batch_size], pad_id))
+            total, count = total + float(nll), count + float(n)
     return total / max(count, 1.0)
 
 
@@ -152,7 +151,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             )
         run_.log(0, start)
 
-    micro = cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
+    micro = run_.micro_batch_size
     for step in run_.steps():
         t0 = time.time()
         batch_ex = [train[i] for i in order.next(cfg.batch_size)]
@@ -188,9 +187,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 M.TRAIN_TOKENS_PER_S: sum(len(e.input_ids) for e in batch_ex) / (time.time() - t0),
                 M.TRAIN_EPOCH: order.epochs_done,
             }
-            if held_out and (
-                step == cfg.max_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)
-            ):
+            if held_out and run_.should_eval(step):
                 values[M.EVAL_LOSS] = evaluate_loss(
                     model, held_out, tokenizer.pad_token_id, cfg.batch_size
                 )

@@ -27,6 +27,7 @@ import torch
 from posttrain import metrics as M
 from posttrain.losses import kl_estimate, masked_mean
 from posttrain.models import TokenLogprobs, forward_logprobs
+from posttrain.models.modes import eval_mode
 from posttrain.rollout.generate import GenerationBackend, Rollout, SamplingParams, decode_responses
 from posttrain.rollout.sampler import encode_prompts, sample_rollouts
 from posttrain.training.timing import peak_rss_mb, timed
@@ -106,18 +107,16 @@ def policy_logprobs(
 ) -> TokenLogprobs:
     """The training forward's log-probs and entropy of the rollout (eval mode, no grad); also
     stored as ``rollout.train_logps``."""
-    was = model.training
-    model.eval()
-    out = forward_logprobs(
-        model,
-        rollout.input_ids,
-        rollout.attention_mask,
-        rollout.response_mask,
-        temperature=temperature,
-        with_entropy=True,
-        with_hidden=with_hidden,
-    )
-    model.train(was)
+    with eval_mode(model):
+        out = forward_logprobs(
+            model,
+            rollout.input_ids,
+            rollout.attention_mask,
+            rollout.response_mask,
+            temperature=temperature,
+            with_entropy=True,
+            with_hidden=with_hidden,
+        )
     rollout.train_logps = out.logps
     return out
 

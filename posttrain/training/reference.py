@@ -31,6 +31,7 @@ import torch
 from posttrain.data.preference import EncodedPair, collate_pairs
 from posttrain.models import forward_logprobs, pair_logps
 from posttrain.models.lora import adapters_disabled
+from posttrain.models.modes import eval_mode
 from posttrain.training import distributed
 
 KINDS = ("model", "lora", "precomputed", "none")
@@ -112,16 +113,14 @@ def reference_logps(
 
     Batched by length (the pairs sorted by their longer response, results put back in order), so
     batches carry little padding."""
-    was = reference.training
-    reference.eval()
-    out = torch.zeros(len(pairs), 2, dtype=torch.float64)
-    by_length = sorted(range(len(pairs)), key=lambda i: _longer(pairs[i]))
-    for k in range(0, len(pairs), batch_size):
-        idx = by_length[k : k + batch_size]
-        batch = collate_pairs([pairs[i] for i in idx], pad_id, padding_free=padding_free)
-        lp = pair_logps(reference, batch)
-        out[idx] = torch.stack([lp.chosen, lp.rejected], -1).double()
-    reference.train(was)
+    with eval_mode(reference):
+        out = torch.zeros(len(pairs), 2, dtype=torch.float64)
+        by_length = sorted(range(len(pairs)), key=lambda i: _longer(pairs[i]))
+        for k in range(0, len(pairs), batch_size):
+            idx = by_length[k : k + batch_size]
+            batch = collate_pairs([pairs[i] for i in idx], pad_id, padding_free=padding_free)
+            lp = pair_logps(reference, batch)
+            out[idx] = torch.stack([lp.chosen, lp.rejected], -1).double()
     return out
 
 

@@ -264,6 +264,17 @@ class Run:
     def should_log(self, step: int) -> bool:
         return step % self.config.logging_steps == 0 or step == self.config.max_steps
 
+    def should_eval(self, step: int) -> bool:
+        """Whether ``step`` evaluates on the held-out data: every ``eval_steps`` and at the end."""
+        cfg = self.config
+        return step == cfg.max_steps or bool(cfg.eval_steps and step % cfg.eval_steps == 0)
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Examples per forward on this process: batch_size / (processes x accumulation steps)."""
+        cfg = self.config
+        return cfg.batch_size // distributed.world_size() // cfg.gradient_accumulation_steps
+
     def log(self, step: int, values: dict[str, Any]) -> None:
         """Append ``values`` to metrics.jsonl; with several processes call it on every rank: each
         number is averaged over ranks (log a sum as its all-reduced value) and rank 0 writes."""
