@@ -144,6 +144,20 @@ class VoteRevision(Base):
     superseded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class GuidelinesRead(Base):
+    """An annotator acknowledged one version of the guidelines (``version``: SHA-256 of the rendered
+    HTML). The page opens the guidelines at login until the version being served is acknowledged.
+    A new table: older databases gain it from ``create_all``."""
+
+    __tablename__ = "guidelines_reads"
+    __table_args__ = (UniqueConstraint("account_id", "version", name="uq_guidelines_read"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def normalize_url(url: str) -> str:
     """A plain path means SQLite: ``votes.db`` -> ``sqlite:///votes.db``."""
     if "://" in url:

@@ -16,6 +16,7 @@ before they are read whole.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from pathlib import Path
@@ -124,6 +125,8 @@ def create_app(
     guidelines_html = markdown.render(
         guidelines if guidelines is not None else DEFAULT_GUIDELINES.read_text(encoding="utf-8")
     )
+    # which version of the guidelines an annotator acknowledged (the page opens new ones at login)
+    guidelines_version = hashlib.sha256(guidelines_html.encode("utf-8")).hexdigest()
     login_page = (ASSETS / "login.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -283,7 +286,19 @@ def create_app(
     def me(request: Request):
         with session(engine) as db:
             account = require(db, request, ROLE_ANNOTATOR)
-            return {"name": account.name, "progress": service.progress(db, account)}
+            return {
+                "name": account.name,
+                "progress": service.progress(db, account),
+                "guidelines_read": service.guidelines_read(db, account, guidelines_version),
+            }
+
+    @app.post("/api/guidelines/read")
+    def guidelines_read(request: Request):
+        """The annotator acknowledged the guidelines being served."""
+        with session(engine) as db:
+            account = require(db, request, ROLE_ANNOTATOR)
+            service.mark_guidelines_read(db, account, guidelines_version)
+            return {"read": True}
 
     @app.get("/api/next")
     def next_task(request: Request):

@@ -28,6 +28,7 @@ from posttrain.annotate.db import (
     STATUS_SKIPPED,
     Account,
     Assignment,
+    GuidelinesRead,
     Task,
     Vote,
     VoteRevision,
@@ -622,3 +623,24 @@ def quality_report(db: Session, *, top: int = 10) -> dict:
             for name, votes in sorted(by_name.items())
         ],
     }
+
+
+def guidelines_read(db: Session, account: Account, version: str) -> bool:
+    """Whether ``account`` acknowledged this version of the guidelines."""
+    found = db.scalar(
+        select(GuidelinesRead.id).where(
+            GuidelinesRead.account_id == account.id, GuidelinesRead.version == version
+        )
+    )
+    return found is not None
+
+
+def mark_guidelines_read(db: Session, account: Account, version: str) -> None:
+    """Record the acknowledgement (idempotent: a repeat or a concurrent twin is a no-op)."""
+    if guidelines_read(db, account, version):
+        return
+    try:
+        db.add(GuidelinesRead(account_id=account.id, version=version))
+        db.commit()
+    except IntegrityError:
+        db.rollback()

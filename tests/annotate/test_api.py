@@ -318,7 +318,11 @@ def test_admin_api_creates_annotators_and_assigns(client, setup):
     result = client.post("/api/admin/assign", headers=headers, json={"overlap": 3}).json()
     assert result["assigned"] == 4  # dave: the gold item + the 3 others (overlap 3 of 3)
     me = client.get("/api/me", headers={"Authorization": f"Bearer {made['token']}"}).json()
-    assert me == {"name": "dave", "progress": {"pending": 4, "done": 0, "skipped": 0, "total": 4}}
+    assert me == {
+        "name": "dave",
+        "progress": {"pending": 4, "done": 0, "skipped": 0, "total": 4},
+        "guidelines_read": False,
+    }
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync(setup):

@@ -437,6 +437,12 @@ def test_first_login_guidelines_and_shortcut_sheet(new_page, sqlite_setup, live_
     page.reload()
     page.wait_for_selector("body[data-ready='1']")
     assert not page.is_visible("#guidelines")  # acknowledged: not shown again
+    other = new_page(PHONE)  # another device: the server remembers the acknowledgement
+    login(other, base, setup.tokens["alice"], ack=False)
+    assert not other.is_visible("#guidelines")
+    bob = new_page()  # another annotator has not read them yet
+    login(bob, base, setup.tokens["bob"], ack=False)
+    assert bob.is_visible("#guidelines-ack")
     page.keyboard.press("?")
     assert page.is_visible("#shortcuts") and "Previous" in page.text_content("#shortcuts")
     page.keyboard.press("Escape")

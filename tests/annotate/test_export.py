@@ -182,3 +182,14 @@ def test_a_database_made_before_revisions_gains_the_table(setup):
             assert record["chosen"] == "Purple, probably."
     finally:
         engine.dispose()
+
+
+def test_guidelines_acknowledgement_is_kept_per_annotator(client, setup):
+    alice, bob = setup.headers("alice"), setup.headers("bob")
+    assert client.get("/api/me", headers=alice).json()["guidelines_read"] is False
+    for _ in range(2):  # idempotent
+        response = client.post("/api/guidelines/read", headers=alice)
+        assert response.status_code == 200 and response.json() == {"read": True}
+    assert client.get("/api/me", headers=alice).json()["guidelines_read"] is True
+    assert client.get("/api/me", headers=bob).json()["guidelines_read"] is False
+    assert client.post("/api/guidelines/read", headers=setup.headers("admin")).status_code == 403

@@ -553,16 +553,15 @@ function toggleGuidelines(open = !guidelinesOpen()) {
   document.body.classList.toggle("guidelines-open", open);
 }
 
-function ackKey(html) {
-  let hash = 5381;
-  for (let i = 0; i < html.length; i++) hash = ((hash * 33) ^ html.charCodeAt(i)) >>> 0;
-  return `pt-guidelines-read:${state.name}:${hash.toString(16)}`;
-}
-
-function acknowledge() {
-  try { localStorage.setItem(state.ackKey, new Date().toISOString()); } catch (e) { /* private mode */ }
+// The server remembers which version of the guidelines each annotator acknowledged.
+async function acknowledge() {
   $("guidelines-ack-box").hidden = true;
   toggleGuidelines(false);
+  try {
+    await api("POST", "/api/guidelines/read", undefined, { retries: 5 });
+  } catch (error) {
+    setStatus(`Could not record that you read the guidelines: ${error.message}`, "warn");
+  }
 }
 
 function toggleShortcuts(open = $("shortcuts").hidden) {
@@ -679,10 +678,7 @@ async function start() {
   const me = await api("GET", "/api/me", undefined, { retries: 5 });
   state.name = me.name;
   $("who").textContent = me.name;
-  state.ackKey = ackKey(guidelines.html);
-  let read = null;
-  try { read = localStorage.getItem(state.ackKey); } catch (e) { /* private mode */ }
-  if (!read) { // first login (or new guidelines): open them until acknowledged
+  if (!me.guidelines_read) { // first login (or new guidelines): open them until acknowledged
     $("guidelines-ack-box").hidden = false;
     toggleGuidelines(true);
   }
