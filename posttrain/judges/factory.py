@@ -2,7 +2,8 @@
 or ``module:function`` (a pairwise function, :class:`posttrain.judges.pairwise.FunctionJudge`).
 
 Used by ``posttrain judge``, ``posttrain online-dpo`` and the RLAIF configs, so the names mean
-the same everywhere. :func:`check_judge` validates the name and its model before anything is
+the same everywhere (one parser: ``posttrain.judges.sources.parse_spec``; ``judge:KIND`` is
+accepted as KIND). :func:`check_judge` validates the name and its model before anything is
 loaded or written; :func:`build_judge` loads it.
 """
 
@@ -11,18 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from posttrain.errors import UserError
+from posttrain.judges.sources import parse_spec
 
 KINDS = ("llm", "generative", "reward-model", "task:NAME", "module:function")
 
 
 def _is_function_spec(kind: str) -> bool:
-    module, sep, name = kind.partition(":")
-    return bool(sep and module and name) and module not in ("task", "judge") and "/" not in module
+    return parse_spec(kind).kind == "function"
+
+
+def _judge_kind(kind: str) -> str:
+    """``judge:KIND`` (the form a reward spec uses) means KIND here too."""
+    parsed = parse_spec(kind)
+    return parsed.name if parsed.kind == "judge" else kind
 
 
 def check_judge(kind: str, model: str | None, *, field: str = "judge", model_field: str = "model"):
     """Fail fast on an unknown judge kind or a missing / unloadable judge model."""
-    if kind.startswith("task:"):
+    kind = _judge_kind(kind)
+    if parse_spec(kind).kind == "task":
         from posttrain.tasks import TASKS
 
         name = kind.split(":", 1)[1]
@@ -68,12 +76,13 @@ def build_judge(
     of soft labels (0: hard). ``policy``: ``(model, tokenizer)`` already loaded under the same
     name, reused instead of loading a second copy.
     """
+    kind = _judge_kind(kind)
     check_judge(kind, model)
     if _is_function_spec(kind):
         from posttrain.judges.pairwise import load_function_judge
 
         return load_function_judge(kind, swap=swap)
-    if kind.startswith("task:"):
+    if parse_spec(kind).kind == "task":
         from posttrain.judges.gold import task_judge
 
         return task_judge(kind, temperature=temperature)

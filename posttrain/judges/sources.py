@@ -10,8 +10,12 @@
 - ``judge:KIND``: the hook for judges (``posttrain.judges.factory.build_judge``, model from
   ``judge_model``): their pointwise ``score``.
 
-Every source comes back wrapped in :class:`RewardSource`, which checks what it returns (one
-finite number per completion) and names the spec in the error when it does not.
+Every source comes back wrapped in :class:`CheckedRewardSource` (a
+``posttrain.judges.protocol.RewardSource`` that checks what it returns: one finite number per
+completion, naming the spec in the error when it does not).
+
+:func:`parse_spec` is the one reading of a reward or judge spec, shared with
+``posttrain.judges.factory`` (judges), so a form means the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -22,14 +26,48 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from posttrain.errors import UserError
 
+JUDGE_NAMES = ("llm", "generative", "reward-model")  # judges that are a name, not a spec
 
-class RewardSource:
-    """A named reward callable ``(prompts, completions) -> list[float]`` that validates its output."""
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed reward / judge spec: ``kind`` is ``task`` (``name`` the task), ``judge``
+    (``judge:KIND``, ``name`` the KIND), one of :data:`JUDGE_NAMES` (a judge by its bare name),
+    ``directory`` (a reward-model directory), ``function`` (``module:function``) or ``unknown``."""
+
+    kind: str
+    name: str
+    text: str
+
+
+def parse_spec(spec: str) -> Spec:
+    """The one reading of a spec string, in this order: ``task:NAME``, ``judge:KIND``, a bare
+    judge name (``llm``, ``generative``, ``reward-model``), an existing directory,
+    ``module:function`` (no ``/`` in the module part); anything else is ``unknown``. (A directory
+    named like a judge is given as ``./llm``.)"""
+    head, sep, rest = spec.partition(":")
+    if sep and head == "task":
+        return Spec("task", rest, spec)
+    if sep and head == "judge":
+        return Spec("judge", rest, spec)
+    if spec in JUDGE_NAMES:
+        return Spec(spec, spec, spec)
+    if spec and Path(spec).is_dir():
+        return Spec("directory", spec, spec)
+    if sep and head and rest and "/" not in head:
+        return Spec("function", spec, spec)
+    return Spec("unknown", spec, spec)
+
+
+class CheckedRewardSource:
+    """A named reward callable ``(prompts, completions) -> list[float]`` (a
+    ``posttrain.judges.protocol.RewardSource``) that validates its output."""
 
     def __init__(self, spec: str, fn: Callable):
         self.spec, self.fn = spec, fn
@@ -50,7 +88,7 @@ class RewardSource:
         return scores
 
     def __repr__(self) -> str:
-        return f"RewardSource({self.spec!r})"
+        return f"CheckedRewardSource({self.spec!r})"
 
 
 def load_reward_source(
@@ -59,32 +97,33 @@ def load_reward_source(
     policy_tokenizer=None,
     normalize: bool = False,
     judge_model: str | None = None,
-) -> RewardSource:
+) -> CheckedRewardSource:
     """The reward source named by ``spec``; UserError for one that cannot be resolved.
 
     ``normalize``: whiten a reward model's scores with its training-set mean/std.
     """
     if not spec:
         raise UserError("--reward: give task:NAME, module:function or a reward-model directory")
-    if spec.startswith("task:"):
+    parsed = parse_spec(spec)
+    if parsed.kind == "task":
         from posttrain.tasks import get_task
 
-        return RewardSource(spec, get_task(spec.split(":", 1)[1]).reward)
-    if Path(spec).is_dir():
+        return CheckedRewardSource(spec, get_task(parsed.name).reward)
+    if parsed.kind == "directory":
         from posttrain.models.reward import load_reward_model
 
-        return RewardSource(spec, load_reward_model(spec).as_reward_source(normalize=normalize))
-    if spec.startswith("judge:"):
+        model = load_reward_model(spec)
+        return CheckedRewardSource(spec, model.as_reward_source(normalize=normalize))
+    if parsed.kind == "judge":
         from posttrain.judges.factory import build_judge, check_judge
 
-        kind = spec.split(":", 1)[1]
-        check_judge(kind, judge_model, field="reward", model_field="judge_model")
-        judge = build_judge(kind, judge_model)
+        check_judge(parsed.name, judge_model, field="reward", model_field="judge_model")
+        judge = build_judge(parsed.name, judge_model)
         if not hasattr(judge, "score"):
             raise UserError(f"--reward: judge {spec!r} has no pointwise score")
-        return RewardSource(spec, judge.score)
-    module, sep, name = spec.partition(":")
-    if sep and module and name and "/" not in module:
+        return CheckedRewardSource(spec, judge.score)
+    if parsed.kind == "function":
+        module, _, name = spec.partition(":")
         if os.getcwd() not in sys.path:  # a user's own module in the working directory
             sys.path.append(os.getcwd())
         try:
@@ -97,7 +136,9 @@ def load_reward_source(
             if policy_tokenizer is None:
                 raise UserError(f"--reward: {spec!r} needs the policy's tokenizer")
             fn = partial(fn, tokenizer=policy_tokenizer)
-        return RewardSource(spec, fn)
+        return CheckedRewardSource(spec, fn)
+    if parsed.kind in JUDGE_NAMES:
+        raise UserError(f"--reward: {spec!r} is a judge; as a reward give judge:{spec}")
     raise UserError(
         f"--reward: {spec!r} is neither task:NAME, module:function, judge:KIND nor a directory"
     )

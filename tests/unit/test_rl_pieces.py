@@ -10,7 +10,7 @@ import torch
 
 from posttrain import metrics as M
 from posttrain.errors import UserError
-from posttrain.judges.sources import RewardSource, load_reward_source
+from posttrain.judges.sources import CheckedRewardSource, load_reward_source
 from posttrain.losses import KLController
 from posttrain.models.modes import disable_dropout
 from posttrain.recipes.reinforce import moving_baseline
@@ -92,7 +92,7 @@ def test_reward_specs_resolve_and_fail_clearly():
     from posttrain.models import load_tokenizer
 
     src = load_reward_source("tests.helpers_rl:count_e")
-    assert isinstance(src, RewardSource) and src(["p"], ["eeee"]) == [1.0]
+    assert isinstance(src, CheckedRewardSource) and src(["p"], ["eeee"]) == [1.0]
     assert len(load_reward_source("task:counting")(["p"], ["good good"])) == 1
     tok = load_tokenizer("tiny-llama")
     count = load_reward_source("tests.helpers_rl:count_token", policy_tokenizer=tok)
@@ -136,3 +136,34 @@ def test_disable_dropout():
     x = torch.ones(4, 3)
     assert net[1].p == 0.0 and net[0].attention_dropout == 0.0
     assert torch.equal(net(x), net(x))
+
+
+def test_one_spec_parser_for_rewards_and_judges(tmp_path, monkeypatch):
+    """parse_spec reads every form once; rewards and judges accept the same spellings."""
+    from posttrain.judges.factory import check_judge
+    from posttrain.judges.sources import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rm_dir").mkdir()
+    kinds = {
+        "task:counting": ("task", "counting"),
+        "judge:llm": ("judge", "llm"),
+        "judge:task:counting": ("judge", "task:counting"),
+        "llm": ("llm", "llm"),
+        "reward-model": ("reward-model", "reward-model"),
+        "rm_dir": ("directory", "rm_dir"),
+        "tests.helpers_rl:count_e": ("function", "tests.helpers_rl:count_e"),
+        "a/b:c": ("unknown", "a/b:c"),
+        "nope": ("unknown", "nope"),
+    }
+    for text, (kind, name) in kinds.items():
+        assert (parse_spec(text).kind, parse_spec(text).name) == (kind, name), text
+    # judge:KIND is a reward built from a judge, and as a judge it means KIND
+    prompts, texts = ["Count:", "Count:"], ["one two three", "xyz"]
+    gold = load_reward_source("task:counting")(prompts, texts)
+    assert load_reward_source("judge:task:counting")(prompts, texts) == gold
+    check_judge("judge:task:counting", None)  # accepted like task:counting
+    with pytest.raises(UserError, match="unknown task"):
+        check_judge("judge:task:nothing", None)
+    with pytest.raises(UserError, match="is a judge; as a reward give judge:llm"):
+        load_reward_source("llm")
