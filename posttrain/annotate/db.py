@@ -56,7 +56,6 @@ class Account(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
     # None: the token never expires (added later: make_engine adds the column to older databases)
     token_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
@@ -74,6 +73,7 @@ class LoginSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
 
 class Task(Base):
     __tablename__ = "tasks"
@@ -176,7 +176,26 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+# Columns added to existing tables after their first release: (table, column). ``create_all`` makes
+# new tables only, so a database created before gets these with ALTER TABLE (nullable, no default).
+_LATER_COLUMNS = [("accounts", "token_expires_at")]
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect
+
+    inspector = inspect(engine)
+    for table, column in _LATER_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table)}
+        if column in present:
+            continue
+        kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -199,22 +218,3 @@ def _configure_sqlite(engine: Engine) -> None:
 def session(engine: Engine) -> Session:
     """A session whose commit is one transaction; ``expire_on_commit=False`` keeps loaded rows usable."""
     return Session(engine, expire_on_commit=False)
-    _add_missing_columns(engine)
-# Columns added to existing tables after their first release: (table, column). ``create_all`` makes
-# new tables only, so a database created before gets these with ALTER TABLE (nullable, no default).
-_LATER_COLUMNS = [("accounts", "token_expires_at")]
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    from sqlalchemy import inspect
-
-    inspector = inspect(engine)
-    for table, column in _LATER_COLUMNS:
-        present = {c["name"] for c in inspector.get_columns(table)}
-        if column in present:
-            continue
-        kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
