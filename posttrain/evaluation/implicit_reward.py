@@ -33,8 +33,8 @@ def implicit_rewards(policy, reference, pairs, pad_id: int, *, beta: float, batc
         p = pair_logps(policy, batch)
         with adapters_disabled(policy) if reference is policy else nullcontext(reference) as ref:
             r = pair_logps(ref, batch)
-        chosen.append((beta * (p.chosen - r.chosen)).double())
-        rejected.append((beta * (p.rejected - r.rejected)).double())
+        chosen.append((beta * (p.chosen - r.chosen)).double().cpu())
+        rejected.append((beta * (p.rejected - r.rejected)).double().cpu())
     policy.train(modes[0])
     reference.train(modes[1])
     return torch.cat(chosen), torch.cat(rejected)
@@ -50,10 +50,12 @@ def implicit_reward_accuracy(
     batch_size: int = 16,
     max_length: int = 512,
     dtype: str = "float32",
+    device=None,
 ) -> dict[str, float]:
     """Accuracy and mean margin of the implicit reward of ``policy`` (vs ``reference``) on ``data``.
 
-    ``policy`` / ``reference``: loaded models, or names / HF directories (loaded in ``dtype``);
+    ``policy`` / ``reference``: loaded models, or names / HF directories (loaded in ``dtype`` on
+    ``device``, None: the CPU);
     ``data``: a file of preference or ranked records, or a list of ``Example``s or
     ``EncodedPair``s; ``tokenizer``: needed with loaded models (else the policy's is loaded).
     Returns ``accuracy`` (ties half), ``margin_mean`` (chosen minus rejected reward),
@@ -69,7 +71,7 @@ def implicit_reward_accuracy(
         data, _ = encode_pairs(tokenizer, to_preference_pairs(data), max_length)
     pairs: list[EncodedPair] = list(data)
     models = [
-        load_model(m, dtype=dtype, tokenizer=tokenizer) if isinstance(m, str) else m
+        load_model(m, dtype=dtype, tokenizer=tokenizer, device=device) if isinstance(m, str) else m
         for m in (policy, reference)
     ]
     rc, rr = implicit_rewards(

@@ -114,14 +114,16 @@ def evaluate_reward_model(
     batch_size: int = 16,
     aspect_weights: dict[str, float] | None = None,
     dtype: str = "float32",
+    device=None,
 ) -> dict[str, float]:
     """Flat metrics (module doc) of reward model ``rm`` — a RewardModel, anything with
     ``score(prompts, completions)``, or a reward-model directory — on ``examples``: preference
-    (or ranked / scored, expanded to pairs) Examples, or a data file to load them from."""
+    (or ranked / scored, expanded to pairs) Examples, or a data file to load them from. A
+    directory is loaded in ``dtype`` on ``device`` (None: the CPU)."""
     from posttrain.models.reward import RewardModel, load_reward_model
 
     if not hasattr(rm, "score"):
-        rm = load_reward_model(rm, dtype=dtype)
+        rm = load_reward_model(rm, dtype=dtype, device=device)
     if isinstance(examples, (str, bytes)) or hasattr(examples, "__fspath__"):
         examples = load_examples(str(examples), ["preference", "ranked", "scored"], what="--data")
     pairs = to_preference_pairs(examples, aspect_weights)

@@ -68,13 +68,15 @@ def build_judge(
     temperature: float = 0.0,
     dtype: str = "float32",
     policy=None,
+    device=None,
 ):
     """A judge object (``compare``, ``verdicts``, maybe ``score``).
 
     ``constitution``: a file, or None for the shipped default (llm / generative). ``temperature``:
     sampling temperature of a generative judge; for ``task:`` judges the Bradley-Terry temperature
     of soft labels (0: hard). ``policy``: ``(model, tokenizer)`` already loaded under the same
-    name, reused instead of loading a second copy.
+    name, reused instead of loading a second copy. ``device``: where a loaded judge model goes
+    (None: the CPU).
     """
     kind = _judge_kind(kind)
     check_judge(kind, model)
@@ -89,12 +91,15 @@ def build_judge(
     if kind == "reward-model":
         from posttrain.judges.reward_model import RewardModelJudge
 
-        return RewardModelJudge.from_path(model)
+        return RewardModelJudge.from_path(model, device=device)
     from posttrain.judges.constitution import load_constitution
     from posttrain.models import load_policy
 
     principles = load_constitution(constitution)
-    judge_model, tokenizer = policy if policy is not None else load_policy(model, dtype=dtype)
+    if policy is not None:
+        judge_model, tokenizer = policy
+    else:
+        judge_model, tokenizer = load_policy(model, dtype=dtype, device=device)
     if kind == "llm":
         from posttrain.judges.llm import LLMJudge
 

@@ -60,8 +60,8 @@ class RewardModelJudge(ScoreJudge):
     kind = "reward-model"
 
     @classmethod
-    def from_path(cls, path: str) -> RewardModelJudge:
+    def from_path(cls, path: str, *, device=None) -> RewardModelJudge:
         from posttrain.models.reward import load_reward_model  # the reward-model engineer's loader
 
-        rm = load_reward_model(path)
+        rm = load_reward_model(path, device=device)
         return cls(rm.score, temperature=1.0, name=str(path))

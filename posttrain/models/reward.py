@@ -48,6 +48,7 @@ from posttrain.data.formats import Prompt
 from posttrain.errors import UserError
 from posttrain.models.heads import ScalarHead, gather_last
 from posttrain.models.logprobs import position_ids_from_mask
+from posttrain.training.device import module_device, to_device
 
 CONFIG_FILE = "reward_config.json"
 HEAD_FILE = "reward_head.safetensors"  # the older layout's head (read, no longer written)
@@ -93,7 +94,9 @@ class RewardModel(nn.Module):
         """(B, T) -> (B, n_heads), read at each row's last attended token.
 
         Runs the trunk's decoder only (no LM head: (B, T, vocab) logits would cost time and
-        memory for nothing); its ``last_hidden_state`` is the final-norm output."""
+        memory for nothing); its ``last_hidden_state`` is the final-norm output. Inputs go to
+        the model's device."""
+        input_ids, attention_mask = to_device((input_ids, attention_mask), module_device(self))
         out = _decoder(self.trunk)(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -51,6 +51,7 @@ from posttrain.evaluation.tables import (
     policy_result,
 )
 from posttrain.models import check_model_name
+from posttrain.training.device import resolve
 from posttrain.training.run import prepare_output_dir
 
 SUMMARY = (
@@ -127,10 +128,15 @@ class Config:
     """Sampling seed (every model samples with the same seed)."""
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     """Precision of the models."""
+    device: str = "auto"
+    """Where the models run: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
     title: str = "posttrain eval"
     """Title of the report."""
 
     def validate(self) -> None:
+        from posttrain.training.device import validated
+
+        validated(self.device, self.dtype)  # an absent device: exit 2, nothing written
         check(self.n_prompts >= 2, "n_prompts", "must be >= 2", self.n_prompts)
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
@@ -230,7 +236,9 @@ def run_frontier(cfg: Config, out: Path, entries=None) -> dict:
 def run_reward_model(cfg: Config) -> dict:
     from posttrain.evaluation.reward_model import evaluate_reward_model
 
-    res = evaluate_reward_model(cfg.reward_model, cfg.data, batch_size=cfg.batch_size)
+    res = evaluate_reward_model(
+        cfg.reward_model, cfg.data, batch_size=cfg.batch_size, device=resolve(cfg.device)
+    )
     return {
         "mode": "reward-model",
         "reward_model": cfg.reward_model,
@@ -249,6 +257,7 @@ def run_implicit(cfg: Config) -> dict:
         beta=cfg.beta,
         batch_size=cfg.batch_size,
         dtype=cfg.dtype,
+        device=resolve(cfg.device),
     )
     return {
         "mode": "implicit-reward",

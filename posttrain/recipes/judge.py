@@ -40,6 +40,7 @@ from posttrain.judges.constitution import load_constitution
 from posttrain.judges.factory import build_judge, check_judge
 from posttrain.judges.pairwise import summarize
 from posttrain.judges.verifier import select_best
+from posttrain.training.device import resolve, validated
 
 SUMMARY = "Label prompts with 2+ completions using an AI or gold judge; writes preference JSONL."
 
@@ -78,10 +79,13 @@ class Config:
     """Seed of principle sampling, tournament brackets and sampled judge replies."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the judge model."""
+    device: str = "auto"
+    """Where the judge model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
     summary: str | None = None
     """Also write the run's summary (counts, position-bias rate) as JSON to this file."""
 
     def validate(self) -> None:
+        validated(self.device, self.dtype)  # an absent device: exit 2 before anything is read
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", self.max_new_tokens)
         check(self.temperature >= 0, "temperature", "must be >= 0", self.temperature)
@@ -148,6 +152,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         dtype=cfg.dtype,
+        device=resolve(cfg.device),
     )
     name = cfg.judge if cfg.model is None else f"{cfg.judge}:{cfg.model}"
     t0 = time.time()

@@ -46,6 +46,7 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.models.reward import RewardModel, is_reward_model_dir, load_reward_model
 from posttrain.training import Run, distributed
+from posttrain.training.device import module_device, to_device
 
 SUMMARY = "Reward model: Bradley-Terry on pairs, rankings or scored aspects; one or several heads."
 
@@ -126,13 +127,14 @@ def load_pairs(path, tokenizer, cfg: Config, what: str):
     return pairs, torch.tensor([z for _, z in labelled], dtype=torch.long), n_trunc, n_ties
 
 
-def build_reward_model(cfg: Config, tokenizer) -> RewardModel:
-    """A fresh head on the ``cfg.model`` trunk, or a saved reward model to continue training."""
+def build_reward_model(cfg: Config, tokenizer, device=None) -> RewardModel:
+    """A fresh head on the ``cfg.model`` trunk, or a saved reward model to continue training
+    (on ``device``)."""
     weights = [cfg.head_weights[h] for h in cfg.heads] if cfg.head_weights else None
     if not is_reward_model_dir(cfg.model):
         trunk = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
-        return RewardModel(trunk, tokenizer, cfg.heads, weights)
-    rm = load_reward_model(cfg.model, dtype=cfg.dtype)
+        return RewardModel(trunk, tokenizer, cfg.heads, weights).to(device)
+    rm = load_reward_model(cfg.model, dtype=cfg.dtype, device=device)
     if len(rm.heads) != len(cfg.heads) or (len(cfg.heads) > 1 and rm.heads != cfg.heads):
         raise UserError(f"--heads: {cfg.model} has heads {rm.heads}, the config {cfg.heads}")
     rm.heads = list(cfg.heads)
@@ -145,7 +147,7 @@ def pair_rewards(rm, batch, head_idx: torch.Tensor) -> tuple[torch.Tensor, torch
     """(r_chosen (B,), r_rejected (B,)) of each pair's own head, from one (2B, T) forward."""
     rewards = rm(batch["input_ids"], batch["attention_mask"])  # (2B, H)
     b = rewards.shape[0] // 2
-    rows = torch.arange(b)
+    rows, head_idx = torch.arange(b, device=rewards.device), head_idx.to(rewards.device)
     return rewards[:b][rows, head_idx], rewards[b:][rows, head_idx]
 
 
@@ -156,7 +158,7 @@ def accuracy(rm: RewardModel, pairs, heads: torch.Tensor, pad_id: int, batch_siz
     rm.eval()
     won = []
     for i in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[i : i + batch_size], pad_id)
+        batch = to_device(collate_pairs(pairs[i : i + batch_size], pad_id), module_device(rm))
         won.append(reward_accuracy(*pair_rewards(rm, batch, heads[i : i + batch_size])))
     rm.train(was)
     return float(torch.cat(won).mean())
@@ -202,7 +204,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         print(ties_note(n_ties, n_all, cfg.ties), file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
-    rm = build_reward_model(cfg, tokenizer)
+    rm = build_reward_model(cfg, tokenizer, run_.device)
     rm.trunk = apply_lora(rm.trunk, cfg.lora)
     if cfg.gradient_checkpointing:
         rm.trunk.gradient_checkpointing_enable()
@@ -225,7 +227,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         with distributed.accumulate(model):
             for k in range(0, len(mine), micro):
                 part = mine[k : k + micro]
-                batch = collate_pairs([train[i] for i in part], pad)  # (2b, T)
+                batch = to_device(collate_pairs([train[i] for i in part], pad), run_.device)
                 with distributed.autocast(cfg.bf16_autocast):
                     rc, rr = pair_rewards(model, batch, train_heads[part])  # (b,) each
                 has_margin = any(train[i].margin is not None for i in part)

@@ -136,7 +136,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         )
 
     torch.manual_seed(cfg.seed)
-    model = apply_lora(load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer), cfg.lora)
+    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=run_.device)
+    model = apply_lora(model, cfg.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()

@@ -90,6 +90,13 @@ def select(spec: str = "auto") -> torch.device:
     return device
 
 
+def validated(spec: str, dtype: str = "float32") -> torch.device:
+    """:func:`resolve` and :func:`check_dtype` together: what a config's ``validate`` calls."""
+    device = resolve(spec)
+    check_dtype(device, dtype)
+    return device
+
+
 def supports_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes in bfloat16 natively."""
     if device.type == "cuda":

@@ -368,8 +368,15 @@ def load_optimizer_state_dict(
 
 
 def autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to bfloat16 on this rank's device when ``enabled`` (weights and
-    optimizer stay in their dtype: mixed precision), else a no-op."""
+    """``torch.autocast`` to bfloat16 when ``enabled`` (weights and optimizer stay in their dtype:
+    mixed precision), else a no-op: on the CPU and on every accelerator torch has here, so it
+    applies wherever ``--device`` put the model."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device().type, dtype=torch.bfloat16)
+    from posttrain.training.device import mps_available
+
+    stack = contextlib.ExitStack()
+    kinds = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * mps_available()
+    for kind in kinds:
+        stack.enter_context(torch.autocast(device_type=kind, dtype=torch.bfloat16))
+    return stack

@@ -104,3 +104,33 @@ def test_memory_metrics_are_cuda_only():
     assert D.module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     assert D.module_device(lambda x: x) is None and D.to_device([1], None) == [1]
     assert D.describe(torch.device("cpu")) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sft", "--model", "tiny-llama", "--train_data", "{data}", "--output_dir", "{out}"],
+        ["rm", "--model", "tiny-llama", "--train_data", "{data}", "--output_dir", "{out}"],
+        ["dpo", "--model", "tiny-llama", "--train_data", "{data}", "--output_dir", "{out}"]
+        + ["--beta", "0.1"],
+        ["judge", "--judge", "task:sentiment", "--input", "{data}", "--output", "{out}"],
+        ["eval", "--mode", "reward-model", "--reward_model", "{data}", "--data", "{data}"]
+        + ["--output_dir", "{out}"],
+    ],
+)
+def test_an_absent_device_is_one_line_exit_2_and_nothing_written(command, tmp_path, capsys):
+    """This machine has no GPU: --device cuda names it and stops before writing anything."""
+    from posttrain.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "p", "chosen": " a", "rejected": " b"}\n')
+    out = tmp_path / "out"
+    args = [a.format(data=data, out=out) for a in command]
+    for device in ("cuda", "cuda:1"):
+        code = main([*args, "--device", device])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: --device: {device} is not available on this machine"), err
+        assert not out.exists()
