@@ -381,6 +381,32 @@ def test_ranking_by_drag_and_drop(new_page, sqlite_setup, live_server):
     assert votes(setup)[-1].shown_ranking == "C > A > B"
 
 
+def test_ranking_by_touch_drag_on_a_phone(chromium_browser, sqlite_setup, live_server):
+    setup, base = sqlite_setup, live_server.base
+    context = chromium_browser.new_context(viewport=PHONE, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        login(page, base, setup.tokens["alice"])
+        go_to_rank_task(page)
+        for letter in "ABC":
+            page.tap(f".rank-letter[data-letter='{letter}']")
+        assert page.input_value("#ranking") == "A > B > C"
+        # a finger on C, lifted over A (what a touch drag reports as pointer events)
+        page.evaluate(
+            """() => {
+              const chip = (l) => document.querySelector(`.rank-chip[data-letter='${l}']`);
+              const at = chip('A').getBoundingClientRect();
+              const init = {pointerType: 'touch', bubbles: true, cancelable: true, isPrimary: true};
+              chip('C').dispatchEvent(new PointerEvent('pointerdown', init));
+              chip('C').dispatchEvent(new PointerEvent('pointerup', {...init,
+                clientX: at.x + at.width / 2, clientY: at.y + at.height / 2}));
+            }"""
+        )
+        assert page.input_value("#ranking") == "C > A > B"
+    finally:
+        context.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Markdown responses; 8. onboarding and shortcuts
 

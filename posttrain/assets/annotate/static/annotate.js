@@ -239,6 +239,7 @@ function refreshRanking() {
         event.dataTransfer.setData("text/plain", letter);
         event.dataTransfer.effectAllowed = "move";
       });
+      chip.addEventListener("pointerdown", (event) => startTouchDrag(event, letter, chip));
       chip.addEventListener("dragover", (event) => event.preventDefault());
       chip.addEventListener("drop", (event) => {
         event.preventDefault();
@@ -254,6 +255,28 @@ function refreshRanking() {
     moveBefore(event.dataTransfer.getData("text/plain"), null);
   });
   list.append(end);
+}
+
+// Touch screens have no HTML5 drag and drop: a finger on a ranked chip, lifted over another chip
+// (or the "last" box), moves it there too.
+let touchDrag = null;
+
+function startTouchDrag(event, letter, chip) {
+  if (event.pointerType !== "touch" || state.busy) return;
+  event.preventDefault();
+  touchDrag = { letter, chip };
+  chip.classList.add("dragging");
+}
+
+function endTouchDrag(event) {
+  if (!touchDrag) return;
+  const { letter, chip } = touchDrag;
+  touchDrag = null;
+  chip.classList.remove("dragging");
+  if (event.type !== "pointerup") return;
+  const under = document.elementFromPoint(event.clientX, event.clientY);
+  const target = under && under.closest(".rank-chip, .rank-end");
+  if (target) moveBefore(letter, target.classList.contains("rank-end") ? null : target.dataset.letter);
 }
 
 // Drag and drop: put `letter` in its own place just before `target` (or last when target is null).
@@ -664,6 +687,8 @@ async function start() {
   $("shortcuts").addEventListener("click", (event) => { if (event.target === $("shortcuts")) toggleShortcuts(false); });
   $("prompt-toggle").addEventListener("click", togglePrompt);
   document.addEventListener("keydown", onKey);
+  document.addEventListener("pointerup", endTouchDrag);
+  document.addEventListener("pointercancel", endTouchDrag);
   // The browser's Back button means "previous answer" here (it used to lead to the login form).
   history.pushState({ annotate: true }, "");
   window.addEventListener("popstate", () => {
