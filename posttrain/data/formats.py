@@ -338,7 +338,7 @@ def _wins(rec: Record, n: int) -> list[list[float]]:
         raise _fail(rec, f'"wins" must be a {n} x {n} matrix (one row and column per completion)')
     for i, row in enumerate(value):
         for j, w in enumerate(row):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
                 raise _fail(rec, f'"wins"[{i}][{j}] must be a count >= 0 (got {w!r})')
     return [[float(w) for w in row] for row in value]
 
