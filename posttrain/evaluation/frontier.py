@@ -271,7 +271,8 @@ def plot_overoptimization_experiment(
     title: str = "Over-optimisation of a weak proxy reward model",
 ) -> Path:
     """Gao et al. (2022) fig. 1 style: gold (solid, left axis) and proxy (dashed, right axis)
-    reward relative to the initial policy against d = sqrt(KL), for best-of-n (``bon`` points:
+    reward relative to the initial policy against d = sqrt(KL), joined in order of d (not of
+    training step), for best-of-n (``bon`` points:
     ``n``, ``kl``, ``gold``, ``proxy``, optional ``gold_se`` / ``proxy_se``) and RL (``rl``
     points, ``step`` instead of ``n``), with the fitted gold curves (``fits[name]``: ``a``, ``b``)
     dotted. Writes ``path`` (PNG)."""
@@ -284,6 +285,7 @@ def plot_overoptimization_experiment(
     for label, form, pts, color, marker in series:
         if not pts:
             continue
+        pts = sorted(pts, key=lambda p: p["kl"])  # a curve in d (RL's KL need not grow each step)
         d = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
         ax.errorbar(
             d,
@@ -332,7 +334,7 @@ def plot_overoptimization_experiment(
     ax.grid(True, alpha=0.3)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

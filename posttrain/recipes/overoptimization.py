@@ -52,8 +52,9 @@ from posttrain.training.run import prepare_output_dir
 class Budget:
     """Sizes of the experiment's own stages (the SFT policy comes from the demo's budget)."""
 
-    pair_prompts: int  # prompts sampled twice for the proxy's pairs (10% held out, noise-free)
+    pair_prompts: int  # prompts sampled twice for pairs (the last 10% held out, noise-free)
     label_noise: float  # share of the proxy's training labels flipped
+    rm_pairs: int  # the proxy trains on the first this many labelled pairs only
     rm_steps: int
     rm_lr: float
     eval_prompts: int  # evaluation prompts, shared by best-of-n and the RL checkpoints
@@ -69,9 +70,10 @@ class Budget:
 
 FULL = Budget(
     pair_prompts=240,
-    label_noise=0.3,
+    label_noise=0.35,
+    rm_pairs=20,
     rm_steps=60,
-    rm_lr=1e-4,
+    rm_lr=3e-4,
     eval_prompts=64,
     bon_samples=256,
     ppo_steps=150,
@@ -84,7 +86,8 @@ FULL = Budget(
 )
 QUICK = Budget(
     pair_prompts=96,
-    label_noise=0.3,
+    label_noise=0.35,
+    rm_pairs=16,
     rm_steps=5,
     rm_lr=1e-4,
     eval_prompts=8,
@@ -199,12 +202,17 @@ def _write_json(path: Path, obj) -> None:
 def stage_proxy_rm(cfg, ob: Budget, out: Path, sft_dir: Path, data: Path, prog) -> None:
     from posttrain.recipes import rm
 
-    n = sum(1 for _ in (data / "pairs.jsonl").open())
-    prog.start("rm", f"proxy reward model: {ob.rm_steps} steps on {n} pairs, labels this noisy")
+    rows = (data / "pairs.jsonl").read_text().splitlines()[: ob.rm_pairs]
+    (data / "proxy_pairs.jsonl").write_text("".join(r + "\n" for r in rows))
+    prog.start(
+        "rm",
+        f"proxy reward model: {ob.rm_steps} steps on {len(rows)} pairs with "
+        f"{ob.label_noise:.0%} label noise",
+    )
     demo._run_recipe(
         rm,
         model=str(sft_dir),
-        train_data=str(data / "pairs.jsonl"),
+        train_data=str(data / "proxy_pairs.jsonl"),
         eval_data=str(data / "pairs_heldout.jsonl"),
         output_dir=str(out / "rm"),
         max_steps=ob.rm_steps,
@@ -269,6 +277,7 @@ def stage_bon(cfg, ob, out, sft_dir, rm_dir, prompts, task, prog) -> None:
         out / "bon" / "samples.jsonl",
         [{"prompt": p, "completions": ts} for p, ts in zip(prompts, texts)],
     )
+    _write_json(out / "bon" / "scores.json", {"gold": gold, "proxy": proxy, "per_prompt": k})
     ref = {"gold": ref_gold[0], "proxy": ref_proxy[0], "n_samples": len(gold)}
     _write_json(out / "bon" / "bon.json", {"reference": ref, "points": rows})
     best = rows[-1]
@@ -463,10 +472,10 @@ def write_overoptimization_report(out: Path, result: dict, details: dict, *, qui
     intro = [
         "Reward-model over-optimisation (Gao, Schulman & Hilton 2022) in miniature on the "
         "sentiment task. The proxy reward model is deliberately weak: trained on "
-        f"{lab['pairs']} pairs of SFT samples whose labels were flipped with probability "
-        f"{b['label_noise']:.0%}"
+        f"{min(b['rm_pairs'], lab['pairs'])} pairs of SFT samples whose labels were flipped with "
+        f"probability {b['label_noise']:.0%}, {b['rm_steps']} steps"
         + (
-            f"; it ranks {acc:.0%} of held-out noise-free pairs correctly."
+            f"; it ranks {acc:.0%} of {lab['heldout_pairs']} held-out noise-free pairs correctly."
             if acc is not None
             else "."
         ),
