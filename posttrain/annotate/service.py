@@ -482,10 +482,18 @@ def _revise(db: Session, vote: Vote, assignment: Assignment, key: str, payload: 
 
 
 def skip(db: Session, account: Account, assignment_id: int) -> str:
-    """Move a pending task behind the rest of the queue; an answered task stays answered."""
+    """Move a pending task behind the rest of the queue; an answered task stays answered. Skipping
+    a task that was skipped before (only skipped ones are left) moves it behind the other skipped
+    ones, so that S cycles through them instead of showing the same task again."""
     assignment = _owned(db, account, assignment_id)
     if assignment.status == STATUS_PENDING:
         assignment.status = STATUS_SKIPPED
+    elif assignment.status == STATUS_SKIPPED:
+        last = db.scalar(
+            select(func.max(Assignment.position)).where(Assignment.account_id == account.id)
+        )
+        if last is not None and assignment.position != last:
+            assignment.position = last + 1
     db.commit()
     return assignment.status
 

@@ -193,3 +193,19 @@ def test_guidelines_acknowledgement_is_kept_per_annotator(client, setup):
     assert client.get("/api/me", headers=alice).json()["guidelines_read"] is True
     assert client.get("/api/me", headers=bob).json()["guidelines_read"] is False
     assert client.post("/api/guidelines/read", headers=setup.headers("admin")).status_code == 403
+
+
+def test_skipping_when_only_skipped_tasks_are_left_cycles_through_them(setup):
+    with session(setup.engine) as db:
+        alice = _account(db, "alice")
+        seen = []
+        for _ in range(4):  # skip the whole queue once
+            assignment = service.next_assignment(db, alice)
+            seen.append(assignment.task_id)
+            service.skip(db, alice, assignment.id)
+        again = []
+        for _ in range(4):  # then S keeps moving on instead of showing one task forever
+            assignment = service.next_assignment(db, alice)
+            again.append(assignment.task_id)
+            service.skip(db, alice, assignment.id)
+    assert sorted(again) == sorted(seen) and again == seen
