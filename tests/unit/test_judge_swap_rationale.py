@@ -70,13 +70,13 @@ def test_judge_command_with_a_position_biased_function_and_swap_writes_ties(cli,
     assert "position_bias_rate=1.000" in err
 
 
-def run_eval(cli, tmp_path, two_models, jsonl, *extra):
+def run_eval(cli, tmp_path, two_models, jsonl, *extra, judge="tests.judge_stubs:always_a"):
     pol, ref = two_models
     prompts = jsonl("p.jsonl", [{"prompt": f"The film number {i} was"} for i in range(4)])
     out = tmp_path / f"ev{len(extra)}"
     code, _, err = cli(
         "eval", "--model", pol, "--reference", ref, "--prompts", prompts,
-        "--judge", "tests.judge_stubs:always_a", "--max_new_tokens", "4",
+        "--judge", judge, "--max_new_tokens", "4",
         "--capability", "false", "--output_dir", out, *extra,
     )  # fmt: skip
     assert code == 0, err
@@ -93,6 +93,10 @@ def test_eval_judges_both_orders_by_default(cli, jsonl, tmp_path, two_models):
     one = run_eval(cli, tmp_path, two_models, jsonl, "--swap", "false")
     assert one["swap"] is False and one["position_bias_rate"] is None
     assert one["win_rate"] == 1.0 and one["wins"] == 4  # the bias decides the win rate
+    # a module:function of (prompts, completions) is still a pointwise reward: no swap keys
+    pointwise = run_eval(cli, tmp_path, two_models, jsonl, "--n_shown", "1",
+                         "--title", "pointwise", judge="tests.helpers_rl:count_e")  # fmt: skip
+    assert "position_bias_rate" not in pointwise and 0 <= pointwise["win_rate"] <= 1
 
 
 @pytest.fixture(scope="module")
