@@ -138,7 +138,7 @@ def peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 NOTES = """\
-## Where the memory goes (what `posttrain/recipes/plan.py` models)
+## Where the memory goes (what `posttrain/plan/memory.py` models)
 
 peak = baseline + heap slack (CPU default) + state (weights, AdamW states, reference, DDP
 buckets) + the largest phase:
@@ -235,8 +235,8 @@ def recipe_command(recipe, model, args, extra, nproc, data, out_dir) -> list[str
 
 
 def plan_config(recipe, model, args, nproc, **plan_args):
+    from posttrain import plan
     from posttrain.config import build
-    from posttrain.recipes import plan
 
     values = {"recipe": recipe, "model": model, "nproc": nproc, **plan_args}
     for key, value in args.items():
@@ -285,7 +285,7 @@ def main() -> None:
         json.loads(Path(opts.cache).read_text()) if opts.cache and Path(opts.cache).exists() else {}
     )
 
-    from posttrain.recipes import plan
+    from posttrain import plan
 
     base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     base_env.setdefault("OMP_NUM_THREADS", "2")

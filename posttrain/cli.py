@@ -30,7 +30,7 @@ RECIPES = {
     "sample": "posttrain.recipes.sample",
     "judge": "posttrain.recipes.judge",
     "eval": "posttrain.recipes.eval",
-    "plan": "posttrain.recipes.plan",
+    "plan": "posttrain.plan",
     "demo": "posttrain.recipes.demo",
     "plot": "posttrain.recipes.plot",
     "sweep": "posttrain.recipes.sweep",

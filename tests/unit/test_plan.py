@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import pytest
 
+from posttrain import plan
 from posttrain.config import LoraConfig
-from posttrain.recipes import plan
 
 SHAPE = plan.Shape(
     params=1000,
@@ -106,7 +106,7 @@ def test_cpu_peak_adds_the_process_and_the_heap_slack(monkeypatch):
     # of t x w = 80 bytes per unit of width: the MLP's 4 per layer (I = 16: 1280) and the
     # (20, 10) float32 log-softmax (800) drop out; H and q (8: 640) and kv (4: 320) stay:
     # 2 layers x (4 x 640 + 3 x 640 + 3 x 320) + the top's 3 x 640 = 10880 + 1920 = 12800
-    monkeypatch.setattr(plan, "HEAP_BLOCK_MAX", 800)
+    monkeypatch.setattr(plan.memory, "HEAP_BLOCK_MAX", 800)
     assert plan.estimate(cfg(device="cpu"), SHAPE).parts["heap_slack"] == plan.HEAP_SLACK * 12800
 
 
@@ -222,3 +222,26 @@ def test_cli_prints_table_and_proposals(cli):
 def test_bad_plan_settings_exit_2(cli, args, message):
     code, _, err = cli("plan", "--recipe", "sft", "--model", "tiny-llama", *args)
     assert code == 2 and message in err
+
+
+def test_plan_reads_the_recipes_own_defaults():
+    """The samples per prompt and PPO minibatches the plan assumes are the recipes' Config
+    defaults (read from them, not copied): change a recipe's default and the plan follows."""
+    import dataclasses
+
+    from posttrain.recipes import grpo, ppo, reinforce, rloo
+
+    def default(config, name):
+        return next(f.default for f in dataclasses.fields(config) if f.name == name)
+
+    for name, module in {"ppo": ppo, "rloo": rloo, "grpo": grpo, "reinforce": reinforce}.items():
+        assert plan.default_samples(name) == default(module.Config, "num_samples"), name
+    assert plan.default_minibatches("ppo") == default(ppo.Config, "num_minibatches")
+    assert plan.default_samples("online-dpo") == 2  # two samples per prompt, always
+    assert plan.default_samples("dpo") == plan.default_minibatches("rloo") == 1
+    # an estimate with no --num_samples is the one with the recipe's default given explicitly
+    implicit = plan.estimate(cfg(recipe="rloo"), SHAPE)
+    explicit = plan.estimate(
+        cfg(recipe="rloo", num_samples=default(rloo.Config, "num_samples")), SHAPE
+    )
+    assert implicit == explicit

@@ -1,99 +1,14 @@
 """``posttrain plan``: how much memory a recipe needs, before running it out of memory.
 
-A run holds some state the whole time and passes through phases, each with its own transient
-memory; one process peaks at
+A memory model, not a training recipe: a run holds state (weights, AdamW states, the reference,
+a reward model or value head, DDP buckets) the whole time and passes through phases (training
+step, optimizer step, rollout, final save) with their own transients; one process peaks at
+state + the largest phase (+ the process baseline and glibc's heap slack on a CPU). The
+formulas, and why each term is there, are written out in ``docs/scale.md`` ("How plan models
+memory"); ``benchmarks/plan_vs_measured.md`` compares them with measured peaks.
 
-    peak  = state + max(phases)  (+ baseline + heap slack on a CPU: below)
-    state = policy weights + AdamW states (2 per trainable parameter)
-            + reference model (a frozen copy; 0 with LoRA: adapters disabled is the reference;
-              0 for dpo's default precomputed reference, whose copy lives only while the
-              log-probs are computed before training, next to the weights but before AdamW's
-              two states exist, so below the training peak)
-            + reward model (online recipes with --reward_model) + value head or critic (PPO)
-            + DDP's gradient buckets (a flat copy of the gradients, several processes; posttrain
-              all-reduces its own copy instead, so on a CPU their pages are never touched and
-              not resident: counted anyway, as on a GPU they are allocated)
-    phases:
-      training step  = saved activations + the largest transient of the micro-batch
-                       + FSDP's gathered units + gradients (only with gradient accumulation:
-                       otherwise they are None until backward, which frees activations as it
-                       makes them)
-      optimizer step = gradients (+ DDP: the flat copy they are all-reduced in)
-      rollout        = online recipes: KV cache + prefill logits of generation, or the no-grad
-                       scoring forward over the rollout, whichever is larger
-      final save     = FSDP: rank 0's gathered full state dict (P w); LoRA: the merged copies
-                       of the adapted weights (the rest is written from the model's own)
-
-Sizes: P parameters, L layers, H hidden, I MLP width, V vocabulary, q = heads x head_dim,
-kv = kv_heads x head_dim, w bytes per element of dtype (8 / 4 / 2), t tokens of one micro-batch
-(rows x max_length; rows = 2 x micro for pairs, batch x num_samples / num_minibatches for
-rollouts).
-
-Activations saved by one llama decoder layer for backward, per token, in elements (what autograd
-keeps: RMSNorm input and output, q/k/v and the rotated q/k, the attention output, the MLP's gate,
-up, silu(gate) and product; eager attention adds the softmax probabilities and scores):
-
-    a_layer = 4 H + 3 q + 3 kv + 4 I   (+ 2 x heads x T with eager attention; sdpa: 0)
-              - 2 H with LoRA (a frozen RMSNorm weight needs no normalised input for its gradient)
-
-    saved activations = t x w x (L x a_layer + 3 H)        no checkpointing
-                      = t x w x (L x H + 3 H)              gradient checkpointing (each layer
-                        keeps only its input; backward recomputes one layer at a time: the
-                        "one layer" transient below)
-                        3 H at the top: final norm input and output, LM head input; 2 H with
-                        LoRA (the frozen LM head keeps nothing)
-
-Logits: the loss runs in c = max(w, 4) bytes (float32, or float64 for float64 models). The
-forward keeps the log-softmax of the (t, V) logits for backward; recipes that also compute the
-entropy under autograd (ppo, rloo, grpo, reinforce) keep its log-softmax and exp too, until the
-micro-batch's backward is done. Beside those, one of these transients is alive at a time (the
-backward reaches the decoder layers only after the logits' buffers are freed):
-
-    saved log-softmax = t x V x c  (x 3 with the entropy)      (part of the saved activations)
-    loss forward      = t x V x (w + c)          the logits and their float32 contiguous copy
-    loss backward     = t x V x 2 c              the loss's and the log-softmax input's gradients
-    one layer         = t x w x a_layer          its recomputation (checkpointing) or gradients
-    step transient    = max(loss forward, loss backward, one layer)
-
-DPO's default padding-free rows (``padding_free``: each pair's prompt once, then both responses;
-a pair at most 2 T wide, one pair per row at most) carry a (pairs, 1, 2 T, 2 T) attention mask,
-boolean and as the additive float mask every layer shares, for the whole step:
-
-    attention mask    = pairs x (2 T)^2 x (1 + w)             (part of the saved activations)
-
-A no-grad forward (DPO's reference, the rollout's scoring) costs t x V x (w + 2 c) (3 c with the
-entropy) and one layer (and for padding-free pairs its own float mask, pairs x (2 T)^2 x w).
-Reward models and critics read hidden states: no V term. Generation (online recipes,
-rows = prompts x samples, P = max_length - max_new_tokens, R = max_new_tokens):
-
-    KV cache        = 2 x L x kv x rows x (P + R) x w
-    prefill logits  = rows x P x V x w            (the prompt forward returns every position's)
-
-Under N processes each holds a micro-batch of batch / (N x accumulation) rows. DDP keeps a full
-replica per process; FSDP divides weights, gradients, AdamW states and the frozen reference by N
-and adds the units it gathers at a time (the root: embeddings, final norm, LM head; and two
-decoder layers, the one computing and the one prefetched), with their gradients.
-
-What the peak is of (``device``): on a GPU (``cuda``) the live tensors above. On a CPU (``cpu``,
-the default) the peak resident set (RSS), which holds two more things:
-
-    baseline    = the Python + torch + transformers process itself: ``BASELINE_MB``, the peak
-                  RSS of a fresh process that imports posttrain, builds tiny-llama and runs one
-                  forward (``benchmarks/bench_plan.py`` re-measures it)
-    heap slack  = HEAP_SLACK x the saved tensors below 32 MB (with gradient checkpointing also
-                  the layer backward recomputes). glibc's malloc serves blocks below a threshold
-                  that it raises, up to 32 MB, as large blocks are freed, from its heap, and keeps
-                  freed heap memory resident. Activations are blocks of a few MB; after the first
-                  step they come from the heap, and the next step's do not fit the holes the
-                  last one left exactly, so the heap grows past the live memory. Larger tensors
-                  are mapped on their own and returned when freed. No formula of tensor sizes
-                  gives this; the multiple is measured (``benchmarks/plan_vs_measured.md``:
-                  HEAP_SLACK = 1 keeps 30 cases within 20%, though per case the excess is
-                  0.4-4.4 x these tensors). With ``MALLOC_MMAP_THRESHOLD_=65536`` every freed
-                  block returns to the system and the RSS follows the live memory
-                  (``--heap_slack 0``), at ~1.1-1.5x step time, so posttrain does not set it.
-
-The CUDA context (~0.3-0.5 GB) and the CUDA caching allocator's own slack are not counted.
+Recipe defaults the plan depends on (samples per prompt, PPO minibatches) are read from the
+recipes' own ``Config`` classes (:func:`recipe_default`), so they cannot drift.
 """
 
 from __future__ import annotations
@@ -104,6 +19,47 @@ from typing import Literal
 
 from posttrain.config import LoraConfig, check
 from posttrain.errors import UserError
+
+__all__ = [
+    "SUMMARY",
+    "BASELINE_MB",
+    "HEAP_SLACK",
+    "HEAP_BLOCK_MAX",
+    "MB",
+    "DTYPE_BYTES",
+    "ONLINE",
+    "Config",
+    "Shape",
+    "shape_of_config",
+    "model_shape",
+    "lora_params",
+    "adapted_params",
+    "layer_blocks",
+    "layer_activation_elements",
+    "loss_bytes",
+    "activation_bytes",
+    "tensor_bytes",
+    "saved_logits_bytes",
+    "logits_forward_bytes",
+    "logits_backward_bytes",
+    "nograd_logits_bytes",
+    "kv_cache_bytes",
+    "REFERENCED",
+    "TWO_SAMPLES",
+    "recipe_default",
+    "default_samples",
+    "default_minibatches",
+    "ENTROPY",
+    "STATE",
+    "RESIDENT",
+    "PHASES",
+    "Estimate",
+    "estimate",
+    "propose",
+    "ROWS",
+    "table",
+    "run",
+]
 
 SUMMARY = "Estimate peak memory of a recipe and propose settings that fit a budget."
 
@@ -386,8 +342,36 @@ def kv_cache_bytes(shape: Shape, rows: int, width: int, w: int) -> int:
 
 
 REFERENCED = ("dpo", "kto", "ppo", "rloo", "grpo", "reinforce", "online-dpo")
-SAMPLES = {"ppo": 1, "rloo": 4, "grpo": 4, "reinforce": 1, "online-dpo": 2}  # recipe defaults
-MINIBATCHES = {"ppo": 2}  # recipe defaults
+TWO_SAMPLES = ("online-dpo",)  # samples two responses per prompt (not a setting)
+
+
+def recipe_default(recipe: str, name: str, fallback=None):
+    """The default of field ``name`` of ``recipe``'s ``Config`` (``fallback`` if it has none):
+    read from the recipe itself, so the plan follows the recipe's defaults."""
+    import dataclasses
+    import importlib
+
+    from posttrain.cli import RECIPES
+
+    config = importlib.import_module(RECIPES[recipe]).Config
+    for f in dataclasses.fields(config):
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return f.default
+    return fallback
+
+
+def default_samples(recipe: str) -> int:
+    """Responses per prompt of an online recipe by default (online-dpo: always 2)."""
+    if recipe in TWO_SAMPLES:
+        return 2
+    return recipe_default(recipe, "num_samples", 1) if recipe in ONLINE else 1
+
+
+def default_minibatches(recipe: str) -> int:
+    """Optimizer steps per rollout batch by default (PPO's num_minibatches; else 1)."""
+    return recipe_default(recipe, "num_minibatches", 1) if recipe in ONLINE else 1
+
+
 ENTROPY = ("ppo", "rloo", "grpo", "reinforce")  # the training forward also returns the entropy
 STATE = ("weights", "adamw", "reference", "reward_model", "value", "ddp_buckets")
 RESIDENT = ("baseline", "heap_slack")  # a CPU process's, beside its tensors
@@ -442,10 +426,10 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
     parts["value"] = (4 * P * w / shard if critic else head) if cfg.recipe == "ppo" else 0.0
 
     # --- the training step of one micro-batch
-    samples = cfg.num_samples if cfg.num_samples is not None else SAMPLES.get(cfg.recipe, 1)
+    samples = cfg.num_samples if cfg.num_samples is not None else default_samples(cfg.recipe)
     per_process = cfg.batch_size // nproc
     rows = per_process * (samples if online else 2 if cfg.recipe in ("rm", "dpo", "kto") else 1)
-    minibatches = cfg.num_minibatches or MINIBATCHES.get(cfg.recipe, 1)
+    minibatches = cfg.num_minibatches or default_minibatches(cfg.recipe)
     micro = max(1, rows // minibatches // cfg.gradient_accumulation_steps)
     t = micro * T
     trunk = dict(checkpointing=cfg.gradient_checkpointing, attention=cfg.attention)
