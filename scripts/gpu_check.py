@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "rloo": ["rloo", *online, "--num_samples", 2],
         "grpo": ["grpo", *online, "--num_samples", 2],
         "online-dpo": [
-            "online-dpo", *common, "--train_data", data["prompts"], "--judge", "task:counting",
+            "online-dpo", *common, "--train_data", data["prompts"], "--judge", "task:sentiment",
             "--batch_size", 4, "--max_new_tokens", new, "--beta", 0.1,
         ],
     }  # fmt: skip
