@@ -90,6 +90,36 @@ def _chunk(head, hidden, labels, temperature: float, with_entropy: bool):
     return (logps,)
 
 
+def chunked_logprobs(
+    head: torch.nn.Module,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """rows (K, H) output-layer inputs, targets (K,) -> log p(target) (K,) [and entropy (K,)] in
+    at least float32, ``chunk_size`` rows at a time (checkpointed when gradients are on)."""
+    fn = functools.partial(_chunk, head, temperature=temperature, with_entropy=with_entropy)
+    grad = torch.is_grad_enabled() and (
+        rows.requires_grad or any(p.requires_grad for p in head.parameters())
+    )
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for lo in range(0, rows.size(0), max(chunk_size, 1)):
+        args = (rows[lo : lo + chunk_size], targets[lo : lo + chunk_size])
+        if grad:
+            parts.append(checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False))
+        else:
+            parts.append(fn(*args))
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    out = [
+        torch.cat([p[j] for p in parts]) if parts else rows.new_zeros(0, dtype=dtype)
+        for j in range(2 if with_entropy else 1)
+    ]
+    return out[0], out[1] if with_entropy else None
+
+
 def chunked_token_logprobs(
     head: torch.nn.Module,
     hidden: torch.Tensor,
@@ -104,28 +134,22 @@ def chunked_token_logprobs(
 
     hidden (B, T - 1, H): the output layer's inputs at the positions that predict ``labels``
     (B, T - 1); mask (B, T - 1). Returns ``(logps, entropy)``, each (B, T - 1) in at least
-    float32, 0 where ``mask`` is 0 (entropy None unless ``with_entropy``). The output layer runs
-    on ``chunk_size`` positions at a time, checkpointed when gradients are on."""
+    float32, 0 where ``mask`` is 0 (entropy None unless ``with_entropy``); see
+    :func:`chunked_logprobs`."""
     b, t = labels.shape
-    flat = mask.reshape(-1) != 0
-    idx = flat.nonzero().squeeze(-1)  # (K,) positions to score
+    idx = (mask.reshape(-1) != 0).nonzero().squeeze(-1)  # (K,) positions to score
     rows = hidden.reshape(b * t, -1).index_select(0, idx)  # (K, H)
     targets = labels.reshape(-1).index_select(0, idx)  # (K,)
-    fn = functools.partial(_chunk, head, temperature=temperature, with_entropy=with_entropy)
-    grad = torch.is_grad_enabled() and (
-        rows.requires_grad or any(p.requires_grad for p in head.parameters())
+    values = chunked_logprobs(
+        head,
+        rows,
+        targets,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        chunk_size=chunk_size,
     )
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for lo in range(0, rows.size(0), chunk_size):
-        args = (rows[lo : lo + chunk_size], targets[lo : lo + chunk_size])
-        if grad:
-            parts.append(checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False))
-        else:
-            parts.append(fn(*args))
-    dtype = torch.promote_types(hidden.dtype, torch.float32)
-    out = []
-    for j in range(2 if with_entropy else 1):
-        values = torch.cat([p[j] for p in parts]) if parts else hidden.new_zeros(0, dtype=dtype)
-        full = values.new_zeros(b * t).index_put((idx,), values)
-        out.append(full.view(b, t))
-    return out[0], out[1] if with_entropy else None
+    full = [
+        v.new_zeros(b * t).index_put((idx,), v).view(b, t) if v is not None else None
+        for v in values
+    ]
+    return full[0], full[1]

@@ -1,0 +1,152 @@
+"""One PPO iteration on SmolLM2-135M-Instruct, old code path and new side by side.
+
+    .venv/bin/python benchmarks/bench_ppo_smollm2.py                 # the issue's iteration
+    .venv/bin/python benchmarks/bench_ppo_smollm2.py --size reduced  # 16 prompts x 24 tokens
+
+The iteration (issue 20): ``posttrain ppo --max_steps 1`` on the sentiment task's prompts in chat
+form, VADER gold reward, 64 prompts x 1 sample x 48 new tokens, 4 epochs x 2 minibatches, each
+variant in a fresh process (so the peak RSS is its own), the variants one after the other in one
+invocation (``--repeats`` rounds, alternating). Reported per variant: seconds in generation,
+scoring, log-probs (policy + reference after the rollout) and training (values, GAE, the epochs),
+as the recipe logs them (``time/*_s``), the mean response length, the process's peak RSS, and the
+whole process's wall and CPU seconds (on a loaded machine the CPU seconds compare better).
+
+Variants (``--variants``, comma-separated):
+
+- ``fp32-full-old``: float32, every parameter trained, whole logits (the code before issue 20);
+- ``fp32-full-new``: float32, every parameter trained, chunked response-only logits;
+- ``bf16-lora-old``: bfloat16 weights, LoRA r 16 (the demo's configuration), whole logits;
+- ``bf16-lora-new``: the same with chunked response-only logits (``posttrain.models.chunked``).
+
+"old" sets ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` in the child process, which makes
+``forward_logprobs`` compute every position's logits at once as it did before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAUNCH = """
+import sys
+import posttrain.models.chunked as chunked
+if sys.argv[1] == "old":
+    chunked.DEFAULT_CHUNK_SIZE = 0
+from posttrain.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+VARIANTS = {
+    "fp32-full-old": ("old", ["--dtype", "float32", "--learning_rate", "1e-6"]),
+    "fp32-full-new": ("new", ["--dtype", "float32", "--learning_rate", "1e-6"]),
+    "bf16-lora-old": (
+        "old",
+        [
+            "--dtype",
+            "bfloat16",
+            "--lora.enabled",
+            "true",
+            "--lora.r",
+            "16",
+            "--learning_rate",
+            "1e-4",
+        ],
+    ),
+    "bf16-lora-new": (
+        "new",
+        [
+            "--dtype",
+            "bfloat16",
+            "--lora.enabled",
+            "true",
+            "--lora.r",
+            "16",
+            "--learning_rate",
+            "1e-4",
+        ],
+    ),
+}
+SIZES = {"full": (64, 48), "reduced": (16, 24)}
+PHASES = ("generation", "scoring", "logprobs", "training")
+
+
+def run_variant(name: str, prompts: int, new_tokens: int, workdir: Path) -> dict:
+    mode, extra = VARIANTS[name]
+    out = workdir / name
+    cmd = [
+        sys.executable, "-c", LAUNCH, mode, "ppo", "--model", "smollm2-135m-instruct",
+        "--task", "sentiment", "--num_prompts", str(prompts), "--batch_size", str(prompts),
+        "--num_samples", "1", "--max_new_tokens", str(new_tokens), "--max_steps", "1",
+        "--ppo_epochs", "4", "--num_minibatches", "2", "--max_length", "256",
+        "--progress", "false", "--save_steps", "0", "--output_dir", str(out), "--overwrite", *extra,
+    ]  # fmt: skip
+    t0, c0 = time.time(), _children_cpu()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall, cpu = time.time() - t0, _children_cpu() - c0
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    m = [r for r in rows if "time/generation_s" in r][-1]
+    res = {k: m[f"time/{k}_s"] for k in PHASES}
+    res["iteration"] = sum(res[k] for k in PHASES)
+    res["length"] = m.get("response/length_mean", float("nan"))
+    res["rss_mb"] = m["memory/peak_rss_mb"]
+    res["wall"] = wall
+    res["cpu"] = cpu
+    return res
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--variants", default="fp32-full-old,bf16-lora-old,bf16-lora-new")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--workdir", default=None, help="where the runs go (default: a temp dir)")
+    args = ap.parse_args()
+    prompts, new_tokens = SIZES[args.size]
+    names = args.variants.split(",")
+    for n in names:
+        if n not in VARIANTS:
+            raise SystemExit(f"--variants: unknown {n!r} (one of {', '.join(VARIANTS)})")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ppo_smollm2_"))
+    best: dict[str, dict] = {}
+    for r in range(args.repeats):
+        for n in names:
+            res = run_variant(n, prompts, new_tokens, workdir)
+            print(f"round {r + 1} {n}: " + json.dumps({k: round(v, 1) for k, v in res.items()}))
+            sys.stdout.flush()
+            if n not in best or res["iteration"] < best[n]["iteration"]:
+                best[n] = res
+    print(
+        f"\nSmolLM2-135M-Instruct, one PPO iteration: {prompts} prompts x {new_tokens} new tokens, "
+        f"4 epochs x 2 minibatches (best of {args.repeats})\n"
+    )
+    print(
+        "| variant | " + " | ".join(PHASES) + " | **iteration** | mean length | peak RSS "
+        "| process wall / CPU |"
+    )
+    print("|---" * (len(PHASES) + 5) + "|")
+    for n, res in best.items():
+        cells = " | ".join(f"{res[k]:.1f} s" for k in PHASES)
+        print(
+            f"| {n} | {cells} | **{res['iteration']:.1f} s** | {res['length']:.1f} | "
+            f"{res['rss_mb'] / 1024:.2f} GB | {res['wall']:.0f} s / {res['cpu']:.0f} s |"
+        )
+
+
+if __name__ == "__main__":
+    main()
