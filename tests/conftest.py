@@ -39,3 +39,24 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+# --------------------------------------------------------------------------- markers
+# `pytest -m "not slow and not distributed"` is the inner loop (CI runs everything):
+# - distributed: the test starts several processes (torchrun);
+# - slow: an end-to-end training run in tests/integration or tests/invariance (the learning,
+#   resume and invariance tests), except the bad-input checks that stop before training.
+DISTRIBUTED_FILES = ("test_distributed_", "test_rm_distributed", "test_fsdp_lora_weights")
+QUICK_NAMES = ("bad", "exit", "refuse", "error", "help", "invalid", "missing", "unknown")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.name.startswith(DISTRIBUTED_FILES):
+            item.add_marker(pytest.mark.distributed)
+            item.add_marker(pytest.mark.slow)
+        elif path.parent.name in ("integration", "invariance") and not any(
+            word in item.name.lower() for word in QUICK_NAMES
+        ):
+            item.add_marker(pytest.mark.slow)
