@@ -7,15 +7,14 @@ equal to its reference scores 0.5.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from posttrain.data import Example, load_examples, to_preference_pairs
 from posttrain.data.preference import EncodedPair, collate_pairs, encode_pairs
 from posttrain.losses import reward_accuracy
 from posttrain.models import check_model_name, load_model, load_tokenizer, pair_logps
-from posttrain.models.lora import adapters_disabled
+from posttrain.models.modes import eval_mode
+from posttrain.training.reference import Reference
 
 
 @torch.no_grad()
@@ -25,18 +24,18 @@ def implicit_rewards(policy, reference, pairs, pad_id: int, *, beta: float, batc
     ``reference`` may be ``policy`` itself when it carries LoRA adapters: the reference is then
     the policy with its adapters disabled."""
     chosen, rejected = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.float64)]
-    modes = policy.training, reference.training
-    policy.eval()
-    reference.eval()
-    for i in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[i : i + batch_size], pad_id)
-        p = pair_logps(policy, batch)
-        with adapters_disabled(policy) if reference is policy else nullcontext(reference) as ref:
-            r = pair_logps(ref, batch)
-        chosen.append((beta * (p.chosen - r.chosen)).double().cpu())
-        rejected.append((beta * (p.rejected - r.rejected)).double().cpu())
-    policy.train(modes[0])
-    reference.train(modes[1])
+    ref = (
+        Reference("lora", policy=policy)
+        if reference is policy
+        else Reference("model", frozen=reference)
+    )
+    with eval_mode(policy, reference):
+        for i in range(0, len(pairs), batch_size):
+            batch = collate_pairs(pairs[i : i + batch_size], pad_id)
+            p = pair_logps(policy, batch)
+            ref_chosen, ref_rejected = ref.pair_logps(batch)
+            chosen.append((beta * (p.chosen - ref_chosen)).double().cpu())
+            rejected.append((beta * (p.rejected - ref_rejected)).double().cpu())
     return torch.cat(chosen), torch.cat(rejected)
 
 
