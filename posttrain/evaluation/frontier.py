@@ -97,8 +97,12 @@ def model_entries(patterns: Sequence[str]) -> tuple[list[tuple[str, str, int | N
         models = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
         if (path / "final").is_dir():
             models.append(path / "final")
-        for m in resolve_models([str(m) for m in models]):
-            entries.append((name, str(m), point_label(m)[1]))
+        found = [(m, point_label(m)[1]) for m in resolve_models([str(m) for m in models])]
+        final_step = found[-1][1] if found and found[-1][0].name == "final" else None
+        for m, step in found:
+            if m.name != "final" and final_step is not None and step == final_step:
+                continue  # the last checkpoint holds final/'s weights: evaluate them once
+            entries.append((name, str(m), step))
         methods[name] = method
 
     for pat in patterns:

@@ -275,6 +275,22 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return found
 
 
+def masked_whiten_all(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """``losses.masked_whiten`` with the mean and variance of every process's masked-in values
+    (this process's alone without torchrun): the values are gathered in rank order, whitened
+    together, and this process's share is put back. x, mask (N, T) -> (N, T), 0 off the mask."""
+    from posttrain.losses import masked_whiten
+
+    m = mask.bool()
+    parts = gather_objects(x[m].detach().cpu())  # (M_r,) per process, rank order
+    values = torch.cat(parts).to(x.device)[None]  # (1, M)
+    white = masked_whiten(values, torch.ones_like(values), shift_mean)[0]
+    start = sum(len(p) for p in parts[: rank()])
+    out = torch.zeros_like(x)
+    out[m] = white[start : start + int(m.sum())]
+    return out
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP wrapper (FSDP2 shards in place: the same module)."""
     return getattr(model, "module", model) if is_ddp(model) else model

@@ -63,16 +63,10 @@ def test_model_entries_expands_run_and_sweep_directories(tmp_path):
     )
     entries, methods = model_entries([str(tmp_path / "ppo"), str(sweep)])
     names_steps = [(n, s) for n, _, s in entries]
-    assert names_steps == [
-        ("ppo", 2),
-        ("ppo", 10),
-        ("ppo", 10),  # final/: max_steps of its config.yaml
-        ("dpo beta-0.1", 5),
-        ("dpo beta-0.1", 5),
-        ("dpo beta-0.5", 5),
-        ("dpo beta-0.5", 5),
-    ]
-    assert entries[2][1].endswith("ppo/final")
+    # final/ has the step max_steps of its config.yaml; the checkpoint of that step (the same
+    # weights) is not evaluated twice
+    assert names_steps == [("ppo", 2), ("ppo", 10), ("dpo beta-0.1", 5), ("dpo beta-0.5", 5)]
+    assert entries[1][1].endswith("ppo/final")
     assert methods == {"ppo": "ppo", "dpo beta-0.1": "dpo", "dpo beta-0.5": "dpo"}
     # a plain model directory or glob still works as before
     entries, methods = model_entries([str(tmp_path / "ppo" / "checkpoint-*")])
