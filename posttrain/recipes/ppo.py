@@ -50,7 +50,6 @@ from posttrain.losses import (
     kl_estimate,
     kl_shaped_rewards,
     masked_mean,
-    masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
     value_clipfrac,
@@ -178,22 +177,9 @@ def advantages_and_returns(exp: Experience, values: torch.Tensor, kl_coef: float
         clip_zero=cfg.kl_clip_zero,
     )
     if cfg.whiten_rewards:
-        rewards = whiten(rewards, exp.mask, shift_mean=False)
+        rewards = distributed.masked_whiten_all(rewards, exp.mask, shift_mean=False)
     advantages, returns = gae(rewards, values, exp.mask, gamma=cfg.gamma, lam=cfg.lam)
-    return whiten(advantages, exp.mask), returns
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """``masked_whiten`` with the mean and variance of every process's masked-in values (this
-    process's alone without torchrun). x, mask (N, T) -> (N, T)."""
-    m = mask.bool()
-    parts = distributed.gather_objects(x[m].detach().cpu())  # (M_r,) per process, rank order
-    values = torch.cat(parts).to(x.device)[None]  # (1, M)
-    white = masked_whiten(values, torch.ones_like(values), shift_mean)[0]
-    start = sum(len(p) for p in parts[: distributed.rank()])
-    out = torch.zeros_like(x)
-    out[m] = white[start : start + int(m.sum())]
-    return out
+    return distributed.masked_whiten_all(advantages, exp.mask), returns
 
 
 def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns, cfg: Config):
