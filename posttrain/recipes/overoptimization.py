@@ -404,13 +404,21 @@ def summarise(bon: dict, rl: dict) -> tuple[dict, dict]:
         fits[name] = {"a": None, "b": None, "r2": None} if f is None else asdict(f)
         fits[name].pop("form", None)
         observed = max(pts, key=lambda p: p["gold"])
+        beyond = [p for p in pts if p["kl"] > observed["kl"]]  # further from the reference
         pk = None if f is None else f.peak()
         peaks[name] = {
             "fitted_d": None if pk is None else pk[0],
             "fitted_kl": None if pk is None else pk[0] ** 2,
             "fitted_gold": None if pk is None else pk[1],
             "observed": observed,
-            "observed_is_last": observed is pts[-1],
+            "beyond": None
+            if not beyond
+            else {
+                "points": len(beyond),
+                "max_kl": max(p["kl"] for p in beyond),
+                "max_gold": max(p["gold"] for p in beyond),
+                "gold_at_max_kl": max(beyond, key=lambda p: p["kl"])["gold"],
+            },
         }
     result = {
         "bon": [{k: p[k] for k in CONTRACT_BON} for p in bon_pts],
@@ -451,14 +459,16 @@ def _headline(result: dict, peaks: dict) -> list[str]:
             )
         else:
             text += "the fitted curve never turns down (b <= 0); "
-        text += (
-            f"the highest measured gold is {obs['gold']:+.3f} at {where} (KL {obs['kl']:.2f})"
-            + (
-                ", the last point: no peak within the range measured."
-                if pk["observed_is_last"]
-                else ", and gold falls after it."
+        text += f"the highest measured gold is {obs['gold']:+.3f} at {where} (KL {obs['kl']:.2f})"
+        bey = pk["beyond"]
+        if bey is None:
+            text += ", the largest KL measured: no peak within the range measured."
+        else:
+            text += (
+                f"; at the {bey['points']} points further out (KL up to {bey['max_kl']:.2f}) "
+                f"gold is at most {bey['max_gold']:+.3f}, {bey['gold_at_max_kl']:+.3f} at the "
+                "largest KL."
             )
-        )
         lines.append(text)
     return lines
 
