@@ -41,6 +41,7 @@ from posttrain.evaluation.win_rate import (
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.rollout import SamplingParams, decode_responses
 from posttrain.rollout.sampler import sample_rollouts
+from posttrain.training.device import resolve
 
 
 def log(msg: str) -> None:
@@ -100,9 +101,10 @@ def _checkpoint_weights(path: Path) -> Path | None:
     return None
 
 
-def load_any(path: str | Path, dtype: str):
+def load_any(path: str | Path, dtype: str, device=None):
     """``(model, tokenizer)`` from a name, an HF dir, or a run's ``checkpoint-STEP`` (weights from
-    the checkpoint, architecture and tokenizer from the run's starting model)."""
+    the checkpoint, architecture and tokenizer from the run's starting model), on ``device``
+    (None: the CPU)."""
     path_s = str(path)
     p = Path(path_s)
     if p.is_dir() and not (p / "config.json").exists():
@@ -123,10 +125,10 @@ def load_any(path: str | Path, dtype: str):
             raise UserError(
                 f"{weights}: weights do not fit {base} (LoRA checkpoints: evaluate final/)"
             ) from exc
-        return model.eval(), tok
+        return model.to(device).eval(), tok
     check_model_name(path_s)
     tok = load_tokenizer(path_s)
-    return load_model(path_s, dtype=dtype, tokenizer=tok).eval(), tok
+    return load_model(path_s, dtype=dtype, tokenizer=tok, device=device).eval(), tok
 
 
 def sample(model, tok, prompts: list, *, max_new_tokens: int, batch_size: int, seed: int):
@@ -183,6 +185,7 @@ def load_sources(
     seed: int,
     dtype: str,
     swap: bool = True,
+    device=None,
 ) -> Sources:
     """The gold reward of ``task``, the proxy ``reward_model``, and the judge of the win rate:
     ``judge`` (with ``judge_model`` for an LLM judge), else the gold reward, else the proxy.
@@ -196,11 +199,13 @@ def load_sources(
     if reward_model:
         from posttrain.models.reward import load_reward_model
 
-        src.proxy = load_reward_model(reward_model).score
+        src.proxy = load_reward_model(reward_model, device=device).score
     if judge in ("llm", "generative"):
         from posttrain.judges.factory import build_judge
 
-        src.judge = build_judge(judge, judge_model, seed=seed, dtype=dtype, swap=swap)
+        src.judge = build_judge(
+            judge, judge_model, seed=seed, dtype=dtype, swap=swap, device=device
+        )
         src.judge_name = f"{judge} ({judge_model})"
     elif judge and judge.startswith("task:"):
         from posttrain.tasks import get_task
@@ -210,7 +215,7 @@ def load_sources(
         from posttrain.judges.pairwise import FunctionJudge, is_pairwise_function
         from posttrain.judges.sources import load_reward_source
 
-        src.judge, src.judge_name = load_reward_source(judge), judge
+        src.judge, src.judge_name = load_reward_source(judge, device=device), judge
         if not Path(judge).is_dir() and is_pairwise_function(src.judge.fn):
             src.judge = FunctionJudge(judge, src.judge.fn, swap=swap)
     elif src.gold is not None:
@@ -383,6 +388,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
     Returns ``{"reference": metrics, "points": [metrics per entry], "samples": {...}}``.
     """
     t0 = time.time()
+    device = resolve(getattr(cfg, "device", "cpu"))
     prompts, opp_texts = _prompt_set(cfg)
     src = load_sources(
         cfg.task,
@@ -392,6 +398,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
         seed=cfg.seed,
         dtype=cfg.dtype,
         swap=getattr(cfg, "swap", True),
+        device=device,
     )
     if src.judge is None:
         raise UserError("--judge: nothing to judge the win rate with (give --task or --judge)")
@@ -411,7 +418,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
     ref_row: dict[str, Any] = {}
     ref_texts: list[str] | None = None
     if cfg.reference:
-        reference, ref_tok = load_any(cfg.reference, cfg.dtype)
+        reference, ref_tok = load_any(cfg.reference, cfg.dtype, device)
         ref_texts, _ = sample(reference, ref_tok, prompts, **kw)
         ref_row = {"name": "reference", "model": cfg.reference}
         ref_row.update(score_side(src, prompts, ref_texts))
@@ -419,7 +426,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
         if cfg.capability:
             ref_row.update(capability_metrics(reference, ref_tok, heldout, items, cfg.batch_size))
     if opp_texts is None and cfg.opponent:
-        opp_model, opp_tok = load_any(cfg.opponent, cfg.dtype)
+        opp_model, opp_tok = load_any(cfg.opponent, cfg.dtype, device)
         opp_texts, _ = sample(opp_model, opp_tok, prompts, **kw)
         del opp_model
     if opp_texts is None:
@@ -434,7 +441,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
     texts_by_point: list[list[str]] = []
     for name, path, step in entries:
         t1 = time.time()
-        policy, tok = load_any(path, cfg.dtype)
+        policy, tok = load_any(path, cfg.dtype, device)
         texts, batches = sample(policy, tok, prompts, **kw)
         row: dict[str, Any] = {"name": name, "model": str(path), "step": step}
         row.update(score_side(src, prompts, texts))

@@ -97,10 +97,12 @@ def load_reward_source(
     policy_tokenizer=None,
     normalize: bool = False,
     judge_model: str | None = None,
+    device=None,
 ) -> CheckedRewardSource:
     """The reward source named by ``spec``; UserError for one that cannot be resolved.
 
-    ``normalize``: whiten a reward model's scores with its training-set mean/std.
+    ``normalize``: whiten a reward model's scores with its training-set mean/std. ``device``:
+    where a reward model or judge model is loaded (None: the CPU).
     """
     if not spec:
         raise UserError("--reward: give task:NAME, module:function or a reward-model directory")
@@ -112,13 +114,13 @@ def load_reward_source(
     if parsed.kind == "directory":
         from posttrain.models.reward import load_reward_model
 
-        model = load_reward_model(spec)
+        model = load_reward_model(spec, device=device)
         return CheckedRewardSource(spec, model.as_reward_source(normalize=normalize))
     if parsed.kind == "judge":
         from posttrain.judges.factory import build_judge, check_judge
 
         check_judge(parsed.name, judge_model, field="reward", model_field="judge_model")
-        judge = build_judge(parsed.name, judge_model)
+        judge = build_judge(parsed.name, judge_model, device=device)
         if not hasattr(judge, "score"):
             raise UserError(f"--reward: judge {spec!r} has no pointwise score")
         return CheckedRewardSource(spec, judge.score)

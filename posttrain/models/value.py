@@ -85,16 +85,17 @@ class ValueModel(nn.Module):
         write_atomically(path, write)
 
 
-def load_critic(name: str, *, dtype: str = "float32", tokenizer=None) -> nn.Module:
+def load_critic(name: str, *, dtype: str = "float32", tokenizer=None, device=None) -> nn.Module:
     """A separate critic's starting trunk: a reward model's (a directory ``posttrain rm`` or
-    transformers saved: its transformer body), or a causal LM's (model name / HF directory)."""
+    transformers saved: its transformer body), or a causal LM's (model name / HF directory), on
+    ``device`` (None: the CPU)."""
     from posttrain.models.load import load_model, model_dir
     from posttrain.models.reward import is_reward_model_dir, load_reward_model
 
     path = model_dir(name)
     if path is not None and is_reward_model_dir(path):
-        return load_reward_model(path, dtype=dtype).trunk
-    return load_model(name, dtype=dtype, tokenizer=tokenizer)
+        return load_reward_model(path, dtype=dtype, device=device).trunk
+    return load_model(name, dtype=dtype, tokenizer=tokenizer, device=device)
 
 
 def build_value_model(policy, *, separate: bool = False, critic=None) -> ValueModel:

@@ -15,6 +15,7 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.models.lora import apply_lora
 from posttrain.models.modes import disable_dropout
 from posttrain.rollout.generate import EngineBackend, SamplingParams
+from posttrain.training.device import resolve
 from posttrain.training.reference import policy_reference
 
 
@@ -126,6 +127,7 @@ def load_inputs(cfg: OnlineConfig):
         policy_tokenizer=tokenizer,
         normalize=cfg.normalize_reward,
         judge_model=cfg.judge_model,
+        device=resolve(cfg.device),
     )
     return tokenizer, prompts, reward_fn
 
@@ -137,7 +139,9 @@ def load_trainable_policy(cfg: OnlineConfig, tokenizer, model=None):
     ``distributed.wrap(policy, cfg.distributed)`` afterwards (FSDP shards it in place, so the
     sampler then samples from the sharded policy)."""
     if model is None:
-        model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+        model = load_model(
+            cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=resolve(cfg.device)
+        )
     model = disable_dropout(apply_lora(model, cfg.lora)).train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -23,6 +23,7 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.recipes import sft
 from posttrain.rollout.sampler import sample_texts
 from posttrain.training import prepare_output_dir
+from posttrain.training.device import resolve, validated
 
 SUMMARY = "Best-of-n: sample n, keep the highest-reward response per prompt (writes JSONL)."
 
@@ -45,6 +46,8 @@ class Config(SamplingConfig):
     """Sampling seed."""
     dtype: str = "float32"
     """float32 | bfloat16."""
+    device: str = "auto"
+    """Where the models run: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
     sft_output_dir: str | None = None
     """Also fine-tune the model on the kept responses into this directory (None: don't); the
     SFT data (prompt, completion) is written beside the output, as OUTPUT.sft.jsonl."""
@@ -52,6 +55,7 @@ class Config(SamplingConfig):
     """Settings of that SFT run (max_steps, batch_size, learning_rate, ...)."""
 
     def validate(self) -> None:
+        validated(self.device, self.dtype)  # an absent device: exit 2, nothing written
         self.check_sampling()
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
 
@@ -79,7 +83,9 @@ def best_of_n(
     return rows
 
 
-def sft_config(model: str, data: Path, output_dir: Path, settings: dict, seed: int) -> sft.Config:
+def sft_config(
+    model: str, data: Path, output_dir: Path, settings: dict, seed: int, device: str = "auto"
+) -> sft.Config:
     """The SFT config that trains ``model`` on ``data``: short defaults under ``settings``
     (``--sft``), typed and validated like ``posttrain sft``'s own settings (bad input: a
     ``UserError`` naming ``--sft.FIELD``)."""
@@ -91,6 +97,7 @@ def sft_config(model: str, data: Path, output_dir: Path, settings: dict, seed: i
         train_data=str(data),
         output_dir=str(output_dir),
         seed=seed,
+        device=device,
     )
 
 
@@ -103,15 +110,18 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     check_model_name(cfg.model)
     prompts = [ex.prompt for ex in load_examples(cfg.prompts, ["prompt"], what="--prompts")]
     tokenizer = load_tokenizer(cfg.model)
-    reward_fn = load_reward_source(cfg.reward, policy_tokenizer=tokenizer)
+    device = resolve(cfg.device)
+    reward_fn = load_reward_source(cfg.reward, policy_tokenizer=tokenizer, device=device)
     sft_cfg = None
     if cfg.sft_output_dir:  # checked (and the directory made) before any sampling
         data = Path(cfg.output).with_suffix(".sft.jsonl")
-        sft_cfg = sft_config(cfg.model, data, Path(cfg.sft_output_dir), cfg.sft, cfg.seed)
+        sft_cfg = sft_config(
+            cfg.model, data, Path(cfg.sft_output_dir), cfg.sft, cfg.seed, cfg.device
+        )
         prepare_output_dir(
             cfg.sft_output_dir, resume=False, overwrite=flags.get("overwrite", False)
         )
-    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=device)
     rows = best_of_n(
         model,
         tokenizer,

@@ -45,6 +45,7 @@ from posttrain.errors import UserError
 from posttrain.judges.constitution import load_constitution
 from posttrain.models import check_model_name, load_policy
 from posttrain.rollout.sampler import sample_texts
+from posttrain.training.device import resolve, validated
 
 SUMMARY = "Constitutional AI (supervised stage): critique and revise responses; writes SFT data."
 
@@ -90,8 +91,11 @@ class Config(GenerationConfig):
     """Seed of principle sampling and of sampled generations."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the model."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
 
     def validate(self) -> None:
+        validated(self.device, self.dtype)  # an absent device: exit 2, nothing written
         check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         check(self.limit >= 0, "limit", "must be >= 0", self.limit)
         self.check_sampling()
@@ -236,7 +240,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if cfg.limit:
         examples = examples[: cfg.limit]
     trace_path = cfg.trace or str(Path(cfg.output).with_suffix("")) + ".trace.jsonl"
-    model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype)
+    model, tokenizer = load_policy(cfg.model, dtype=cfg.dtype, device=resolve(cfg.device))
     t0 = time.time()
     traces, empty = critique_and_revise(
         model,

@@ -58,6 +58,7 @@ from posttrain.models import PairLogps, check_model_name, load_model, load_token
 from posttrain.models.lora import apply_lora
 from posttrain.models.modes import eval_mode
 from posttrain.training import DataOrder, Run, distributed
+from posttrain.training.device import module_device, to_device
 from posttrain.training.reference import (
     Reference,
     data_key,
@@ -189,6 +190,7 @@ def evaluate(
         for i in range(0, len(pairs), batch_size):
             idx = list(range(i, min(i + batch_size, len(pairs))))
             batch = collate_pairs([pairs[j] for j in idx], pad_id, padding_free=padding_free)
+            batch = to_device(batch, module_device(model))
             policy = pair_logps(model, batch)
             ref_pair = _as(ref.pair_logps(batch, "eval", idx), policy)
             loss, rc, rr = preference_loss(
@@ -203,8 +205,8 @@ def evaluate(
 
 
 def _as(ref_pair, policy: PairLogps):
-    """Reference log-probs in the policy's dtype (a cache may hold another)."""
-    return tuple(None if r is None else r.to(policy.chosen.dtype) for r in ref_pair)
+    """Reference log-probs in the policy's dtype, on its device (a cache may hold another)."""
+    return tuple(None if r is None else r.to(policy.chosen) for r in ref_pair)
 
 
 def load_pairs(path: str, tokenizer, cfg: Config, what: str) -> tuple[list[EncodedPair], int, int]:
@@ -252,12 +254,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     eval_args = dict(batch_size=cfg.batch_size, padding_free=cfg.padding_free, **loss_args)
 
     torch.manual_seed(cfg.seed)
-    base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=run_.device)
     kind = cfg.reference_kind()
 
     def frozen_reference():
         ref_model = (
-            load_model(cfg.reference_model, dtype=cfg.dtype)
+            load_model(cfg.reference_model, dtype=cfg.dtype, device=run_.device)
             if cfg.reference_model
             else copy.deepcopy(base)
         )
@@ -306,6 +308,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             for k in range(0, len(indices), micro):
                 idx = indices[k : k + micro]
                 batch = collate_pairs([train[i] for i in idx], pad, padding_free=cfg.padding_free)
+                batch = to_device(batch, run_.device)
                 with distributed.autocast(cfg.bf16_autocast):
                     policy = pair_logps(model, batch)
                 ref_c, ref_r = _as(ref.pair_logps(batch, "train", idx), policy)

@@ -35,6 +35,7 @@ from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.recipes import sft
 from posttrain.recipes.best_of_n import best_of_n, sft_config, write_kept
 from posttrain.training import distributed, prepare_output_dir
+from posttrain.training.device import resolve, validated
 
 SUMMARY = "Expert iteration: rounds of best-of-n sampling and SFT on the kept responses."
 
@@ -61,8 +62,11 @@ class Config(SamplingConfig):
     """SFT settings for each round (max_steps, batch_size, learning_rate, ...)."""
     seed: int = 0
     """Seed."""
+    device: str = "auto"
+    """Where the models run: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
 
     def validate(self) -> None:
+        validated(self.device)  # an absent device: exit 2, nothing written
         check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         self.check_sampling(greedy=False)
 
@@ -70,12 +74,17 @@ class Config(SamplingConfig):
 def run(cfg: Config, flags: dict[str, bool]) -> None:
     check_model_name(cfg.model)
     prompts = [ex.prompt for ex in load_examples(cfg.prompts, ["prompt"], what="--prompts")]
-    reward_fn = load_reward_source(cfg.reward, policy_tokenizer=load_tokenizer(cfg.model))
+    device = resolve(cfg.device)
+    reward_fn = load_reward_source(
+        cfg.reward, policy_tokenizer=load_tokenizer(cfg.model), device=device
+    )
     out = Path(cfg.output_dir)
     # bad SFT settings fail now
-    strategy = sft_config(cfg.model, out / "x.jsonl", out / "x", cfg.sft, cfg.seed).distributed
+    strategy = sft_config(
+        cfg.model, out / "x.jsonl", out / "x", cfg.sft, cfg.seed, cfg.device
+    ).distributed
     resume = flags.get("resume", False) and out.is_dir()
-    distributed.init()  # a no-op without a launcher
+    distributed.init(use_cuda=device.type == "cuda")  # a no-op without a launcher
     if not resume:
         distributed.on_main(
             lambda: prepare_output_dir(out, resume=False, overwrite=flags.get("overwrite", False))
@@ -108,7 +117,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             print(f"round {r}: mean best-of-{cfg.n} score {best:.3f}, mean sample score {mean:.3f}")
         if not done:
             round_cfg = sft_config(
-                model_name, round_dir / "sft.jsonl", round_dir / "sft", cfg.sft, cfg.seed + r
+                model_name,
+                round_dir / "sft.jsonl",
+                round_dir / "sft",
+                cfg.sft,
+                cfg.seed + r,
+                cfg.device,
             )
             sft.run(round_cfg, {"resume": resume, "overwrite": True})
         model_name = str(round_dir / "sft" / "final")
@@ -134,7 +148,7 @@ def sample_best(
     Under FSDP (``strategy``) the model is sharded and the slice is topped up to ``top_up`` =
     (length, filler prompt), the longest slice, so that every process makes the same forwards."""
     tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name, tokenizer=tokenizer)
+    model = load_model(model_name, tokenizer=tokenizer, device=resolve(cfg.device))
     own = len(prompts)
     if strategy == "fsdp" and distributed.is_initialized():
         model = distributed.wrap_frozen(model.requires_grad_(False), "fsdp")

@@ -40,6 +40,7 @@ from posttrain.models import (
 from posttrain.models.lora import apply_lora
 from posttrain.models.modes import eval_mode
 from posttrain.training import Run, distributed
+from posttrain.training.device import module_device, to_device
 from posttrain.training.reference import Reference
 
 SUMMARY = "KTO on unpaired data: prompt, completion, label (true = desirable)."
@@ -113,7 +114,7 @@ def kto_terms(model, reference, tokenizer, batch: list[Example], max_length: int
     policy = batch_logps(model, tokenizer, prompts, responses, max_length)
     with torch.no_grad(), reference() as ref_model:
         ref = batch_logps(ref_model, tokenizer, prompts, responses, max_length)
-    return policy, ref, torch.tensor([ex.label for ex in batch])
+    return policy, ref, torch.tensor([ex.label for ex in batch], device=policy.device)
 
 
 @torch.no_grad()
@@ -148,6 +149,7 @@ def evaluate(model, reference, tokenizer, held_out, cfg: Config) -> dict[str, fl
             rc, rr = [], []
             for i in range(0, len(held_out), cfg.batch_size):
                 batch = collate_pairs(held_out[i : i + cfg.batch_size], tokenizer.pad_token_id)
+                batch = to_device(batch, module_device(model))
                 policy = pair_logps(model, batch)
                 ref_chosen, ref_rejected = reference.pair_logps(batch)
                 rc.append(cfg.beta * (policy.chosen - ref_chosen))
@@ -172,7 +174,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     run_ = Run(cfg, flags, "kto")
 
     torch.manual_seed(cfg.seed)
-    base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=run_.device)
     frozen = None if cfg.lora.enabled else copy.deepcopy(base).requires_grad_(False).eval()
     policy = apply_lora(base, cfg.lora)
     if cfg.gradient_checkpointing:

@@ -70,6 +70,7 @@ from posttrain.training import (
     make_scheduler,
     optimizer_step,
 )
+from posttrain.training.device import module_device, resolve, to_device
 from posttrain.training.reference import policy_reference
 
 SUMMARY = "Online DPO from AI feedback (OAIF) and iterative DPO: sample, judge, DPO step."
@@ -232,12 +233,14 @@ def dpo_step_loss(policy, ref, tokenizer, pairs: list[dict], cfg: Config, n_tota
         )
         for p in pairs
     ]
-    batch = collate_pairs(encoded, tokenizer.pad_token_id)
+    batch = to_device(collate_pairs(encoded, tokenizer.pad_token_id), module_device(policy))
     logps = pair_logps(policy, batch)
     ref_chosen, ref_rejected = ref.pair_logps(batch)
     # soft labels: cDPO with a per-pair eps_i = 1 - p_i (the judge's confidence)
     eps = (
-        torch.tensor([1.0 - p["p"] for p in pairs], dtype=logps.chosen.dtype)
+        torch.tensor(
+            [1.0 - p["p"] for p in pairs], dtype=logps.chosen.dtype, device=logps.chosen.device
+        )
         if cfg.soft_labels
         else cfg.label_smoothing
     )
@@ -299,11 +302,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         swap=cfg.judge_swap,
         batch_size=cfg.judge_batch_size,
         dtype=cfg.dtype,
+        device=resolve(cfg.device),
     )
     run_ = Run(cfg, flags, "online-dpo")
 
     torch.manual_seed(cfg.seed)
-    policy = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    policy = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=run_.device)
     policy = apply_lora(policy, cfg.lora)
     # the reference: a frozen copy, or (LoRA, fixed) the policy with its adapters switched off
     # (sharded like the policy under FSDP)

@@ -239,9 +239,14 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     run_ = Run(cfg, flags, "ppo")
 
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
-    critic = load_critic(cfg.critic_model, dtype=cfg.dtype) if cfg.critic_model else None
-    value = disable_dropout(build_value_model(model, separate=cfg.separate_critic, critic=critic))
+    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=run_.device)
+    critic = (
+        load_critic(cfg.critic_model, dtype=cfg.dtype, device=run_.device)
+        if cfg.critic_model
+        else None
+    )
+    value = build_value_model(model, separate=cfg.separate_critic, critic=critic)
+    value = disable_dropout(value.to(run_.device))
     model, reference, backend = load_trainable_policy(cfg, tokenizer, model)
     shares_trunk = value.shares_trunk
     model = distributed.wrap(model, cfg.distributed)  # DDP / FSDP under torchrun
@@ -290,7 +295,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             epochs = 0
             for _epoch in range(cfg.ppo_epochs):
                 epochs += 1
-                perm = torch.randperm(n, generator=generator)
+                perm = torch.randperm(n, generator=generator).to(mask.device)
                 epoch_kl = []
                 for start in range(0, n, size):
                     rows = perm[start : start + size]  # of every process's i-th: the minibatch

@@ -15,6 +15,7 @@ from posttrain.config import SamplingConfig, check
 from posttrain.data import load_examples, write_jsonl
 from posttrain.models import check_model_name, load_model, load_tokenizer
 from posttrain.rollout.sampler import sample_texts
+from posttrain.training.device import resolve, validated
 
 SUMMARY = "Sample completions for prompts (greedy with --temperature 0); writes JSONL."
 
@@ -35,8 +36,11 @@ class Config(SamplingConfig):
     """Sampling seed."""
     dtype: str = "float32"
     """float32 | bfloat16."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
 
     def validate(self) -> None:
+        validated(self.device, self.dtype)  # an absent device: exit 2, nothing written
         self.check_sampling()
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
 
@@ -47,7 +51,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         cfg.prompts, ["prompt", "sft", "completions", "preference"], what="--prompts"
     )
     tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer)
+    model = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=resolve(cfg.device))
     generator = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
     completions = sample_texts(

@@ -161,6 +161,27 @@ class _StopStrings:
         return out
 
 
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` (N, V) -> (N,). ``torch.multinomial`` when the generator
+    (None, or seeded and checkpointed by the recipe) is on the device of ``probs``; a CPU
+    generator with probabilities on a GPU draws one uniform per row on the CPU and inverts the
+    CDF on the GPU (:func:`inverse_cdf_tokens`), so the random stream stays the CPU generator's
+    (its state is what ``--resume`` restores) and only N numbers cross to the device."""
+    if generator is None or generator.device == probs.device:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64)
+    return inverse_cdf_tokens(probs, u.to(probs.device))
+
+
+def inverse_cdf_tokens(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(N, V) probabilities (rows need not be normalised), (N,) uniforms in [0, 1) -> (N,) the
+    first index whose cumulative probability exceeds ``u`` times the row's total (so a token of
+    probability 0 is never drawn)."""
+    cdf = probs.double().cumsum(-1)  # (N, V)
+    target = (u.double() * cdf[:, -1]).unsqueeze(-1)  # (N, 1)
+    return (cdf <= target).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
 def all_finished(done: torch.Tensor, sharded: bool) -> bool:
     """Whether sampling can stop: every row of ``done`` (N,) bool has ended, on every process
     when ``sharded``. An FSDP-sharded model gathers each layer's weights from all processes in
@@ -235,7 +256,7 @@ def generate(
             else:
                 scaled = logits / temperature
                 probs = torch.softmax(filter_logits(scaled, top_k=top_k, top_p=top_p), dim=-1)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                tok = sample_tokens(probs, generator)
                 lp = gather_logprobs(scaled, tok)
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
             alive.append(~done)

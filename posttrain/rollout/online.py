@@ -30,6 +30,7 @@ from posttrain.models import TokenLogprobs, forward_logprobs
 from posttrain.models.modes import eval_mode
 from posttrain.rollout.generate import GenerationBackend, Rollout, SamplingParams, decode_responses
 from posttrain.rollout.sampler import encode_prompts, sample_rollouts
+from posttrain.training.device import module_device, to_device
 from posttrain.training.timing import peak_rss_mb, timed
 
 
@@ -162,8 +163,11 @@ def collect(
             max_prompt_tokens=max_prompt_tokens,
             generator=generator,
         )
+    rollout = to_device(rollout, module_device(model))  # e.g. vLLM's, made on the CPU
     with timed(timings, "scoring"):
-        raw = torch.tensor(reward_fn(rows, texts), dtype=torch.float32)
+        raw = torch.tensor(
+            reward_fn(rows, texts), dtype=torch.float32, device=rollout.input_ids.device
+        )
     scores = penalized_scores(
         raw, rollout, missing_eos_penalty=missing_eos_penalty, length_penalty=length_penalty
     )

@@ -63,8 +63,10 @@ class Reference:
         kind ``none``; ``precomputed`` serves rows ``idx`` of the cached ``split``."""
         if self.kind == "none":
             return None, None
-        if self.kind == "precomputed":
+        if self.kind == "precomputed":  # cached on the CPU; served on the batch's device
             rows = self.cache[split][idx]
+            if batch is not None:
+                rows = rows.to(batch["input_ids"].device)
             return rows[:, 0], rows[:, 1]
         with self() as model:
             r = pair_logps(model, batch)
@@ -120,7 +122,7 @@ def reference_logps(
             idx = by_length[k : k + batch_size]
             batch = collate_pairs([pairs[i] for i in idx], pad_id, padding_free=padding_free)
             lp = pair_logps(reference, batch)
-            out[idx] = torch.stack([lp.chosen, lp.rejected], -1).double()
+            out[idx] = torch.stack([lp.chosen, lp.rejected], -1).double().cpu()
     return out
 
 

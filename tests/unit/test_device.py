@@ -134,3 +134,23 @@ def test_an_absent_device_is_one_line_exit_2_and_nothing_written(command, tmp_pa
         assert code == 2 and err.count("\n") == 1, err
         assert err.startswith(f"error: --device: {device} is not available on this machine"), err
         assert not out.exists()
+
+
+def test_inverse_cdf_sampling_by_hand_and_in_distribution():
+    """A GPU model with the recipe's CPU generator samples by inverse CDF of CPU uniforms."""
+    from posttrain.rollout.generate import inverse_cdf_tokens, sample_tokens
+
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]], dtype=torch.float64).expand(4, 4)
+    u = torch.tensor([0.0, 0.1, 0.2, 0.75], dtype=torch.float64)
+    # cdf 0.2 0.2 0.7 1.0: u <  0.2 -> token 0; u = 0.2 -> token 2 (token 1 has p = 0); 0.75 -> 3
+    assert inverse_cdf_tokens(probs, u).tolist() == [0, 0, 2, 3]
+    assert inverse_cdf_tokens(2 * probs, u).tolist() == [0, 0, 2, 3]  # unnormalised rows
+    draws = inverse_cdf_tokens(
+        probs[:1].expand(40000, 4), torch.rand(40000, generator=torch.Generator().manual_seed(0))
+    )
+    freq = torch.bincount(draws, minlength=4).double() / 40000
+    assert (freq - probs[0]).abs().max() < 0.01 and freq[1] == 0
+    # on the generator's own device: torch.multinomial, the random stream of before
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(5, 7), -1)
+    assert torch.equal(sample_tokens(p, g1), torch.multinomial(p, 1, generator=g2).squeeze(-1))
