@@ -5,7 +5,7 @@
   ``mypkg.rewards:brevity`` (the working directory is importable). A function that also has a
   ``tokenizer`` parameter is given the policy's tokenizer (``policy_tokenizer``), e.g. to count a
   chosen token in the response;
-- a directory: a reward model saved by ``posttrain rm`` (or a one-label HF classifier), loaded by
+- a directory: a reward model saved by ``posttrain rm`` (or any HF sequence classifier), loaded by
   ``posttrain.models.reward.load_reward_model``; it reads the texts with its own tokenizer;
 - ``judge:KIND``: the hook for judges (``posttrain.judges.factory.build_judge``, model from
   ``judge_model``): their pointwise ``score``.

@@ -17,8 +17,9 @@ batch mixes heads, the forward computes every head and the loss reads each pair'
 served reward is ``sum_z head_weights[z] * r_z``; the weights only matter at serving time, so
 they can be changed later in ``reward_config.json`` without retraining.
 
-``--model`` may also be a reward model saved by ``posttrain rm`` or a one-label HF
-sequence-classification directory: training then continues from its head as well.
+``--model`` may also be a reward model saved by ``posttrain rm`` or any HF
+sequence-classification directory (one head per label): training then continues from its head
+as well. ``final/`` is itself such a directory (``posttrain.models.reward``).
 """
 
 from __future__ import annotations
