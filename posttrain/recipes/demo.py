@@ -66,10 +66,21 @@ class Config:
     best-of-n and PPO, gold and proxy reward vs sqrt(KL) with Gao et al.'s fits
     (``posttrain.recipes.overoptimization``; ~20 minutes, --quick ~1)."""
 
+    model: str | None = None
+    """Run the experiment on a pretrained chat model instead (``smollm2-135m-instruct``): the
+    model itself is the reference, LoRA + bfloat16 (``posttrain.recipes.demo_chat``; ~30 minutes
+    on 2 idle cores, --quick ~1-2)."""
+
     def validate(self) -> None:
         check(0 <= self.label_noise < 0.5, "label_noise", "must be in [0, 0.5)", self.label_noise)
         check(self.ppo_kl_coef >= 0, "ppo_kl_coef", "must be >= 0", self.ppo_kl_coef)
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
+        check(
+            self.model is None or self.experiment == "pipeline",
+            "model",
+            "runs the pipeline experiment only (drop --experiment)",
+            self.model,
+        )
 
 
 @dataclass(frozen=True)
@@ -230,6 +241,11 @@ def _run_recipe(module, flags=None, **fields) -> None:
 def run(cfg: Config, flags: dict[str, bool]) -> None:
     from posttrain.tasks import get_task
 
+    if cfg.model is not None:
+        from posttrain.recipes.demo_chat import run_chat_demo
+
+        run_chat_demo(cfg, flags)
+        return
     if cfg.experiment == "overoptimization":
         from posttrain.recipes.overoptimization import run_experiment
 

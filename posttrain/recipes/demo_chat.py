@@ -1,0 +1,471 @@
+"""``posttrain demo --model smollm2-135m-instruct``: the controlled-sentiment experiment on a real
+pretrained chat model, SmolLM2-135M-Instruct, with LoRA adapters in bfloat16.
+
+The user turn is exactly ``Continue this movie review: {opening}`` (the openings of the built-in
+``sentiment`` task); the reply is the continuation; the gold reward is VADER's compound score of
+the reply. The instruction-tuned model itself is the reference policy (no SFT stage).
+
+ 1. sample   two replies per prompt from SmolLM2 itself (temperature 1);
+ 2. label    the default demo's simulated annotator (``demo.label_pairs``): prefers the reply with
+             the higher gold reward, flips a share of its labels, drops ties and empty replies;
+ 3. rm       a Bradley–Terry reward model with a LoRA trunk on those pairs;
+ 4. ppo      PPO (LoRA) against the reward model, KL-penalised towards SmolLM2;
+ 5. dpo      DPO (LoRA) on the same pairs, reference = SmolLM2 (adapters off);
+ 6. eval     the final PPO and DPO policies against SmolLM2 on unseen openings (``posttrain eval``
+             frontier mode): gold reward, KL, win rate, distinct-n, length, empty replies;
+ 7. capability  greedy answers to ``posttrain/assets/factual_qa.jsonl`` (22 simple factual
+             questions with accepted answers) and the NLL per token of held-out ordinary text
+             (``posttrain/assets/heldout_text.txt``), base vs each policy (the alignment tax);
+ 8. report   ``report.html`` / ``report.md``: headline, stage times, tables, replies side by side.
+
+``D/ppo/final`` and ``D/dpo/final`` are merged Hugging Face model directories (LoRA folded in).
+Called from ``posttrain.recipes.demo`` with its Config (``--model``, ``--output_dir``,
+``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``, ``--dpo_beta``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posttrain.config import LoraConfig
+from posttrain.data import write_jsonl
+from posttrain.errors import UserError
+from posttrain.training.run import prepare_output_dir
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+USER_TURN = "Continue this movie review: {opening}"
+DTYPE = "bfloat16"
+
+
+@dataclass(frozen=True)
+class ChatBudget:
+    """Sizes of every stage. ``FULL`` aims at <= 30 minutes on 2 idle CPU cores."""
+
+    pair_prompts: int  # prompts sampled twice for preference pairs
+    max_new_tokens: int
+    rm_steps: int
+    rm_batch: int
+    ppo_steps: int
+    ppo_prompts: int  # prompts per PPO step
+    ppo_samples: int  # replies per prompt
+    ppo_epochs: int
+    dpo_steps: int
+    dpo_batch: int
+    eval_prompts: int
+    batch_size: int  # generation batch
+    lora_r: int
+
+
+FULL = ChatBudget(
+    pair_prompts=256,
+    max_new_tokens=40,
+    rm_steps=60,
+    rm_batch=16,
+    ppo_steps=20,
+    ppo_prompts=16,
+    ppo_samples=4,
+    ppo_epochs=2,
+    dpo_steps=60,
+    dpo_batch=8,
+    eval_prompts=128,
+    batch_size=64,
+    lora_r=16,
+)
+QUICK = ChatBudget(
+    pair_prompts=12,
+    max_new_tokens=8,
+    rm_steps=2,
+    rm_batch=4,
+    ppo_steps=1,
+    ppo_prompts=4,
+    ppo_samples=2,
+    ppo_epochs=1,
+    dpo_steps=2,
+    dpo_batch=2,
+    eval_prompts=4,
+    batch_size=8,
+    lora_r=4,
+)
+
+
+def chat_prompts(openings: list[str]) -> list[str]:
+    """The user turns of the experiment: ``Continue this movie review: {opening}``."""
+    return [USER_TURN.format(opening=o) for o in openings]
+
+
+def load_factual_qa(path: Path = ASSETS / "factual_qa.jsonl") -> list[dict]:
+    """``[{"question", "answers": [accepted, ...]}]`` of the shipped factual questions."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def answer_correct(answer: str, accepted: list[str]) -> bool:
+    """Whether ``answer`` contains one of ``accepted`` as a whole word/number (case-insensitive):
+    "100 degrees" accepts "100", "1000" does not."""
+    text = answer.lower()
+    return any(re.search(rf"(?<![\w]){re.escape(a.lower())}(?![\w])", text) for a in accepted)
+
+
+def heldout_texts(path: Path = ASSETS / "heldout_text.txt") -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def text_nll(model, tokenizer, texts: list[str], batch_size: int = 16) -> float:
+    """Mean NLL per token (nats) of plain ``texts`` (no chat template; every token after the
+    first is predicted): the alignment tax on ordinary text when compared across models."""
+    from posttrain.data import collate
+    from posttrain.data.collate import Encoded
+    from posttrain.models import forward_logprobs
+
+    model.eval()
+    encs = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        encs.append(Encoded(input_ids=ids, response_start=1, truncated=False))
+    total, count = 0.0, 0.0
+    for i in range(0, len(encs), batch_size):
+        b = collate(encs[i : i + batch_size], tokenizer.pad_token_id)
+        out = forward_logprobs(model, b["input_ids"], b["attention_mask"], b["response_mask"])
+        total -= float(out.logps.sum())
+        count += float(out.mask.sum())
+    return total / max(count, 1.0)
+
+
+def capability(model_name: str, qa: list[dict], texts: list[str], max_new_tokens: int) -> dict:
+    """Greedy answers to the factual questions (with correctness) and held-out text NLL."""
+    from posttrain.models import load_policy
+    from posttrain.rollout.sampler import sample_texts
+
+    model, tok = load_policy(model_name, dtype=DTYPE)
+    answers = sample_texts(
+        model,
+        tok,
+        [q["question"] for q in qa],
+        n=1,
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        batch_size=32,
+    )
+    answers = [a[0] for a in answers]
+    correct = [answer_correct(a, q["answers"]) for a, q in zip(answers, qa)]
+    return {"answers": answers, "correct": correct, "nll": text_nll(model, tok, texts)}
+
+
+class _Clock:
+    def __init__(self, n: int):
+        self.t0, self.n, self.i, self.times = time.time(), n, 0, []
+
+    def start(self, name: str, what: str) -> None:
+        self.i, self.name, self.s0 = self.i + 1, name, time.time()
+        print(
+            f"[demo {self.elapsed()}] {self.i}/{self.n} {name}: {what}", file=sys.stderr, flush=True
+        )
+
+    def done(self, summary: str = "") -> None:
+        took = time.time() - self.s0
+        self.times.append((self.name, took))
+        tail = f" — {summary}" if summary else ""
+        print(
+            f"[demo {self.elapsed()}] {self.i}/{self.n} {self.name} done in {took:.1f}s{tail}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def elapsed(self) -> str:
+        s = int(time.time() - self.t0)
+        return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
+    """The experiment (see the module doc); ``cfg`` is ``posttrain.recipes.demo.Config``.
+    Returns the facts the report shows."""
+    from posttrain.models import check_model_name, load_policy
+    from posttrain.recipes import dpo, ppo, rm
+    from posttrain.recipes.demo import _run_recipe, label_pairs
+    from posttrain.rollout.sampler import sample_texts
+    from posttrain.tasks import get_task
+
+    check_model_name(cfg.model)
+    b = QUICK if cfg.quick else FULL
+    out = Path(cfg.output_dir)
+    prepare_output_dir(out, resume=False, overwrite=flags.get("overwrite", False))
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    task = get_task("sentiment")
+    lora = LoraConfig(enabled=True, r=b.lora_r, alpha=2.0 * b.lora_r)
+    clock = _Clock(8)
+    facts: dict = {"budget": b.__dict__, "quick": cfg.quick, "model": cfg.model}
+    common = dict(dtype=DTYPE, lora=lora, seed=cfg.seed, max_length=128)
+
+    # 1. two replies per prompt from the model itself
+    clock.start("sample", f"2 replies to each of {b.pair_prompts} prompts from {cfg.model}")
+    openings = task.prompts(b.pair_prompts + b.eval_prompts + 64, seed=cfg.seed + 2)
+    prompts = chat_prompts(openings[: b.pair_prompts])
+    eval_prompts = chat_prompts(openings[b.pair_prompts : b.pair_prompts + b.eval_prompts])
+    model, tok = load_policy(cfg.model, dtype=DTYPE)
+    pairs = sample_texts(
+        model,
+        tok,
+        prompts,
+        n=2,
+        max_new_tokens=b.max_new_tokens,
+        temperature=1.0,
+        batch_size=b.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    del model
+    clock.done(f"{2 * len(prompts)} replies")
+
+    # 2. simulated annotator
+    clock.start("label", f"gold-reward annotator with {cfg.label_noise:.0%} label noise")
+    g = task.reward([p for p in prompts for _ in range(2)], [c for pr in pairs for c in pr])
+    gold = [(g[2 * i], g[2 * i + 1]) for i in range(len(prompts))]
+    n_held = max(2, len(prompts) // 10)
+    cut = len(prompts) - n_held
+    rows, stats = label_pairs(
+        prompts[:cut], pairs[:cut], gold[:cut], noise=cfg.label_noise, seed=cfg.seed
+    )
+    held, _ = label_pairs(prompts[cut:], pairs[cut:], gold[cut:], noise=0.0, seed=cfg.seed)
+    if len(rows) < 4 or not held:
+        raise UserError("demo: too few preference pairs from the model's replies")
+    write_jsonl(data / "pairs.jsonl", rows)
+    write_jsonl(data / "pairs_heldout.jsonl", held)
+    ppo_openings = task.prompts(max(b.ppo_prompts * b.ppo_steps, 64), seed=cfg.seed + 3)
+    write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in chat_prompts(ppo_openings)])
+    write_jsonl(data / "eval_prompts.jsonl", [{"prompt": p} for p in eval_prompts])
+    stats["base_sample_gold_mean"] = sum(g) / len(g)
+    stats["heldout_pairs"] = len(held)
+    facts["labels"] = stats
+    clock.done(f"{stats['pairs']} pairs ({stats['ties_dropped']} ties dropped)")
+
+    # 3. reward model with a LoRA trunk
+    clock.start("rm", f"reward model (LoRA r {b.lora_r}), {b.rm_steps} steps")
+    _run_recipe(
+        rm,
+        model=cfg.model,
+        train_data=str(data / "pairs.jsonl"),
+        eval_data=str(data / "pairs_heldout.jsonl"),
+        output_dir=str(out / "rm"),
+        max_steps=b.rm_steps,
+        batch_size=b.rm_batch,
+        learning_rate=3e-4,
+        logging_steps=max(1, b.rm_steps // 5),
+        **common,
+    )
+    clock.done()
+
+    # 4. PPO against the reward model
+    clock.start("ppo", f"{b.ppo_steps} PPO steps, {b.ppo_prompts} x {b.ppo_samples} replies each")
+    _run_recipe(
+        ppo,
+        model=cfg.model,
+        train_data=str(data / "prompts.jsonl"),
+        reward=str(out / "rm" / "final"),
+        normalize_reward=True,
+        output_dir=str(out / "ppo"),
+        max_steps=b.ppo_steps,
+        batch_size=b.ppo_prompts,
+        num_samples=b.ppo_samples,
+        ppo_epochs=b.ppo_epochs,
+        num_minibatches=2,
+        learning_rate=2e-4,
+        kl_coef=cfg.ppo_kl_coef,
+        whiten_rewards=True,
+        missing_eos_penalty=0.0,
+        max_new_tokens=b.max_new_tokens,
+        logging_steps=1,
+        samples_every=max(1, b.ppo_steps // 4),
+        **common,
+    )
+    clock.done()
+
+    # 5. DPO on the same pairs
+    clock.start("dpo", f"{b.dpo_steps} DPO steps (beta {cfg.dpo_beta}) on the same pairs")
+    _run_recipe(
+        dpo,
+        model=cfg.model,
+        train_data=str(data / "pairs.jsonl"),
+        output_dir=str(out / "dpo"),
+        max_steps=b.dpo_steps,
+        batch_size=b.dpo_batch,
+        learning_rate=2e-4,
+        beta=cfg.dpo_beta,
+        logging_steps=max(1, b.dpo_steps // 10),
+        **common,
+    )
+    clock.done()
+
+    # 6. evaluation on unseen openings
+    clock.start("eval", f"PPO and DPO against {cfg.model} on {b.eval_prompts} unseen openings")
+    from posttrain.recipes import eval as ev
+
+    ecfg = ev.Config(
+        output_dir=str(out / "eval"),
+        mode="frontier",
+        models=[str(out / "ppo" / "final"), str(out / "dpo" / "final")],
+        reference=cfg.model,
+        task="sentiment",
+        prompts=str(data / "eval_prompts.jsonl"),
+        reward_model=str(out / "rm" / "final"),
+        n_prompts=b.eval_prompts,
+        capability=False,
+        max_new_tokens=b.max_new_tokens,
+        batch_size=b.batch_size,
+        dtype=DTYPE,
+        seed=cfg.seed,
+        title="posttrain demo (SmolLM2): evaluation",
+    )
+    ecfg.validate()
+    facts["eval"] = ev.run(ecfg, {"overwrite": True})
+    clock.done()
+
+    # 7. capability kept: factual answers and held-out text NLL
+    clock.start("capability", "greedy factual answers and held-out text NLL, before and after")
+    qa, texts = load_factual_qa(), heldout_texts()
+    facts["capability"] = {
+        name: capability(path, qa, texts, 16)
+        for name, path in (
+            ("base", cfg.model),
+            ("ppo", str(out / "ppo" / "final")),
+            ("dpo", str(out / "dpo" / "final")),
+        )
+    }
+    facts["questions"] = qa
+    clock.done(
+        ", ".join(f"{k} {sum(v['correct'])}/{len(qa)}" for k, v in facts["capability"].items())
+    )
+
+    # 8. report
+    clock.start("report", "report.html and report.md")
+    write_chat_report(out, facts, clock.times, clock.t0, cfg)
+    clock.done(str(out / "report.html"))
+    for line in facts["headline"]:
+        print(f"[demo {clock.elapsed()}] {line}", file=sys.stderr)
+    total = time.time() - clock.t0
+    facts["total_s"] = total
+    (out / "facts.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
+    print(f"[demo {clock.elapsed()}] finished in {total / 60:.1f} min", file=sys.stderr)
+    return facts
+
+
+def _finals(res: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for p in res["points"]:
+        name = "ppo" if "/ppo/" in str(p.get("model", "")) or p["name"] == "ppo" else p["name"]
+        out[name] = p
+    return out
+
+
+def headline(ref: dict, finals: dict[str, dict], cap: dict) -> list[str]:
+    """Whether alignment happened, at what KL, and what it cost (targets of issue 20)."""
+    lines = [
+        f"Gold reward (VADER compound of the reply) of the base model: "
+        f"{ref['gold_reward']:.3f} ± {ref['gold_reward_se']:.3f}; distinct-2 "
+        f"{ref.get('distinct_2', float('nan')):.3f}; factual answers right "
+        f"{sum(cap['base']['correct'])}/{len(cap['base']['correct'])}."
+    ]
+    for name, p in finals.items():
+        c = cap.get(name.lower())
+        lost = sum(a and not b for a, b in zip(cap["base"]["correct"], c["correct"])) if c else None
+        lines.append(
+            f"{name.upper()}: gold {p['gold_reward']:.3f} ± {p['gold_reward_se']:.3f} "
+            f"({p['gold_reward'] - ref['gold_reward']:+.3f} over base; target +0.3) at KL "
+            f"{p['kl_k3']:.2f} nats/sequence (k3; target <= 6); distinct-2 "
+            f"{p.get('distinct_2', float('nan')):.3f} (base x "
+            f"{p.get('distinct_2', float('nan')) / max(ref.get('distinct_2', 1e-9), 1e-9):.2f}; "
+            f"target >= 0.8); factual answers lost {lost} (target <= 1); held-out text NLL "
+            f"{c['nll']:.3f} vs base {cap['base']['nll']:.3f}."
+        )
+    return lines
+
+
+def write_chat_report(out: Path, facts: dict, stage_times, t0: float, cfg) -> None:
+    from posttrain.evaluation import tables as ev
+    from posttrain.evaluation.report import Report, Samples, Table, write_report
+    from posttrain.tasks import get_task
+
+    res = json.loads((out / "eval" / "eval.json").read_text())
+    ref = res["reference_metrics"]
+    finals = _finals(res)
+    cap = facts["capability"]
+    facts["headline"] = headline(ref, finals, cap)
+    stats = facts["labels"]
+    intro = [
+        f"The controlled sentiment experiment on {facts['model']} in chat form: the user turn is "
+        "'Continue this movie review: {opening}', the reply is the continuation, the gold reward "
+        "is VADER's compound score of the reply. LoRA adapters, bfloat16; the instruction-tuned "
+        "model is the reference.",
+        *facts["headline"],
+        f"Preference data: {stats['pairs']} pairs from two samples of the model per prompt, "
+        f"labelled by a simulated annotator flipping {cfg.label_noise:.0%} of its labels "
+        f"({stats['ties_dropped']} ties and {stats['empty_dropped']} pairs with an empty reply "
+        "dropped).",
+    ]
+    if facts["quick"]:
+        intro.append("--quick run: budgets too small for alignment to show; the code path only.")
+    stage_rows = [[n, f"{t:.1f}"] for n, t in stage_times]
+    stage_rows.append(["total (before the report)", f"{time.time() - t0:.1f}"])
+    tables = [
+        Table("Pipeline stages", ["stage", "seconds"], stage_rows, note=json.dumps(facts["budget"]))
+    ]
+    rows = [ev._row("base (reference)", ref, ev.POLICY_KEYS)] + [
+        ev._row(n.upper(), p, ev.POLICY_KEYS) for n, p in finals.items()
+    ]
+    tables.append(
+        Table(
+            "Final policies against the base model",
+            ["system", *[h for _, h in ev.POLICY_KEYS]],
+            rows,
+            note=f"{res['n_prompts']} unseen openings, one reply each at temperature 1.",
+        )
+    )
+    qa = facts["questions"]
+    names = list(cap)
+    tables.append(
+        Table(
+            "Capability kept: greedy answers to simple factual questions",
+            ["question", "accepted", *names],
+            [
+                [q["question"], "/".join(q["answers"])]
+                + [
+                    ("✓ " if cap[n]["correct"][i] else "✗ ") + cap[n]["answers"][i][:60]
+                    for n in names
+                ]
+                for i, q in enumerate(qa)
+            ]
+            + [["right", ""] + [f"{sum(cap[n]['correct'])}/{len(qa)}" for n in names]]
+            + [["held-out text NLL (nats/token)", ""] + [f"{cap[n]['nll']:.3f}" for n in names]],
+        )
+    )
+    sample_rows = [json.loads(x) for x in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    keys = [ev.point_key(p) for p in finals.values()]
+    task = get_task("sentiment")
+    shown = []
+    for row in sample_rows[:8]:
+        texts = [row["reference"], *[row[k] for k in keys]]
+        golds = task.reward([row["prompt"]] * len(texts), texts)
+        shown.append((row["prompt"], list(zip(texts, golds))))
+    report = Report(
+        title=f"posttrain demo: controlled sentiment on {facts['model']}",
+        paragraphs=intro,
+        tables=tables,
+        images=[("Reward–KL frontier", "eval/frontier.png")]
+        if (out / "eval" / "frontier.png").exists()
+        else [],
+        samples=[
+            Samples(
+                "Replies side by side",
+                ["base", *[n.upper() for n in finals]],
+                shown,
+                score_name="gold",
+            )
+        ],
+    )
+    write_report(report, out)

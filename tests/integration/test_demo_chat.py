@@ -1,0 +1,49 @@
+"""``posttrain demo --model smollm2-135m-instruct --quick``: the chat experiment end to end on the
+real SmolLM2 with tiny budgets (slow: SmolLM2 is loaded several times). The outputs exist and
+load; the answer checker of the factual questions accepts whole words only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from posttrain.cli import main
+from posttrain.recipes.demo_chat import answer_correct, chat_prompts, load_factual_qa
+
+
+def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
+    assert answer_correct("The capital of France is Paris.", ["paris"])
+    assert answer_correct("Water boils at 100 °C.", ["100"])
+    assert not answer_correct("It boils at 1000 degrees.", ["100"])
+    assert not answer_correct("Comparison is hard.", ["paris"])
+    qa = load_factual_qa()
+    assert len(qa) >= 20 and all(q["question"].endswith("?") and q["answers"] for q in qa)
+    assert chat_prompts(["The film"]) == ["Continue this movie review: The film"]
+
+
+def test_unknown_model_fails_before_writing(tmp_path):
+    out = tmp_path / "d"
+    assert main(["demo", "--model", "no-such-model", "--output_dir", str(out)]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_chat_demo_quick_end_to_end(tmp_path):
+    from posttrain.models import load_policy
+
+    out = tmp_path / "demo"
+    rc = main(
+        ["demo", "--model", "smollm2-135m-instruct", "--quick", "true", "--output_dir", str(out)]
+    )
+    assert rc in (0, None)
+    for name in ("report.html", "report.md", "facts.json", "eval/eval.json"):
+        assert (out / name).is_file(), name
+    facts = json.loads((out / "facts.json").read_text())
+    assert set(facts["capability"]) == {"base", "ppo", "dpo"}
+    assert len(facts["capability"]["base"]["answers"]) == len(load_factual_qa())
+    for stage in ("ppo", "dpo"):  # merged HF directories that load and generate
+        model, tok = load_policy(str(out / stage / "final"))
+        assert not any("lora" in n for n, _ in model.named_parameters())
+        ids = tok("Hello", return_tensors="pt")["input_ids"]
+        assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
