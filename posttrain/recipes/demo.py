@@ -38,6 +38,7 @@ from posttrain.config import check
 from posttrain.data import write_jsonl
 from posttrain.errors import UserError
 from posttrain.evaluation.demo_report import write_demo_report
+from posttrain.training.device import resolve, validated
 from posttrain.training.run import prepare_output_dir
 
 SUMMARY = (
@@ -61,6 +62,8 @@ class Config:
     """PPO's KL penalty coefficient (towards the SFT policy)."""
     dpo_beta: float = 0.1
     """DPO's beta."""
+    device: str = "auto"
+    """Where every stage runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
     experiment: Literal["pipeline", "overoptimization"] = "pipeline"
     """pipeline: the whole RLHF pipeline; overoptimization: a weak proxy reward model optimised by
     best-of-n and PPO, gold and proxy reward vs sqrt(KL) with Gao et al.'s fits
@@ -72,6 +75,7 @@ class Config:
     on 2 idle cores, --quick ~1-2)."""
 
     def validate(self) -> None:
+        validated(self.device)  # an absent device: exit 2, nothing written
         check(0 <= self.label_noise < 0.5, "label_noise", "must be in [0, 0.5)", self.label_noise)
         check(self.ppo_kl_coef >= 0, "ppo_kl_coef", "must be >= 0", self.ppo_kl_coef)
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
@@ -338,6 +342,7 @@ def stage_pretrain(cfg, b, out, init, corpus, data, prog):
         logging_steps=1,
         max_length=96,
         seed=cfg.seed,
+        device=cfg.device,
     )
     prog.done(_last_loss(out / "pretrain"))
 
@@ -359,6 +364,7 @@ def stage_sft(cfg, b, out, task, data, prog):
         logging_steps=1,
         max_length=96,
         seed=cfg.seed,
+        device=cfg.device,
     )
     prog.done(_last_loss(out / "sft"))
 
@@ -371,7 +377,7 @@ def stage_pairs(cfg, b, out, task, sft_dir, data, prog, facts):
     prog.start(
         "sample", f"2 continuations for each of {b.pair_prompts} prompts from the SFT policy"
     )
-    model, tok = load_policy(str(sft_dir))
+    model, tok = load_policy(str(sft_dir), device=resolve(cfg.device))
     prompts = task.prompts(b.pair_prompts, seed=cfg.seed + 2)
     pairs = sample_texts(
         model,
@@ -441,6 +447,7 @@ def stage_rm(cfg, b, out, sft_dir, data, prog, facts):
         logging_steps=max(1, b.rm_steps // 5),
         max_length=96,
         seed=cfg.seed,
+        device=cfg.device,
     )
     prog.done()
 
@@ -467,6 +474,7 @@ def stage_ppo(cfg, b, out, sft_dir, data, prog, facts):
         logging_steps=max(1, b.ppo_steps // 10),
         max_length=96,
         seed=cfg.seed,
+        device=cfg.device,
     )
     prog.done()
 
@@ -489,6 +497,7 @@ def stage_dpo(cfg, b, out, sft_dir, data, prog, facts):
         logging_steps=max(1, b.dpo_steps // 10),
         max_length=96,
         seed=cfg.seed,
+        device=cfg.device,
     )
     prog.done()
 
@@ -516,6 +525,7 @@ def stage_eval(cfg, b, out, sft_dir, prog, facts):
         max_new_tokens=b.max_new_tokens,
         batch_size=b.batch_size,
         seed=cfg.seed,
+        device=cfg.device,
         title="posttrain demo: evaluation",
     )
     ecfg.validate()
@@ -533,6 +543,7 @@ def stage_eval(cfg, b, out, sft_dir, prog, facts):
             data=held,
             beta=cfg.dpo_beta,
             batch_size=b.batch_size,
+            device=cfg.device,
             title=f"posttrain demo: {mode}",
             **extra,
         )
