@@ -485,7 +485,10 @@ class TrainConfig:
         from posttrain.training.trackers import check_available
 
         check_available(self.report_to)  # a missing package fails before output_dir exists
-        check_dtype(resolve(self.device), self.dtype)  # an absent device: exit 2, nothing written
+        device = resolve(self.device)  # an absent device: exit 2, nothing written
+        check_dtype(device, self.dtype)
+        if self.bf16_autocast:
+            check_dtype(device, "bfloat16", field="bf16_autocast")
         check(self.max_steps >= 1, "max_steps", "must be >= 1", self.max_steps)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(
