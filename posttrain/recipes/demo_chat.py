@@ -46,7 +46,8 @@ DTYPE = "bfloat16"
 
 @dataclass(frozen=True)
 class ChatBudget:
-    """Sizes of every stage. ``FULL`` aims at <= 30 minutes on 2 idle CPU cores."""
+    """Sizes of every stage. ``FULL`` aims at <= 30 minutes on 2 idle CPU cores (estimated from
+    ``benchmarks/bench_ppo_smollm2.py``; the whole run has not been timed yet)."""
 
     pair_prompts: int  # prompts sampled twice for preference pairs
     max_new_tokens: int
@@ -63,15 +64,15 @@ class ChatBudget:
     lora_r: int
 
 
-FULL = ChatBudget(
+FULL = ChatBudget(  # an estimate from the per-phase benchmark; not yet run whole (see docs/demo.md)
     pair_prompts=256,
-    max_new_tokens=40,
+    max_new_tokens=32,
     rm_steps=60,
     rm_batch=16,
-    ppo_steps=20,
-    ppo_prompts=16,
+    ppo_steps=24,
+    ppo_prompts=8,
     ppo_samples=4,
-    ppo_epochs=2,
+    ppo_epochs=1,
     dpo_steps=60,
     dpo_batch=8,
     eval_prompts=128,
