@@ -146,7 +146,7 @@ def run_experiment(cfg, flags: dict[str, bool]) -> dict:
     pair_budget = replace(
         base, pair_prompts=ob.pair_prompts, ppo_prompts=max(base.ppo_prompts, 512)
     )
-    noisy = _Settings(seed=cfg.seed, label_noise=ob.label_noise)
+    noisy = replace(cfg, label_noise=ob.label_noise)  # the demo's pair stage reads its config
     labels_file = data / "labels.json"
     if done_already("sample", labels_file) and done_already("label", labels_file):
         pass
@@ -187,14 +187,6 @@ def run_experiment(cfg, flags: dict[str, bool]) -> dict:
     total = time.time() - prog.t0
     print(f"[demo {prog.clock()}] finished in {total / 60:.1f} min", file=sys.stderr)
     return result
-
-
-@dataclass
-class _Settings:
-    """What the demo's pair stage reads from its config."""
-
-    seed: int
-    label_noise: float
 
 
 def _write_json(path: Path, obj) -> None:
