@@ -311,7 +311,11 @@ def help_text(cls: type, prog: str, summary: str = "") -> str:
 
     def walk(klass: type, prefix: str) -> None:
         docs, hints = field_docs(klass), _hints(klass)
-        for f in dataclasses.fields(klass):
+        fields = dataclasses.fields(klass)
+        if isinstance(klass, type) and issubclass(klass, GenerationConfig):  # command's own first
+            shared = {f.name for f in dataclasses.fields(SamplingConfig)}
+            fields = sorted(fields, key=lambda f: f.name in shared)
+        for f in fields:
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
                 lines.append(f"[{prefix}{f.name}] {docs.get(f.name, '')}")
