@@ -67,7 +67,7 @@ class Config:
     experiment: Literal["pipeline", "overoptimization"] = "pipeline"
     """pipeline: the whole RLHF pipeline; overoptimization: a weak proxy reward model optimised by
     best-of-n and PPO, gold and proxy reward vs sqrt(KL) with Gao et al.'s fits
-    (``posttrain.recipes.overoptimization``; ~20 minutes, --quick ~1)."""
+    (``posttrain.recipes.overoptimization``; ~5 minutes, --quick <1)."""
 
     model: str | None = None
     """Run the experiment on a pretrained chat model instead (``smollm2-135m-instruct``): the
