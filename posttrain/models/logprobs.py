@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.losses.common import entropy_from_logits
+from posttrain.models import chunked
 from posttrain.training.device import module_device, to_device
 
 
@@ -66,11 +67,15 @@ def forward_logprobs(
     with_entropy: bool = False,
     with_hidden: bool = False,
     position_ids: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> TokenLogprobs:
     """Run ``model`` on (B, T) ids and return log-probs of the response tokens (see module doc).
 
     ``attention_mask`` may be 2-D (B, T) padding mask, or 4-D for packed rows (then pass
-    ``position_ids``). Inputs elsewhere than the model are moved to its device; the outputs
+    ``position_ids``). The output layer runs only at response positions, ``chunk_size`` of them
+    at a time (default ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE``; 0: every position's
+    logits at once), so the (B, T, V) logits never exist whole; models that are not eligible
+    (``chunked.can_chunk``) get whole logits. ``hidden`` is the output layer's input either way. Inputs elsewhere than the model are moved to its device; the outputs
     are on the model's device.
     """
     input_ids, attention_mask, response_mask, position_ids = to_device(
@@ -78,6 +83,28 @@ def forward_logprobs(
     )
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
+    if chunk_size is None:
+        chunk_size = chunked.DEFAULT_CHUNK_SIZE
+    if chunk_size > 0 and chunked.can_chunk(model):  # response positions only, in chunks
+        with chunked.lm_head_skipped(model) as (head, box):
+            model(
+                input_ids=input_ids,
+                attention_mask=additive_mask(model, attention_mask),
+                position_ids=position_ids,
+                use_cache=False,
+            )
+        hidden = box["hidden"]  # (B, T, H): the output layer's input, the last hidden state
+        logps, entropy = chunked.chunked_token_logprobs(
+            head,
+            hidden[:, :-1],
+            input_ids[:, 1:],
+            response_mask[:, 1:],
+            temperature=temperature,
+            with_entropy=with_entropy,
+            chunk_size=chunk_size,
+        )
+        mask = response_mask[:, 1:].to(logps.dtype)
+        return TokenLogprobs(logps, mask, entropy, hidden if with_hidden else None)
     out = model(
         input_ids=input_ids,
         attention_mask=additive_mask(model, attention_mask),
@@ -146,10 +173,26 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
     projection of the prompt and the padding is skipped), through transformers' boolean
     ``logits_to_keep``, which returns them in row-major order: as ``label_from`` is strictly
     increasing (one label per position), they are already in label order. With a transformers too
-    old for it, logits come at every position."""
+    old for it, logits come at every position. Eligible models (``chunked.can_chunk``) skip the
+    model's own output layer and compute those positions' log-probs in chunks instead."""
     batch = to_device(batch, module_device(model))
     ids, label_from = batch["input_ids"], batch["label_from"]
     assert bool((label_from[1:] > label_from[:-1]).all()), "label_from must be strictly increasing"
+    if chunked.DEFAULT_CHUNK_SIZE > 0 and chunked.can_chunk(model):  # output layer in chunks
+        with chunked.lm_head_skipped(model) as (head, box):
+            model(
+                input_ids=ids,
+                attention_mask=additive_mask(model, batch["attention_mask"]),
+                position_ids=batch["position_ids"],
+                use_cache=False,
+            )
+        rows = box["hidden"].flatten(0, 1).index_select(0, label_from)  # (K, H)
+        values, _ = chunked.chunked_logprobs(
+            head, rows, batch["label_ids"], chunk_size=chunked.DEFAULT_CHUNK_SIZE
+        )
+        mask = batch["label_mask"].to(values.dtype)
+        logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
+        return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)
     keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
     keep[label_from] = True
     out = model(

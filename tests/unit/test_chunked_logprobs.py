@@ -97,3 +97,64 @@ def test_no_grad_chunks_and_empty_mask(tiny):
     with torch.no_grad():
         got, _ = _chunked(model, b, 1.0, 3)
     assert got.shape == ref.shape and bool((got == 0).all())
+
+
+def test_forward_logprobs_chunked_by_default_equals_whole_logits_with_lora(tiny):
+    """``forward_logprobs`` (chunked by default) against ``chunk_size=0`` (whole logits): values,
+    entropy, hidden states and the gradients of LoRA adapters, float64."""
+    from posttrain.config import LoraConfig
+    from posttrain.models import forward_logprobs
+    from posttrain.models.lora import apply_lora
+
+    _, tok = tiny
+    model, _ = load_policy("tiny-llama", dtype="float64")
+    model = apply_lora(model, LoraConfig(enabled=True, r=2))
+    for p in model.parameters():  # non-zero adapters, so their gradients are not trivial
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    b = _batch(tok)
+    params = [p for p in model.parameters() if p.requires_grad]
+    outs, grads = [], []
+    for size in (0, 3):
+        out = forward_logprobs(
+            model,
+            b["input_ids"],
+            b["attention_mask"],
+            b["response_mask"],
+            temperature=0.9,
+            with_entropy=True,
+            with_hidden=True,
+            chunk_size=size,
+        )
+        loss = out.logps.sum() + 0.3 * out.entropy.sum() + out.hidden.square().mean()
+        grads.append(torch.autograd.grad(loss, params))
+        outs.append(out)
+    whole, chunks = outs
+    for name in ("logps", "mask", "entropy", "hidden"):
+        torch.testing.assert_close(getattr(chunks, name), getattr(whole, name), atol=1e-6, rtol=0)
+    for g, rg in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g, rg, atol=1e-6, rtol=0)
+
+
+def test_packed_logprobs_chunked_equal_whole(tiny, monkeypatch):
+    """Padding-free pair rows: the chunked output layer gives the whole-logits numbers."""
+    from posttrain.data.formats import Example
+    from posttrain.data.preference import collate_pairs, encode_pairs
+    from posttrain.models import chunked, forward_packed_logprobs
+
+    model, tok = tiny
+    examples = [
+        Example(
+            kind="preference", where="t", prompt="The film", chosen=" was good", rejected=" bad"
+        ),
+        Example(
+            kind="preference", where="t", prompt="A long prompt", chosen=" yes", rejected=" no way"
+        ),
+    ]
+    pairs, _ = encode_pairs(tok, examples, 64)
+    batch = collate_pairs(pairs, tok.pad_token_id, padding_free=True)
+    new = forward_packed_logprobs(model, batch)
+    monkeypatch.setattr(chunked, "DEFAULT_CHUNK_SIZE", 0)
+    old = forward_packed_logprobs(model, batch)
+    torch.testing.assert_close(new.logps, old.logps, atol=1e-6, rtol=0)
+    assert float(new.mask.sum()) > 0
