@@ -15,8 +15,11 @@ Variants (``--variants``, comma-separated):
 
 - ``fp32-full-old``: float32, every parameter trained, whole logits (the code before issue 20);
 - ``fp32-full-new``: float32, every parameter trained, chunked response-only logits;
+- ``fp32-full-new-ga4``: the same in micro-batches of a quarter minibatch (see ``-ga4`` below);
 - ``bf16-lora-old``: bfloat16 weights, LoRA r 16 (the demo's configuration), whole logits;
-- ``bf16-lora-new``: the same with chunked response-only logits (``posttrain.models.chunked``).
+- ``bf16-lora-new``: the same with chunked response-only logits (``posttrain.models.chunked``);
+- ``bf16-lora-new-ga4``: the same, each minibatch's forward/backward in 4 micro-batches
+  (``--gradient_accumulation_steps 4``: the same update, a quarter of the activations at a time).
 
 "old" sets ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` in the child process, which makes
 ``forward_logprobs`` compute every position's logits at once as it did before.
@@ -47,6 +50,10 @@ sys.exit(main(sys.argv[2:]))
 VARIANTS = {
     "fp32-full-old": ("old", ["--dtype", "float32", "--learning_rate", "1e-6"]),
     "fp32-full-new": ("new", ["--dtype", "float32", "--learning_rate", "1e-6"]),
+    "fp32-full-new-ga4": (
+        "new",
+        ["--dtype", "float32", "--learning_rate", "1e-6", "--gradient_accumulation_steps", "4"],
+    ),
     "bf16-lora-old": (
         "old",
         [
@@ -71,6 +78,21 @@ VARIANTS = {
             "16",
             "--learning_rate",
             "1e-4",
+        ],
+    ),
+    "bf16-lora-new-ga4": (
+        "new",
+        [
+            "--dtype",
+            "bfloat16",
+            "--lora.enabled",
+            "true",
+            "--lora.r",
+            "16",
+            "--learning_rate",
+            "1e-4",
+            "--gradient_accumulation_steps",
+            "4",
         ],
     ),
 }

@@ -96,6 +96,13 @@ QUICK = ChatBudget(
 )
 
 
+def _micro(rows: int, size: int) -> int:
+    """Gradient-accumulation steps that split ``rows`` into micro-batches of ``size`` (or one):
+    on a CPU, forward/backward in micro-batches of ~8 sequences is several times faster per token
+    than in one large batch (``benchmarks/README.md``: a PPO iteration's training 436 s -> 86 s)."""
+    return rows // size if rows % size == 0 and rows > size else 1
+
+
 def chat_prompts(openings: list[str]) -> list[str]:
     """The user turns of the experiment: ``Continue this movie review: {opening}``."""
     return [USER_TURN.format(opening=o) for o in openings]
@@ -256,6 +263,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         output_dir=str(out / "rm"),
         max_steps=b.rm_steps,
         batch_size=b.rm_batch,
+        gradient_accumulation_steps=_micro(b.rm_batch, 4),
         learning_rate=3e-4,
         logging_steps=max(1, b.rm_steps // 5),
         **common,
@@ -276,6 +284,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         num_samples=b.ppo_samples,
         ppo_epochs=b.ppo_epochs,
         num_minibatches=2,
+        gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
         learning_rate=2e-4,
         kl_coef=cfg.ppo_kl_coef,
         whiten_rewards=True,
@@ -296,6 +305,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         output_dir=str(out / "dpo"),
         max_steps=b.dpo_steps,
         batch_size=b.dpo_batch,
+        gradient_accumulation_steps=_micro(b.dpo_batch, 4),
         learning_rate=2e-4,
         beta=cfg.dpo_beta,
         logging_steps=max(1, b.dpo_steps // 10),
