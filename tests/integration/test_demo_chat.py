@@ -5,6 +5,7 @@ load; the answer checker of the factual questions accepts whole words only."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -29,6 +30,11 @@ def test_unknown_model_fails_before_writing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("POSTTRAIN_SMOLLM2_DEMO_TEST") != "1",
+    reason="~19 min on 2 cores (SmolLM2 sampling and capability checks): beyond CI's suite "
+    "budget; run with POSTTRAIN_SMOLLM2_DEMO_TEST=1",
+)
 def test_chat_demo_quick_end_to_end(tmp_path):
     from posttrain.models import load_policy
 
