@@ -166,37 +166,12 @@ def capability(model_name: str, qa: list[dict], texts: list[str], max_new_tokens
     return {"answers": answers, "correct": correct, "nll": text_nll(model, tok, texts)}
 
 
-class _Clock:
-    def __init__(self, n: int):
-        self.t0, self.n, self.i, self.times = time.time(), n, 0, []
-
-    def start(self, name: str, what: str) -> None:
-        self.i, self.name, self.s0 = self.i + 1, name, time.time()
-        print(
-            f"[demo {self.elapsed()}] {self.i}/{self.n} {name}: {what}", file=sys.stderr, flush=True
-        )
-
-    def done(self, summary: str = "") -> None:
-        took = time.time() - self.s0
-        self.times.append((self.name, took))
-        tail = f" — {summary}" if summary else ""
-        print(
-            f"[demo {self.elapsed()}] {self.i}/{self.n} {self.name} done in {took:.1f}s{tail}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def elapsed(self) -> str:
-        s = int(time.time() - self.t0)
-        return f"{s // 60:02d}:{s % 60:02d}"
-
-
 def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     """The experiment (see the module doc); ``cfg`` is ``posttrain.recipes.demo.Config``.
     Returns the facts the report shows."""
     from posttrain.models import check_model_name, load_policy
     from posttrain.recipes import dpo, ppo, rm
-    from posttrain.recipes.demo import _run_recipe, label_pairs
+    from posttrain.recipes.demo import Progress, _run_recipe, label_pairs
     from posttrain.rollout.sampler import sample_texts
     from posttrain.tasks import get_task
 
@@ -208,7 +183,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     data.mkdir(exist_ok=True)
     task = get_task("sentiment")
     lora = LoraConfig(enabled=True, r=b.lora_r, alpha=2.0 * b.lora_r)
-    clock = _Clock(8)
+    clock = Progress(8)
     facts: dict = {"budget": b.__dict__, "quick": cfg.quick, "model": cfg.model}
     common = dict(dtype=DTYPE, lora=lora, seed=cfg.seed, max_length=128)
 
@@ -358,11 +333,11 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     write_chat_report(out, facts, clock.times, clock.t0, cfg)
     clock.done(str(out / "report.html"))
     for line in facts["headline"]:
-        print(f"[demo {clock.elapsed()}] {line}", file=sys.stderr)
+        print(f"[demo {clock.clock()}] {line}", file=sys.stderr)
     total = time.time() - clock.t0
     facts["total_s"] = total
     (out / "facts.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
-    print(f"[demo {clock.elapsed()}] finished in {total / 60:.1f} min", file=sys.stderr)
+    print(f"[demo {clock.clock()}] finished in {total / 60:.1f} min", file=sys.stderr)
     return facts
 
 
