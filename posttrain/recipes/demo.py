@@ -177,6 +177,24 @@ class Progress:
         )
 
 
+class Stages:
+    """``--resume`` over a pipeline of stages: a stage whose output is complete (its marker file
+    exists) is not run again; once one stage runs, every later stage runs too (its inputs
+    changed)."""
+
+    def __init__(self, out: Path, prog: Progress, resume: bool):
+        self.out, self.prog, self.resume = out, prog, resume
+        self.reran: list[str] = []
+
+    def done_already(self, name: str, marker: Path) -> bool:
+        if self.resume and not self.reran and marker.exists():
+            self.prog.start(name, f"already done ({marker.relative_to(self.out)} exists, --resume)")
+            self.prog.done()
+            return True
+        self.reran.append(name)
+        return False
+
+
 # ---------------------------------------------------------------------------------- stages
 
 
@@ -267,16 +285,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     prog = Progress(10)
     facts: dict = {"budget": b.__dict__, "quick": cfg.quick}
 
-    reran = []  # once a stage runs, every later stage runs too (its inputs changed)
-
-    def done_already(name: str, marker: Path) -> bool:
-        """With --resume, a stage whose output is complete is not run again."""
-        if resume and not reran and marker.exists():
-            prog.start(name, f"already done ({marker.relative_to(out)} exists, --resume)")
-            prog.done()
-            return True
-        reran.append(name)
-        return False
+    done_already = Stages(out, prog, resume).done_already
 
     # 1. tokenizer + random model
     corpus = task.corpus(b.corpus, seed=cfg.seed)

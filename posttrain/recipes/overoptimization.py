@@ -120,15 +120,7 @@ def run_experiment(cfg, flags: dict[str, bool]) -> dict:
 
     task = get_task("sentiment")
     prog = demo.Progress(10)
-    reran: list[str] = []
-
-    def done_already(name: str, marker: Path) -> bool:
-        if resume and not reran and marker.exists():
-            prog.start(name, f"already done ({marker.relative_to(out)} exists, --resume)")
-            prog.done()
-            return True
-        reran.append(name)
-        return False
+    done_already = demo.Stages(out, prog, resume).done_already
 
     corpus = task.corpus(base.corpus, seed=cfg.seed)
     init = out / "init"
