@@ -32,8 +32,8 @@ def test_unknown_model_fails_before_writing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("POSTTRAIN_SMOLLM2_DEMO_TEST") != "1",
-    reason="~19 min on 2 cores (SmolLM2 sampling and capability checks): beyond CI's suite "
-    "budget; run with POSTTRAIN_SMOLLM2_DEMO_TEST=1",
+    reason="~4 min on 2 idle cores, ~19 min on a loaded one (SmolLM2 sampling and capability "
+    "checks): beyond CI's suite budget; run with POSTTRAIN_SMOLLM2_DEMO_TEST=1",
 )
 def test_chat_demo_quick_end_to_end(tmp_path):
     from posttrain.models import load_policy
