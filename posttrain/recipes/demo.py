@@ -63,7 +63,8 @@ class Config:
     dpo_beta: float = 0.1
     """DPO's beta."""
     device: str = "auto"
-    """Where every stage runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
+    """Where every stage runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps. The
+    --model and --experiment overoptimization runs use the CPU (auto means cpu there)."""
     experiment: Literal["pipeline", "overoptimization"] = "pipeline"
     """pipeline: the whole RLHF pipeline; overoptimization: a weak proxy reward model optimised by
     best-of-n and PPO, gold and proxy reward vs sqrt(KL) with Gao et al.'s fits
@@ -84,6 +85,14 @@ class Config:
             "model",
             "runs the pipeline experiment only (drop --experiment)",
             self.model,
+        )
+        check(
+            (self.model is None and self.experiment == "pipeline")
+            or self.device in ("auto", "cpu"),
+            "device",
+            "the chat-model and over-optimisation experiments run on the CPU only for now "
+            "(use --device cpu or auto)",
+            self.device,
         )
 
 

@@ -154,3 +154,17 @@ def test_inverse_cdf_sampling_by_hand_and_in_distribution():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     p = torch.softmax(torch.randn(5, 7), -1)
     assert torch.equal(sample_tokens(p, g1), torch.multinomial(p, 1, generator=g2).squeeze(-1))
+
+
+def test_demo_experiments_refuse_an_accelerator_until_they_use_one(tmp_path, monkeypatch, capsys):
+    """The chat-model and over-optimisation demos run on the CPU: a GPU asked for (and present,
+    faked here) is refused up front rather than silently ignored; auto and cpu run there."""
+    import posttrain.recipes.demo as demo
+    from posttrain.cli import main
+
+    monkeypatch.setattr(demo, "validated", lambda spec, dtype="float32": None)
+    for args in (["--experiment", "overoptimization"], ["--model", "smollm2-135m-instruct"]):
+        out = tmp_path / "d"
+        assert main(["demo", *args, "--device", "cuda", "--output_dir", str(out)]) == 2
+        assert "run on the CPU only" in capsys.readouterr().err
+        assert not out.exists()
