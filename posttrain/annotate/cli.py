@@ -172,9 +172,14 @@ def _run(args) -> int:
     elif args.command == "assign":
         names = [n.strip() for n in args.annotators.split(",")] if args.annotators else None
         with session(engine) as db:
+            before = service.assignment_counts(db)
             count = service.assign(db, names, overlap=args.overlap, seed=args.seed)
+            after = service.assignment_counts(db)
             db.commit()
-        print(f"made {count} new assignments")
+        gold, regular = (after[k] - before[k] for k in ("gold", "regular"))
+        print(f"made {count} new assignments ({gold} gold, {regular} regular)")
+        if count and not regular:
+            print("note: only gold tasks were added: every other task already has its annotators")
     elif args.command == "stats":
         with session(engine) as db:
             print(json.dumps(service.dashboard(db), indent=2))

@@ -152,3 +152,16 @@ def test_serve_on_a_taken_port_is_one_error_line(tmp_path, capsys):
     assert (
         code == 2 and err == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     )
+
+
+def test_assign_says_when_it_added_only_gold_tasks(tmp_path, capsys):
+    db = str(tmp_path / "votes.db")
+    tasks = write_tasks(tmp_path / "tasks.jsonl", TASKS)
+    assert _run(capsys, "load", "--db", db, "--tasks", str(tasks))[0] == 0
+    assert _run(capsys, "add-annotator", "--db", db, "alice", "bob")[0] == 0
+    code, out, _ = _run(capsys, "assign", "--db", db, "--overlap", "1")
+    assert code == 0 and "regular)" in out and "only gold" not in out
+    assert _run(capsys, "add-annotator", "--db", db, "carol")[0] == 0
+    code, out, _ = _run(capsys, "assign", "--db", db, "--overlap", "1")  # carol: the gold item
+    assert code == 0 and "made 1 new assignments (1 gold, 0 regular)" in out
+    assert "note: only gold tasks were added" in out
