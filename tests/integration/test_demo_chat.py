@@ -5,7 +5,6 @@ load; the answer checker of the factual questions accepts whole words only."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -29,12 +28,7 @@ def test_unknown_model_fails_before_writing(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("POSTTRAIN_SMOLLM2_DEMO_TEST") != "1",
-    reason="~4 min on 2 idle cores, ~19 min on a loaded one (SmolLM2 sampling and capability "
-    "checks): beyond CI's suite budget; run with POSTTRAIN_SMOLLM2_DEMO_TEST=1",
-)
+@pytest.mark.slow  # ~4 min on 2 idle cores
 def test_chat_demo_quick_end_to_end(tmp_path):
     from posttrain.models import load_policy
 
