@@ -54,8 +54,6 @@ def write_demo_report(
     """Write ``out/report.html`` and ``out/report.md``; sets ``facts["headline"]``. ``facts``: what
     the demo recorded (``budget``, ``quick``, and the stages' ``labels``, ``reward-model``,
     ``implicit-reward``); ``stage_times``: seconds per stage; ``t0``: when the demo started."""
-    from posttrain.tasks import get_task
-
     res = json.loads((out / "eval" / "eval.json").read_text())
     ref = res["reference_metrics"]
     points = res["points"]
@@ -163,14 +161,7 @@ def write_demo_report(
             )
         )
     # samples side by side: SFT vs each final policy, with gold scores
-    sample_rows = [json.loads(x) for x in (out / "eval" / "samples.jsonl").read_text().splitlines()]
-    keys = [ev.point_key(p) for p in finals.values()]
-    task = get_task("sentiment")
-    shown = []
-    for row in sample_rows[:8]:
-        texts = [row["reference"], *[row[k] for k in keys]]
-        golds = task.reward([row["prompt"]] * len(texts), texts)
-        shown.append((row["prompt"], list(zip(texts, golds))))
+    shown = side_by_side(out, finals)
     samples = Samples(
         "Sample continuations (same prompt, side by side)",
         ["SFT", *[n.upper() for n in finals]],
@@ -185,6 +176,22 @@ def write_demo_report(
         samples=[samples],
     )
     write_report(report, out)
+
+
+def side_by_side(out: Path, finals: dict[str, dict], n: int = 8) -> list[tuple[str, list]]:
+    """The first ``n`` evaluation prompts of ``out/eval/samples.jsonl``: the reference's and each
+    final policy's continuation, each with its gold (VADER) score."""
+    from posttrain.tasks import get_task
+
+    rows = [json.loads(x) for x in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    keys = [ev.point_key(p) for p in finals.values()]
+    task = get_task("sentiment")
+    shown = []
+    for row in rows[:n]:
+        texts = [row["reference"], *[row[k] for k in keys]]
+        golds = task.reward([row["prompt"]] * len(texts), texts)
+        shown.append((row["prompt"], list(zip(texts, golds))))
+    return shown
 
 
 def _fmt(x) -> str:

@@ -374,8 +374,8 @@ def headline(ref: dict, finals: dict[str, dict], cap: dict) -> list[str]:
 
 def write_chat_report(out: Path, facts: dict, stage_times, t0: float, cfg) -> None:
     from posttrain.evaluation import tables as ev
+    from posttrain.evaluation.demo_report import side_by_side
     from posttrain.evaluation.report import Report, Samples, Table, write_report
-    from posttrain.tasks import get_task
 
     res = json.loads((out / "eval" / "eval.json").read_text())
     ref = res["reference_metrics"]
@@ -430,14 +430,7 @@ def write_chat_report(out: Path, facts: dict, stage_times, t0: float, cfg) -> No
             + [["held-out text NLL (nats/token)", ""] + [f"{cap[n]['nll']:.3f}" for n in names]],
         )
     )
-    sample_rows = [json.loads(x) for x in (out / "eval" / "samples.jsonl").read_text().splitlines()]
-    keys = [ev.point_key(p) for p in finals.values()]
-    task = get_task("sentiment")
-    shown = []
-    for row in sample_rows[:8]:
-        texts = [row["reference"], *[row[k] for k in keys]]
-        golds = task.reward([row["prompt"]] * len(texts), texts)
-        shown.append((row["prompt"], list(zip(texts, golds))))
+    shown = side_by_side(out, finals)
     report = Report(
         title=f"posttrain demo: controlled sentiment on {facts['model']}",
         paragraphs=intro,
