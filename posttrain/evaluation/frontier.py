@@ -255,15 +255,7 @@ def plot_overoptimization(
     ax.set_xlabel("sqrt(KL(policy ‖ reference))  (nats^½)")
     ax.set_ylabel("gold reward (solid)")
     ax2.set_ylabel("proxy reward-model score (dashed)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save_two_axes(fig, ax, ax2, title, path, fontsize=8, loc="best")
 
 
 def plot_overoptimization_experiment(
@@ -334,15 +326,7 @@ def plot_overoptimization_experiment(
     ax.set_xlabel("d = sqrt(KL(policy ‖ initial policy))  (nats^½)")
     ax.set_ylabel("gold reward − initial policy's (solid)")
     ax2.set_ylabel("proxy RM score − initial policy's (dashed)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save_two_axes(fig, ax, ax2, title, path, fontsize=7, loc="lower right")
 
 
 def _align_zero(ax, ax2) -> None:
@@ -360,3 +344,16 @@ def _align_zero(ax, ax2) -> None:
         hi = max(hi, -lo * (1 - below) / below)
         lo = min(lo, -hi * below / (1 - below))
         a.set_ylim(lo, hi)
+
+
+def _save_two_axes(fig, ax, ax2, title: str, path, *, fontsize: int, loc: str) -> Path:
+    """Title, grid, one legend for both y axes (gold on ``ax``, proxy on ``ax2``); saved."""
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=fontsize, loc=loc)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
