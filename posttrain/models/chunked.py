@@ -77,8 +77,9 @@ def lm_head_skipped(model):
         handle.remove()
 
 
-def _chunk(head, hidden, labels, temperature: float, with_entropy: bool):
-    """(C, H) hidden, (C,) labels -> log-probs (C,) [and entropies (C,)] in at least float32."""
+def _chunk(head, hidden, labels, temperature: float, with_entropy: bool, entropy_grad: bool = True):
+    """(C, H) hidden, (C,) labels -> log-probs (C,) [and entropies (C,)] in at least float32;
+    without ``entropy_grad`` the entropy is a constant to autograd (no backward through it)."""
     logits = head(hidden)
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
@@ -86,7 +87,7 @@ def _chunk(head, hidden, labels, temperature: float, with_entropy: bool):
         logits = logits / temperature
     logps = -torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     if with_entropy:
-        return logps, entropy_from_logits(logits)
+        return logps, entropy_from_logits(logits if entropy_grad else logits.detach())
     return (logps,)
 
 
@@ -97,11 +98,20 @@ def chunked_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """rows (K, H) output-layer inputs, targets (K,) -> log p(target) (K,) [and entropy (K,)] in
-    at least float32, ``chunk_size`` rows at a time (checkpointed when gradients are on)."""
-    fn = functools.partial(_chunk, head, temperature=temperature, with_entropy=with_entropy)
+    at least float32, ``chunk_size`` rows at a time (checkpointed when gradients are on).
+    ``entropy_grad=False``: the entropy is only reported (detached), which spares the backward
+    a pass over each chunk's (chunk_size x V) softmax."""
+    fn = functools.partial(
+        _chunk,
+        head,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        entropy_grad=entropy_grad,
+    )
     grad = torch.is_grad_enabled() and (
         rows.requires_grad or any(p.requires_grad for p in head.parameters())
     )
@@ -128,6 +138,7 @@ def chunked_token_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of ``labels`` at the positions where ``mask`` is set.
@@ -146,6 +157,7 @@ def chunked_token_logprobs(
         targets,
         temperature=temperature,
         with_entropy=with_entropy,
+        entropy_grad=entropy_grad,
         chunk_size=chunk_size,
     )
     full = [

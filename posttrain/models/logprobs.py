@@ -65,6 +65,7 @@ def forward_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     with_hidden: bool = False,
     position_ids: torch.Tensor | None = None,
     chunk_size: int | None = None,
@@ -75,7 +76,9 @@ def forward_logprobs(
     ``position_ids``). The output layer runs only at response positions, ``chunk_size`` of them
     at a time (default ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE``; 0: every position's
     logits at once), so the (B, T, V) logits never exist whole; models that are not eligible
-    (``chunked.can_chunk``) get whole logits. ``hidden`` is the output layer's input either way. Inputs elsewhere than the model are moved to its device; the outputs
+    (``chunked.can_chunk``) get whole logits. ``hidden`` is the output layer's input either way.
+    ``entropy_grad=False`` detaches the entropy (a reported statistic, not a loss term: the
+    backward then skips it). Inputs elsewhere than the model are moved to its device; the outputs
     are on the model's device.
     """
     input_ids, attention_mask, response_mask, position_ids = to_device(
@@ -101,6 +104,7 @@ def forward_logprobs(
             response_mask[:, 1:],
             temperature=temperature,
             with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
             chunk_size=chunk_size,
         )
         mask = response_mask[:, 1:].to(logps.dtype)
@@ -119,7 +123,7 @@ def forward_logprobs(
     logps = gather_logprobs(logits, input_ids[:, 1:], temperature) * mask
     if with_entropy:  # of the distribution sampled from: softmax(logits / temperature)
         scaled = logits / temperature if temperature != 1.0 else logits
-        entropy = entropy_from_logits(scaled) * mask
+        entropy = entropy_from_logits(scaled if entropy_grad else scaled.detach()) * mask
     else:
         entropy = None
     hidden = out.hidden_states[-1] if with_hidden else None

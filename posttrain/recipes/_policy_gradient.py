@@ -105,6 +105,7 @@ def train_on_batch(model, exp: Experience, advantages_of, optimizer, scheduler, 
                     r.response_mask[mb],
                     temperature=cfg.temperature,
                     with_entropy=first,
+                    entropy_grad=False,  # reported, not trained on
                 )
                 if first:  # one micro-batch is the whole batch here
                     exp.logps, exp.entropy = out.logps.detach(), out.entropy.detach()

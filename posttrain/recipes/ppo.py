@@ -193,6 +193,7 @@ def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns
         r.response_mask[mb],
         temperature=cfg.temperature,
         with_entropy=True,
+        entropy_grad=cfg.entropy_coef != 0,  # else only reported: no backward through it
         with_hidden=distributed.unwrap(value).shares_trunk,
     )
     values = value(r.input_ids[mb], r.attention_mask[mb], out.hidden)

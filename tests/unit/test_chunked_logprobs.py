@@ -136,6 +136,36 @@ def test_forward_logprobs_chunked_by_default_equals_whole_logits_with_lora(tiny)
         torch.testing.assert_close(g, rg, atol=1e-6, rtol=0)
 
 
+def test_entropy_without_grad_same_values_no_backward(tiny):
+    """``entropy_grad=False`` (PPO with entropy_coef 0): the same entropies, detached, and the
+    log-probs' gradients unchanged, chunked and whole-logits alike."""
+    from posttrain.models import forward_logprobs
+
+    _, tok = tiny
+    model, _ = load_policy("tiny-llama", dtype="float64")
+    b = _batch(tok)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for size in (0, 3):
+        got = {}
+        for grad in (True, False):
+            out = forward_logprobs(
+                model,
+                b["input_ids"],
+                b["attention_mask"],
+                b["response_mask"],
+                with_entropy=True,
+                entropy_grad=grad,
+                chunk_size=size,
+            )
+            got[grad] = (out, torch.autograd.grad(out.logps.sum(), params))
+        (on, g_on), (off, g_off) = got[True], got[False]
+        assert on.entropy.requires_grad and not off.entropy.requires_grad
+        torch.testing.assert_close(off.entropy, on.entropy, atol=1e-12, rtol=0)
+        torch.testing.assert_close(off.logps, on.logps, atol=1e-12, rtol=0)
+        for a, c in zip(g_off, g_on):
+            torch.testing.assert_close(a, c, atol=1e-12, rtol=0)
+
+
 def test_packed_logprobs_chunked_equal_whole(tiny, monkeypatch):
     """Padding-free pair rows: the chunked output layer gives the whole-logits numbers."""
     from posttrain.data.formats import Example
