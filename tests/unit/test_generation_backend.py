@@ -237,3 +237,43 @@ def test_online_collect_runs_on_any_backend(tok):
     assert exp.rollout.response_ids[:, :2].tolist() == [[30, 31]] * 4
     assert exp.logps.shape == exp.ref_logps.shape == exp.mask.shape
     assert len(set(exp.texts)) == 1
+
+
+def test_merged_lora_backend_samples_what_the_lora_policy_samples(tok):
+    """The LoRA sampler's merged copy gives the policy's own samples and log-probs (float64),
+    follows the policy only after ``sync_weights``, and leaves the policy's weights untouched."""
+    from posttrain.rollout.generate import MergedLoraBackend
+
+    torch.manual_seed(0)
+    policy = apply_lora(load_model("tiny-llama", dtype="float64"), LoraConfig(enabled=True, r=2))
+    for name, p in policy.named_parameters():  # adapters that change the samples
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    weights = {k: v.clone() for k, v in policy.state_dict().items()}
+    own, merged = EngineBackend(policy, tok), MergedLoraBackend(policy, tok)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+
+    def both():
+        return [
+            b.generate(PROMPTS, params, generator=torch.Generator().manual_seed(3))
+            for b in (own, merged)
+        ]
+
+    a, b = both()
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.response_mask, b.response_mask)
+    torch.testing.assert_close(b.sample_logps, a.sample_logps, rtol=0, atol=1e-10)
+    assert merged.model is not policy and not any(
+        p.requires_grad for p in merged.model.parameters()
+    )
+    assert all(torch.equal(v, weights[k]) for k, v in policy.state_dict().items())
+
+    with torch.no_grad():  # an "optimizer step" on the adapters
+        for name, p in policy.named_parameters():
+            if "lora_A" in name:
+                p.mul_(-1.5)
+    stale, new = both()[1], both()[0]
+    assert not torch.equal(stale.input_ids, new.input_ids)  # the copy is stale until synced
+    merged.sync_weights(policy)
+    a, b = both()
+    assert torch.equal(a.input_ids, b.input_ids)
+    torch.testing.assert_close(b.sample_logps, a.sample_logps, rtol=0, atol=1e-10)
