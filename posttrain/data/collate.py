@@ -101,7 +101,13 @@ def collate_shared_prefix(
     would (L the longest sequence; K the response tokens after the first position):
     ``label_mask`` (n, L - 1) each sequence's ``response_mask[1:]``; ``label_from`` (K,) the flat
     index in (R, T) of the position whose logits predict a response token, strictly increasing;
-    ``label_ids`` (K,) the token; ``label_to`` (K,) its flat index in (n, L - 1).
+    ``label_ids`` (K,) the token; ``label_to`` (K,) its flat index in (n, L - 1). For segment
+    attention (``posttrain.models.segment_attention``: the rows' tokens end to end, N in all,
+    each sequence a causal segment): ``token_index`` (N,) each token's flat index in (R, T),
+    increasing; ``segment_tokens`` (n, L) the index in those N of each of a sequence's tokens (its
+    group's prefix, then its remainder; 0 after its end), ``segment_lengths`` (n,), and
+    ``segment_out`` (N,) the flat index in (n, L) whose attention output each token takes (a
+    prefix's: the group's first member's).
     """
     size = {len(g) for g in groups}
     assert len(size) == 1, "every group needs the same number of members"
@@ -119,15 +125,24 @@ def collate_shared_prefix(
     ids, pos, unit, branch = [], [], [], []  # unit: the group; branch: 0 prefix, j + 1 member j
     label_mask = [[0] * label_width for _ in range(k * n_groups)]
     label_from, label_ids, label_to = [], [], []
+    # segment attention: the row tokens end to end (no padding), each sequence a segment
+    token_index, seg_out, base = [], [], 0
+    seg_tokens = [[0] * longest for _ in range(k * n_groups)]
     for r, row in enumerate(rows):
         r_ids, r_pos, r_unit, r_branch = [], [], [], []
         for g in row:
-            p = shared[g]
+            p, start = shared[g], base + len(r_ids)
             r_ids += groups[g][0].input_ids[:p]
             r_pos += range(p)
             r_branch += [0] * p
+            seg_out += range(g * longest, g * longest + p)  # the prefix: member 0's output
             for j, m in enumerate(groups[g]):
                 n, seq, rest = len(m.input_ids), j * n_groups + g, len(r_ids)
+                seg_tokens[seq][:n] = [
+                    *range(start, start + p),
+                    *range(base + rest, base + rest + n - p),
+                ]
+                seg_out += range(seq * longest + p, seq * longest + n)
                 r_ids += m.input_ids[p:]
                 r_pos += range(p, n)
                 r_branch += [j + 1] * (n - p)
@@ -137,6 +152,8 @@ def collate_shared_prefix(
                     label_ids.append(m.input_ids[t])
                     label_to.append(seq * label_width + t - 1)
             r_unit += [g] * extent[g]
+        token_index += range(r * width, r * width + len(r_ids))
+        base += len(r_ids)
         pad = width - len(r_ids)
         ids.append(r_ids + [pad_id] * pad)
         pos.append(r_pos + [0] * pad)
@@ -155,6 +172,10 @@ def collate_shared_prefix(
         "label_from": torch.tensor(label_from, dtype=torch.long),
         "label_ids": torch.tensor(label_ids, dtype=torch.long),
         "label_to": torch.tensor(label_to, dtype=torch.long),
+        "token_index": torch.tensor(token_index, dtype=torch.long),
+        "segment_tokens": torch.tensor(seg_tokens, dtype=torch.long),
+        "segment_lengths": torch.tensor([len(g[j].input_ids) for j in range(k) for g in groups]),
+        "segment_out": torch.tensor(seg_out, dtype=torch.long),
     }
 
 

@@ -10,13 +10,14 @@ shared prompt once) go through ``forward_packed_logprobs``, which gives the same
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
 import torch
 
 from posttrain.losses.common import entropy_from_logits
-from posttrain.models import chunked
+from posttrain.models import chunked, segment_attention
 from posttrain.training.device import module_device, to_device
 
 
@@ -180,16 +181,23 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
     old for it, logits come at every position. Eligible models (``chunked.can_chunk``) skip the
     model's own output layer and compute those positions' log-probs in chunks instead."""
     batch = to_device(batch, module_device(model))
-    ids, label_from = batch["input_ids"], batch["label_from"]
+    ids, positions, label_from = batch["input_ids"], batch["position_ids"], batch["label_from"]
     assert bool((label_from[1:] > label_from[:-1]).all()), "label_from must be strictly increasing"
+    if "segment_tokens" in batch and segment_attention.ENABLED and segment_attention.applies(model):
+        # the rows' tokens end to end (no padding), attention only within each sequence
+        token_index = batch["token_index"]
+        ids = ids.flatten().index_select(0, token_index)[None]
+        positions = positions.flatten().index_select(0, token_index)[None]
+        label_from = torch.searchsorted(token_index, label_from)  # its place among the tokens
+        inputs = {"segments": segment_attention.build(batch)}
+        attention = segment_attention.segments_used(model)
+    else:  # the rows with their 4-D mask
+        inputs = {"attention_mask": additive_mask(model, batch["attention_mask"])}
+        attention = contextlib.nullcontext()
+    inputs.update(input_ids=ids, position_ids=positions, use_cache=False)
     if chunked.DEFAULT_CHUNK_SIZE > 0 and chunked.can_chunk(model):  # output layer in chunks
-        with chunked.lm_head_skipped(model) as (head, box):
-            model(
-                input_ids=ids,
-                attention_mask=additive_mask(model, batch["attention_mask"]),
-                position_ids=batch["position_ids"],
-                use_cache=False,
-            )
+        with chunked.lm_head_skipped(model) as (head, box), attention:
+            model(**inputs)
         rows = box["hidden"].flatten(0, 1).index_select(0, label_from)  # (K, H)
         values, _ = chunked.chunked_logprobs(
             head, rows, batch["label_ids"], chunk_size=chunked.DEFAULT_CHUNK_SIZE
@@ -197,15 +205,12 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
         mask = batch["label_mask"].to(values.dtype)
         logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
         return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)
-    keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
-    keep[label_from] = True
-    out = model(
-        input_ids=ids,
-        attention_mask=additive_mask(model, batch["attention_mask"]),
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        **({"logits_to_keep": keep.view(ids.shape)} if _keeps_by_mask() else {}),
-    )
+    if _keeps_by_mask():
+        keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
+        keep[label_from] = True
+        inputs["logits_to_keep"] = keep.view(ids.shape)
+    with attention:
+        out = model(**inputs)
     if out.logits.dim() == 2:  # (K, V): the kept positions, in label order
         logits = out.logits
     else:

@@ -1,0 +1,186 @@
+"""Segment attention (posttrain.models.segment_attention) on packed preference rows gives the
+same per-token log-probs and the same gradients as the 4-D-mask path and as a plain padded
+forward: tiny-llama (GQA, 4 heads over 2), float64, pairs of different prompt and response
+lengths (a 1-token response, a 1-token prompt, a batch of one pair)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.data.chat import Encoded
+from posttrain.data.collate import collate_shared_prefix
+from posttrain.data.preference import EncodedPair, collate_pairs
+from posttrain.models import chunked, forward_logprobs, forward_packed_logprobs, load_policy
+from posttrain.models import segment_attention as sa
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("tiny-llama", dtype="float64")[0]
+
+
+@pytest.fixture
+def norm_in_float64(monkeypatch):
+    """transformers' LlamaRMSNorm computes in float32 whatever the input dtype, and so rounds the
+    gradient flowing back through it to float32; a shared prefix gets its members' gradients
+    summed before that rounding, separate rows after it: ~1e-7 apart, in any packed path. For a
+    1e-10 comparison with the padded forward the norm computes in the input dtype here."""
+    from transformers.models.llama import modeling_llama
+
+    def forward(self, hidden):
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden * torch.rsqrt(variance + self.variance_epsilon))
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
+
+
+def _pairs(spec, seed=0):
+    """(prompt length, chosen length, rejected length) -> EncodedPair of random tokens (a pair's
+    responses share their first token when the lengths say so, to vary the shared prefix)."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = []
+    for p, c, r in spec:
+        prompt = torch.randint(3, 800, (p,), generator=gen).tolist()
+        chosen = torch.randint(3, 800, (c,), generator=gen).tolist()
+        rejected = torch.randint(3, 800, (r,), generator=gen).tolist()
+        pairs.append(
+            EncodedPair(Encoded(prompt + chosen, p, False), Encoded(prompt + rejected, p, False))
+        )
+    return pairs
+
+
+SPECS = {
+    "several": [(5, 9, 1), (1, 3, 12), (8, 1, 1), (3, 7, 4), (2, 15, 6)],  # 1-token responses
+    "one pair": [(4, 6, 2)],
+}
+
+
+def _grads(model, out, weights):
+    model.zero_grad(set_to_none=True)
+    (out.logps * weights).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _compare(model, pairs, monkeypatch, chunk_size):
+    monkeypatch.setattr(chunked, "DEFAULT_CHUNK_SIZE", chunk_size)
+    packed = collate_pairs(pairs, 0, padding_free=True)
+    assert packed["input_ids"].shape[0] < 2 * len(pairs) or len(pairs) == 1  # several per row
+    padded = collate_pairs(pairs, 0)
+    before = model.config._attn_implementation
+    new = forward_packed_logprobs(model, packed)
+    assert model.config._attn_implementation == before  # restored
+    weights = torch.rand(
+        new.logps.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    g_new = _grads(model, new, weights)
+    # the segment path ran: it does not read the 4-D mask (an all-True one changes nothing)
+    no_mask = {**packed, "attention_mask": torch.ones_like(packed["attention_mask"])}
+    assert torch.equal(forward_packed_logprobs(model, no_mask).logps, new.logps)
+    monkeypatch.setattr(sa, "ENABLED", False)  # the 4-D mask path
+    assert not torch.allclose(forward_packed_logprobs(model, no_mask).logps, new.logps)
+    old = forward_packed_logprobs(model, packed)
+    g_old = _grads(model, old, weights)
+    plain = forward_logprobs(
+        model, padded["input_ids"], padded["attention_mask"], padded["response_mask"]
+    )
+    g_plain = _grads(model, plain, weights)
+    assert new.logps.shape == old.logps.shape == plain.logps.shape
+    assert torch.equal(new.mask, plain.mask) and new.mask.sum() > 0
+    torch.testing.assert_close(new.logps, old.logps, atol=1e-10, rtol=0)
+    torch.testing.assert_close(new.logps, plain.logps, atol=1e-10, rtol=0)
+    assert g_new.keys() == g_old.keys() == g_plain.keys() and len(g_new) > 0
+    for name in g_new:
+        torch.testing.assert_close(g_new[name], g_old[name], atol=1e-10, rtol=0)
+        torch.testing.assert_close(g_new[name], g_plain[name], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("chunk_size", [chunked.DEFAULT_CHUNK_SIZE, 0])
+@pytest.mark.parametrize("bucket_cost", [sa.BUCKET_COST, 0])  # 0: a bucket per length
+def test_segment_attention_matches_mask_and_padded(
+    tiny, spec, chunk_size, bucket_cost, monkeypatch, norm_in_float64
+):
+    assert sa.applies(tiny)
+    monkeypatch.setattr(sa, "BUCKET_COST", bucket_cost)
+    lengths = collate_pairs(_pairs(SPECS[spec]), 0, padding_free=True)["segment_lengths"]
+    n_buckets = len(sa.buckets(lengths.tolist()))
+    assert n_buckets == (1 if bucket_cost else len(set(lengths.tolist())))
+    _compare(tiny, _pairs(SPECS[spec]), monkeypatch, chunk_size)
+
+
+def test_segment_attention_matches_mask_path_with_stock_norm(tiny, monkeypatch):
+    """With transformers' own (float32) RMSNorm both packed paths still agree to 1e-10: they
+    share the layout; only the padded forward sums a prefix's gradients elsewhere."""
+    pairs = _pairs(SPECS["several"], seed=2)
+    packed = collate_pairs(pairs, 0, padding_free=True)
+    new = forward_packed_logprobs(tiny, packed)
+    weights = torch.rand(new.logps.shape, dtype=torch.float64)
+    g_new = _grads(tiny, new, weights)
+    monkeypatch.setattr(sa, "ENABLED", False)
+    old = forward_packed_logprobs(tiny, packed)
+    g_old = _grads(tiny, old, weights)
+    torch.testing.assert_close(new.logps, old.logps, atol=1e-10, rtol=0)
+    for name in g_new:
+        torch.testing.assert_close(g_new[name], g_old[name], atol=1e-10, rtol=0)
+
+
+def test_segment_layout_by_hand():
+    """Rows [[1 2 3 4 2 5], [6 7 6 8 9 -]] (``test_shared_prefix_layout_by_hand``): A's prefix
+    [1] then [2 3 4] and [2 5]; B has no prefix: [6 7] and [6 8 9]. End to end the 11 tokens;
+    sequences 0 A chosen, 1 B chosen, 2 A rejected, 3 B rejected, each (L = 4) gathered from them."""
+    a = (Encoded([1, 2, 3, 4], 2, False), Encoded([1, 2, 5], 2, False))
+    b = (Encoded([6, 7], 1, False), Encoded([6, 8, 9], 1, False))
+    batch = collate_shared_prefix([a, b], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 2, 5], [6, 7, 6, 8, 9, 0]]
+    assert batch["token_index"].tolist() == list(range(11))  # the padding left out
+    assert batch["segment_tokens"].tolist() == [
+        [0, 1, 2, 3],
+        [6, 7, 0, 0],
+        [0, 4, 5, 0],
+        [8, 9, 10, 0],
+    ]
+    assert batch["segment_lengths"].tolist() == [4, 2, 3, 3]
+    # the prefix from A chosen's segment, A chosen's and A rejected's remainders, B's two
+    assert batch["segment_out"].tolist() == [0, 1, 2, 3, 9, 10, 4, 5, 12, 13, 14]
+    tokens = batch["input_ids"].flatten()[batch["token_index"]]
+    seqs = [a[0].input_ids, b[0].input_ids, a[1].input_ids, b[1].input_ids]
+    for i, seq in enumerate(seqs):  # each segment's tokens are its sequence
+        assert tokens[batch["segment_tokens"][i, : len(seq)]].tolist() == seq
+    # each token's output comes from a segment slot holding that very token
+    slots = batch["segment_tokens"].flatten()[batch["segment_out"]]
+    assert slots.tolist() == list(range(11))
+
+
+def test_buckets_group_similar_lengths(monkeypatch):
+    """Sequences of 3, 100, 4, 98 tokens: two buckets (3, 4) and (98, 100) cost
+    2 * 4^2 + 2 * 100^2 + 2 * BUCKET_COST, less than one (4 * 100^2 + one cost) or four."""
+    monkeypatch.setattr(sa, "BUCKET_COST", 64 * 64)
+    assert sa.buckets([3, 100, 4, 98]) == [[0, 2], [3, 1]]
+    monkeypatch.setattr(sa, "BUCKET_COST", 10**9)  # calls dear: one bucket
+    assert sa.buckets([3, 100, 4, 98]) == [[0, 2, 3, 1]]
+    monkeypatch.setattr(sa, "BUCKET_COST", 0)  # calls free: a bucket per length
+    assert sa.buckets([3, 100, 4, 98]) == [[0], [2], [3], [1]]
+
+
+def test_attention_implementation_restored_after_an_error(tiny):
+    before = tiny.config._attn_implementation
+    with pytest.raises(ValueError), sa.segments_used(tiny):
+        assert tiny.config._attn_implementation == sa.NAME
+        raise ValueError
+    assert tiny.config._attn_implementation == before
+
+
+def test_not_applied_to_other_attention(tiny):
+    """A model set to another attention (here flex_attention, not plain causal SDPA/eager) or of
+    another family keeps the 4-D-mask path."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    assert not sa.applies(gpt2)
+    before = tiny.config._attn_implementation
+    try:
+        tiny.config._attn_implementation = "flex_attention"
+        assert not sa.applies(tiny)
+    finally:
+        tiny.config._attn_implementation = before
