@@ -15,7 +15,9 @@ checkpointing, both turned off here —, bfloat16 autocast, or bfloat16 weights 
 schedule and beta through ``posttrain dpo`` and TRL's ``DPOTrainer`` (TRL in its own venv): each
 with a frozen reference copy (TRL's default) and with precomputed reference log-probs
 (posttrain's default), and posttrain also with a frozen copy and padded batches instead of its
-default padding-free rows (each prompt once); whole process wall
+default padding-free rows (each prompt once), and precomputed with the packed rows' attention
+through their 4-D mask instead of segment attention (``posttrain.models.segment_attention``: the
+layout before it, for a before/after in the same invocation); whole process wall
 time (imports, data, training, saving) and its CPU time, the programs alternately in one
 invocation, best of ``--repeats``; prints the ratios.
 
@@ -62,6 +64,12 @@ DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok).train(
 print(json.dumps({"seconds": time.time() - t0}))
 """
 
+
+# posttrain with segment attention off (packed rows through their 4-D mask): argv as the CLI's
+MASKED = (
+    "import sys; from posttrain.models import segment_attention; "
+    "segment_attention.ENABLED = False; from posttrain.cli import main; sys.exit(main())"
+)
 
 # model sizes: overrides of tiny-llama's config (same tokenizer, 833 tokens)
 SIZES = {
@@ -161,7 +169,7 @@ def cmd_vs_trl(args) -> None:
     # steps, after which float32 denormals make every CPU step many times slower)
     lr = "5e-6" if args.size == "smollm2" else "5e-4"
     steps, bs, maxlen, beta = str(args.steps), str(args.batch), "256", "0.1"
-    ours = [sys.executable, "-m", "posttrain.cli", "dpo", "--model", str(work / "model")]
+    ours = ["dpo", "--model", str(work / "model")]
     ours += ["--train_data", str(data), "--max_steps", steps, "--batch_size", bs]
     ours += ["--learning_rate", lr, "--max_length", maxlen, "--beta", beta]
     ours += ["--logging_steps", "10", "--save_steps", "0", "--progress", "false"]
@@ -170,6 +178,9 @@ def cmd_vs_trl(args) -> None:
         "autocast": ["--bf16_autocast", "true"],
         "bfloat16": ["--dtype", "bfloat16"],
     }[args.precision]
+    # the same with packed rows through the 4-D mask instead of segment attention (before/after)
+    masked = [sys.executable, "-c", MASKED, *ours]
+    ours = [sys.executable, "-m", "posttrain.cli", *ours]
     trl = [args.trl_python, str(work / "run_trl_dpo.py"), str(work / "model"), str(data)]
     programs = {  # name -> command given its output directory
         "posttrain (frozen copy)": lambda out: [*ours, "--reference", "model", "--output_dir", out],
@@ -178,6 +189,9 @@ def cmd_vs_trl(args) -> None:
         ],
         "posttrain (frozen copy, padded)": lambda out: [
             *ours, "--reference", "model", "--padding_free", "false", "--output_dir", out
+        ],
+        "posttrain (precomputed, 4-D mask)": lambda out: [
+            *masked, "--reference", "precomputed", "--output_dir", out
         ],
         "TRL (frozen copy)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "0", args.precision],
         "TRL (precomputed)": lambda out: [*trl, out, steps, bs, lr, maxlen, beta, "1", args.precision],
@@ -218,6 +232,8 @@ def cmd_vs_trl(args) -> None:
         ("TRL (precomputed)", "posttrain (precomputed)"),
         ("TRL (frozen copy)", "posttrain (precomputed)"),
         ("TRL (frozen copy)", "posttrain (frozen copy, padded)"),
+        ("TRL (frozen copy)", "posttrain (precomputed, 4-D mask)"),
+        ("posttrain (precomputed, 4-D mask)", "posttrain (precomputed)"),
     ):
         a, b = best[ours_name], best[trl_name]
         print(f"| {trl_name} / {ours_name} | {b[0] / a[0]:.2f}x / {b[1] / a[1]:.2f}x |")

@@ -3,30 +3,32 @@
 A padding-free preference batch (``posttrain.data.collate.collate_shared_prefix``) packs several
 groups into each row: a group's shared prefix once, then each member's remainder, which attends
 to the prefix and to itself only. Run with the batch's 4-D mask, attention computes every
-(row width)^2 score of every head, most of them masked (on a CPU, about a third of a DPO step of
-a 4 x 256 llama). Here it computes only what a padded batch of the sequences would: the collate
-step also emits ``segment_tokens`` (n, L): for each sequence (numbered as the batch's sequences),
-the flat (R * T) index of its tokens in the packed rows, in order (its group's prefix, then its
-remainder; right-padded with index 0), and ``segment_out`` (R * T,): the flat (n * L) index whose
-attention output each packed position takes (a prefix position: the group's first member's; the
-row padding: any). In every layer, the queries, keys and values of the packed rows are gathered
-into (n, heads, L, head_dim), attention runs causally over each sequence (one
-``scaled_dot_product_attention(is_causal=True)`` call: no mask tensor, so CPU and CUDA use their
-fused causal kernels; a sequence's padding comes after its tokens, so no real query sees it), and
-each packed position's output is read back. Everything else (embeddings, projections, MLP, norms,
-rotary positions from ``position_ids``) still runs once per packed token. The only duplicated
-work is the prefix's queries for the members after the first (and the prefix's keys gathered
-once per member), which is small against the (row width)^2 scores it replaces.
+(row width)^2 score of every head, most of them masked, and every layer runs on the rows'
+padding too. Here (``posttrain.models.logprobs.forward_packed_logprobs``) the rows' N tokens run
+end to end as one row of N (no padding; ``position_ids`` still count from each sequence's
+start), and attention computes only what a padded batch of the sequences would: every sequence
+(its group's prefix, then its remainder) is a causal segment. The collate step gives each
+sequence's tokens among the N (``segment_tokens``), its length, and which segment slot each
+token's output comes from (``segment_out``: a prefix token takes its group's first member's);
+``build`` groups the sequences into buckets of similar length (``buckets``: fewest padded scores
+plus a fixed cost a bucket). In every layer the queries, keys and values are gathered into
+(sequences, heads, L_b, head_dim) per bucket, each bucket runs one
+``scaled_dot_product_attention(is_causal=True, enable_gqa=True)`` (no mask tensor: the fused
+causal kernels; a sequence's padding comes after its tokens, so no real query sees it), and each
+token's output is read back. Embeddings, projections, MLP and norms run once per real token.
+The duplicated work is the prefix's queries for the members after the first, and the prefix's
+keys gathered once per member.
 
 How the layout reaches attention (no global state): the attention function is registered once
 with transformers' ``AttentionInterface`` under the name ``posttrain_segments``;
 ``segments_used(model)`` is a context manager that switches the model's attention implementation
 to it (``set_attn_implementation``) and restores the previous one on exit, and the layout travels
-with the forward call itself: ``model(..., attention_mask=None, segments=Segments(...))``, a
+with the forward call itself: ``model(..., segments=Segments(...))`` (no ``attention_mask``), a
 keyword argument transformers passes unchanged to every layer's attention function. Outside the
 context manager, or in a call without ``segments``, nothing changes. Models where it does not
-apply (``applies(model)`` false: no ``AttentionInterface``, an attention other than ``eager`` or
-``sdpa``, a sliding window, logit softcapping) keep the 4-D mask path.
+apply (``applies(model)`` false: not a llama-like model type, an attention other than ``eager``
+or ``sdpa``, a sliding window, logit softcapping) keep the 4-D mask path, as does
+``ENABLED = False``.
 """
 
 from __future__ import annotations

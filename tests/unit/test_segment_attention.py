@@ -184,3 +184,20 @@ def test_not_applied_to_other_attention(tiny):
         assert not sa.applies(tiny)
     finally:
         tiny.config._attn_implementation = before
+
+
+def test_segment_attention_under_lora(monkeypatch):
+    """A peft-wrapped policy takes the segment path too, with the mask path's log-probs."""
+    from posttrain.config import LoraConfig
+    from posttrain.models.lora import apply_lora
+
+    model = load_policy("tiny-llama", dtype="float64")[0]
+    model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8))
+    assert sa.applies(model)
+    before = model.config._attn_implementation
+    packed = collate_pairs(_pairs(SPECS["several"], seed=3), 0, padding_free=True)
+    new = forward_packed_logprobs(model, packed)
+    monkeypatch.setattr(sa, "ENABLED", False)
+    old = forward_packed_logprobs(model, packed)
+    torch.testing.assert_close(new.logps, old.logps, atol=1e-10, rtol=0)
+    assert model.config._attn_implementation == before
