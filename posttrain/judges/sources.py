@@ -98,11 +98,14 @@ def load_reward_source(
     normalize: bool = False,
     judge_model: str | None = None,
     device=None,
+    dtype: str = "float32",
 ) -> CheckedRewardSource:
     """The reward source named by ``spec``; UserError for one that cannot be resolved.
 
     ``normalize``: whiten a reward model's scores with its training-set mean/std. ``device``:
-    where a reward model or judge model is loaded (None: the CPU).
+    where a reward model or judge model is loaded (None: the CPU); ``dtype``: what a reward model
+    computes in (the online recipes pass the policy's: scoring SmolLM2-sized reward models in
+    bfloat16 is ~4x faster on a CPU than in float32).
     """
     if not spec:
         raise UserError("--reward: give task:NAME, module:function or a reward-model directory")
@@ -114,7 +117,7 @@ def load_reward_source(
     if parsed.kind == "directory":
         from posttrain.models.reward import load_reward_model
 
-        model = load_reward_model(spec, device=device)
+        model = load_reward_model(spec, dtype=dtype, device=device)
         return CheckedRewardSource(spec, model.as_reward_source(normalize=normalize))
     if parsed.kind == "judge":
         from posttrain.judges.factory import build_judge, check_judge

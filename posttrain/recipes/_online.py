@@ -128,6 +128,7 @@ def load_inputs(cfg: OnlineConfig):
         normalize=cfg.normalize_reward,
         judge_model=cfg.judge_model,
         device=resolve(cfg.device),
+        dtype=cfg.dtype,
     )
     return tokenizer, prompts, reward_fn
 

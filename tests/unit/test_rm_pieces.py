@@ -269,3 +269,21 @@ def test_score_checks_lengths_and_reward_scorer_loads_from_a_directory(tok, tmp_
     scorer = RewardScorer.from_path(tmp_path / "rm", normalize=True)
     raw = rm.score(["Q:"], [" yes"])[0]
     assert scorer(["Q:"], [" yes"]) == pytest.approx([(raw - 0.25) / 2.0], rel=1e-6)
+
+
+def test_reward_source_from_a_directory_computes_in_the_dtype_asked(tmp_path):
+    """Online recipes score with the reward model in the policy's dtype (``dtype=``): bfloat16
+    weights give the float32 scores to bfloat16 precision."""
+    from posttrain.judges.sources import load_reward_source
+
+    tok = load_tokenizer("tiny-llama")
+    _rm(tok).save(tmp_path / "rm")
+    prompts, texts = ["The film was", "A story"], [" great fun.", " dull"]
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        src = load_reward_source(str(tmp_path / "rm"), dtype=dtype)
+        model = src.fn.rm
+        assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+        scores[dtype] = src(prompts, texts)
+    assert scores["bfloat16"] == pytest.approx(scores["float32"], rel=0.05, abs=0.05)
+    assert scores["bfloat16"] != scores["float32"]  # computed, not converted afterwards
