@@ -21,8 +21,11 @@ Variants (``--variants``, comma-separated):
 - ``bf16-lora-new-ga4``: the same, each minibatch's forward/backward in 4 micro-batches
   (``--gradient_accumulation_steps 4``: the same update, a quarter of the activations at a time).
 
-"old" sets ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` in the child process, which makes
-``forward_logprobs`` compute every position's logits at once as it did before.
+"old" undoes, in the child process, the levers of issue 20 that are on by default now: it sets
+``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` (``forward_logprobs`` computes every
+position's logits at once), samples from the LoRA model itself instead of a merged copy
+(``MergedLoraBackend``), and backpropagates through the entropy although ``entropy_coef`` is 0.
+"new" is the code as it is.
 """
 
 from __future__ import annotations
@@ -40,9 +43,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAUNCH = """
 import sys
-import posttrain.models.chunked as chunked
-if sys.argv[1] == "old":
-    chunked.DEFAULT_CHUNK_SIZE = 0
+if sys.argv[1] == "old":  # the code path before issue 20's levers
+    import posttrain.models.chunked as chunked
+    import posttrain.recipes._online as online
+    import posttrain.recipes.ppo as ppo
+    from posttrain.rollout.generate import EngineBackend
+    chunked.DEFAULT_CHUNK_SIZE = 0  # every position's logits at once
+    online.MergedLoraBackend = EngineBackend  # sample with the adapters unmerged
+    def with_entropy_grad(*args, _f=ppo.forward_logprobs, **kwargs):
+        return _f(*args, **{**kwargs, "entropy_grad": True})
+    ppo.forward_logprobs = with_entropy_grad
 from posttrain.cli import main
 sys.exit(main(sys.argv[2:]))
 """
