@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
 import subprocess
@@ -206,6 +207,7 @@ def cmd_vs_trl(args) -> None:
                 cmd(str(work / f"run{k}-{rep}")),
                 check=True,
                 cwd=ROOT,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -220,7 +222,7 @@ def cmd_vs_trl(args) -> None:
     print(
         f"\n{args.size} llama ({n_params / 1e6:.2f}M parameters), {args.pairs} {args.data} pairs, "
         f"{steps} steps x {bs} pairs ({args.steps * args.batch / args.pairs:.1f} epochs), "
-        f"{PRECISIONS[args.precision]}, "
+        f"{PRECISIONS[args.precision]}, {args.threads or 'all'} threads, "
         f"whole process, best of {args.repeats}:\n"
         "| program | wall | CPU |\n|---|---|---|"
     )
@@ -335,6 +337,13 @@ def main() -> None:
     )
     v.add_argument(
         "--pairs", type=int, default=2000, help="dataset size (epochs = steps x batch / pairs)"
+    )
+    v.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS for every program (0: their default, all cores); 1 keeps CPU times "
+        "comparable on a machine other jobs share",
     )
     s = sub.add_parser("smollm2")
     s.add_argument("--steps", type=int, default=3)
