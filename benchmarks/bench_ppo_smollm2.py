@@ -17,6 +17,7 @@ Variants (``--variants``, comma-separated):
 - ``fp32-full-new``: float32, every parameter trained, chunked response-only logits;
 - ``fp32-full-new-ga4``: the same in micro-batches of a quarter minibatch (see ``-ga4`` below);
 - ``bf16-lora-old``: bfloat16 weights, LoRA r 16 (the demo's configuration), whole logits;
+- ``bf16-lora-old-ga4``: the same command as ``bf16-lora-new-ga4`` below on the old code path;
 - ``bf16-lora-new``: the same with chunked response-only logits (``posttrain.models.chunked``);
 - ``bf16-lora-new-ga4``: the same, each minibatch's forward/backward in 4 micro-batches
   (``--gradient_accumulation_steps 4``: the same update, a quarter of the activations at a time).
@@ -75,6 +76,21 @@ VARIANTS = {
             "16",
             "--learning_rate",
             "1e-4",
+        ],
+    ),
+    "bf16-lora-old-ga4": (
+        "old",
+        [
+            "--dtype",
+            "bfloat16",
+            "--lora.enabled",
+            "true",
+            "--lora.r",
+            "16",
+            "--learning_rate",
+            "1e-4",
+            "--gradient_accumulation_steps",
+            "4",
         ],
     ),
     "bf16-lora-new": (

@@ -5,9 +5,11 @@ The user turn is exactly ``Continue this movie review: {opening}`` (the openings
 ``sentiment`` task); the reply is the continuation; the gold reward is VADER's compound score of
 the reply. The instruction-tuned model itself is the reference policy (no SFT stage).
 
- 1. sample   two replies per prompt from SmolLM2 itself (temperature 1);
- 2. label    the default demo's simulated annotator (``demo.label_pairs``): prefers the reply with
-             the higher gold reward, flips a share of its labels, drops ties and empty replies;
+ 1. sample   four replies per prompt from SmolLM2 itself (temperature 1);
+ 2. label    of each prompt's replies the best and the worst by gold reward make its pair
+             (:func:`extreme_pairs`), which the default demo's simulated annotator
+             (``demo.label_pairs``) labels: it prefers the reply with the higher gold reward,
+             flips a share of its labels, drops ties and empty replies;
  3. rm       a Bradley–Terry reward model with a LoRA trunk on those pairs;
  4. ppo      PPO (LoRA) against the reward model, KL-penalised towards SmolLM2;
  5. dpo      DPO (LoRA) on the same pairs, reference = SmolLM2 (adapters off);
@@ -42,6 +44,12 @@ from posttrain.training.run import prepare_output_dir
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 USER_TURN = "Continue this movie review: {opening}"
 DTYPE = "bfloat16"
+# Learning rates of the LoRA adapters (r 16, alpha 32) and PPO's KL coefficient, chosen from runs
+# of this experiment (docs/demo.md): the reward model at 3e-4 stayed near chance; PPO at 5e-4
+# with KL coef 0.05 passed KL 4.9 by step 7, at 3e-4 with 0.1 ended at KL 2.3 (+0.19 gold) after
+# 24 steps; DPO on best-vs-worst pairs at 4e-4 ended at KL 10.6 (+0.54 gold).
+RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 2.5e-4
+PPO_KL_COEF = 0.1  # --ppo_kl_coef's default here
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class ChatBudget:
     """Sizes of every stage. ``FULL`` aims at <= 30 minutes on 2 idle CPU cores (estimated from
     ``benchmarks/bench_ppo_smollm2.py``; the whole run has not been timed yet)."""
 
-    pair_prompts: int  # prompts sampled twice for preference pairs
+    pair_prompts: int  # prompts whose replies make the preference pairs
+    pair_samples: int  # replies per prompt; the pair is the best and worst by gold of them
     max_new_tokens: int
     rm_steps: int
     rm_batch: int
@@ -64,16 +73,17 @@ class ChatBudget:
     lora_r: int
 
 
-FULL = ChatBudget(  # an estimate from the per-phase benchmark; not yet run whole (see docs/demo.md)
+FULL = ChatBudget(
     pair_prompts=256,
+    pair_samples=4,
     max_new_tokens=32,
-    rm_steps=60,
+    rm_steps=40,
     rm_batch=16,
-    ppo_steps=24,
+    ppo_steps=30,
     ppo_prompts=8,
     ppo_samples=4,
-    ppo_epochs=1,
-    dpo_steps=60,
+    ppo_epochs=2,
+    dpo_steps=54,
     dpo_batch=8,
     eval_prompts=128,
     batch_size=64,
@@ -81,6 +91,7 @@ FULL = ChatBudget(  # an estimate from the per-phase benchmark; not yet run whol
 )
 QUICK = ChatBudget(
     pair_prompts=12,
+    pair_samples=2,
     max_new_tokens=8,
     rm_steps=2,
     rm_batch=4,
@@ -101,6 +112,21 @@ def _micro(rows: int, size: int) -> int:
     on a CPU, forward/backward in micro-batches of ~8 sequences is several times faster per token
     than in one large batch (``benchmarks/README.md``: a PPO iteration's training 436 s -> 86 s)."""
     return rows // size if rows % size == 0 and rows > size else 1
+
+
+def extreme_pairs(replies: list[list[str]], gold: list[list[float]]):
+    """Per prompt, of its replies the one the gold reward rates highest and the one it rates
+    lowest, as ``(pairs, gold pairs)`` in that order (the simulated annotator then labels each
+    pair with its noise). Like UltraFeedback's binarisation (the best-rated response against a
+    worse one), the pair is the most informative one a set of replies offers: two random replies
+    of the same model often differ too little in sentiment for a label to teach anything."""
+    pairs, gold_pairs = [], []
+    for reps, g in zip(replies, gold):
+        hi = max(range(len(reps)), key=g.__getitem__)
+        lo = min(range(len(reps)), key=g.__getitem__)
+        pairs.append([reps[hi], reps[lo]])
+        gold_pairs.append((g[hi], g[lo]))
+    return pairs, gold_pairs
 
 
 def chat_prompts(openings: list[str]) -> list[str]:
@@ -187,29 +213,32 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     facts: dict = {"budget": b.__dict__, "quick": cfg.quick, "model": cfg.model}
     common = dict(dtype=DTYPE, lora=lora, seed=cfg.seed, max_length=128)
 
-    # 1. two replies per prompt from the model itself
-    clock.start("sample", f"2 replies to each of {b.pair_prompts} prompts from {cfg.model}")
+    # 1. replies from the model itself
+    clock.start(
+        "sample", f"{b.pair_samples} replies to each of {b.pair_prompts} prompts from {cfg.model}"
+    )
     openings = task.prompts(b.pair_prompts + b.eval_prompts + 64, seed=cfg.seed + 2)
     prompts = chat_prompts(openings[: b.pair_prompts])
     eval_prompts = chat_prompts(openings[b.pair_prompts : b.pair_prompts + b.eval_prompts])
     model, tok = load_policy(cfg.model, dtype=DTYPE)
-    pairs = sample_texts(
+    replies = sample_texts(
         model,
         tok,
         prompts,
-        n=2,
+        n=b.pair_samples,
         max_new_tokens=b.max_new_tokens,
         temperature=1.0,
         batch_size=b.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     del model
-    clock.done(f"{2 * len(prompts)} replies")
+    clock.done(f"{b.pair_samples * len(prompts)} replies")
 
-    # 2. simulated annotator
+    # 2. simulated annotator: of each prompt's replies the best and the worst, labelled with noise
     clock.start("label", f"gold-reward annotator with {cfg.label_noise:.0%} label noise")
-    g = task.reward([p for p in prompts for _ in range(2)], [c for pr in pairs for c in pr])
-    gold = [(g[2 * i], g[2 * i + 1]) for i in range(len(prompts))]
+    k = b.pair_samples
+    g = task.reward([p for p in prompts for _ in range(k)], [c for r in replies for c in r])
+    pairs, gold = extreme_pairs(replies, [g[k * i : k * (i + 1)] for i in range(len(prompts))])
     n_held = max(2, len(prompts) // 10)
     cut = len(prompts) - n_held
     rows, stats = label_pairs(
@@ -239,7 +268,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         max_steps=b.rm_steps,
         batch_size=b.rm_batch,
         gradient_accumulation_steps=_micro(b.rm_batch, 4),
-        learning_rate=3e-4,
+        learning_rate=RM_LR,
         logging_steps=max(1, b.rm_steps // 5),
         **common,
     )
@@ -260,8 +289,8 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         ppo_epochs=b.ppo_epochs,
         num_minibatches=2,
         gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
-        learning_rate=2e-4,
-        kl_coef=cfg.ppo_kl_coef,
+        learning_rate=PPO_LR,
+        kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
         whiten_rewards=True,
         missing_eos_penalty=0.0,
         max_new_tokens=b.max_new_tokens,
@@ -281,7 +310,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         max_steps=b.dpo_steps,
         batch_size=b.dpo_batch,
         gradient_accumulation_steps=_micro(b.dpo_batch, 4),
-        learning_rate=2e-4,
+        learning_rate=DPO_LR,
         beta=cfg.dpo_beta,
         logging_steps=max(1, b.dpo_steps // 10),
         **common,

@@ -9,7 +9,12 @@ import json
 import pytest
 
 from posttrain.cli import main
-from posttrain.recipes.demo_chat import answer_correct, chat_prompts, load_factual_qa
+from posttrain.recipes.demo_chat import (
+    answer_correct,
+    chat_prompts,
+    extreme_pairs,
+    load_factual_qa,
+)
 
 
 def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
@@ -20,6 +25,14 @@ def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
     qa = load_factual_qa()
     assert len(qa) >= 20 and all(q["question"].endswith("?") and q["answers"] for q in qa)
     assert chat_prompts(["The film"]) == ["Continue this movie review: The film"]
+
+
+def test_extreme_pairs_take_the_best_and_worst_reply_by_gold():
+    replies = [["a", "b", "c", "d"], ["e", "f"]]
+    gold = [[0.1, 0.9, -0.5, 0.3], [0.2, 0.2]]
+    pairs, gold_pairs = extreme_pairs(replies, gold)
+    assert pairs == [["b", "c"], ["e", "e"]]  # equal gold: one reply twice, a tie to drop
+    assert gold_pairs == [(0.9, -0.5), (0.2, 0.2)]
 
 
 def test_unknown_model_fails_before_writing(tmp_path):
