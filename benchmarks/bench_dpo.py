@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_dpo.py vs-trl --trl_python /tmp/trlvenv/bin/python \
         [--size tiny|small|smollm2] [--data short|varied|dialogue] [--steps 200]
     .venv/bin/python benchmarks/bench_dpo.py smollm2 [--padded]
+    .venv/bin/python benchmarks/bench_dpo.py logps [--dtype bfloat16] [--responses short] \
+        [--against /tmp/segment_attention_before.py]
 
 ``vs-trl``: the same model directory (a random llama with tiny-llama's tokenizer: ``tiny`` is
 2 x 64 wide, where every step is framework overhead; ``small`` is 4 x 256; or ``smollm2``, the
@@ -25,6 +27,10 @@ invocation, best of ``--repeats``; prints the ratios.
 tokens per side: forward of policy and reference, backward, AdamW) on SmolLM2-135M-Instruct in
 float32 and bfloat16, with and without LoRA, each in a fresh subprocess; seconds/step (median)
 and the process's peak RSS; in the recipe's default padding-free layout, or ``--padded``.
+
+``logps``: segment attention against the 4-D mask path (and other versions of
+``segment_attention.py``): the CPU time of SmolLM2's policy forward + backward (``pair_logps``) on 4
+padding-free pairs, one thread, each variant in a fresh subprocess, alternated.
 """
 
 from __future__ import annotations
@@ -296,6 +302,81 @@ def one_config(dtype: str, lora: bool, steps: int, padding_free: bool) -> None:
     )
 
 
+def one_logps(dtype: str, responses: str, variant: str, steps: int) -> None:
+    """Run in a subprocess, one thread: CPU time of ``steps`` policy forward + backward passes
+    (``pair_logps``) on SmolLM2 over 4 padding-free pairs of a 64-token prompt and two responses
+    (``long``: 192 tokens; ``short``: 2-120), after one warm-up; print JSON. ``variant``: ``mask``
+    (the 4-D mask path), ``segments`` (segment attention), or a path to another
+    ``segment_attention.py`` (e.g. the committed one from ``git show``) used instead."""
+    sys.path.insert(0, str(ROOT))
+    import importlib.util
+
+    import torch
+
+    from posttrain.data.chat import Encoded
+    from posttrain.data.preference import EncodedPair, collate_pairs
+    from posttrain.models import load_model, load_tokenizer, logprobs, pair_logps, segment_attention
+
+    torch.set_num_threads(1)
+    if variant == "mask":
+        segment_attention.ENABLED = False
+    elif variant != "segments":
+        spec = importlib.util.spec_from_file_location("segment_attention_other", variant)
+        other = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = other  # dataclasses look their module up
+        spec.loader.exec_module(other)
+        logprobs.segment_attention = other  # what forward_packed_logprobs calls
+    tok = load_tokenizer("smollm2-135m-instruct")
+    model = load_model("smollm2-135m-instruct", dtype=dtype, tokenizer=tok)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(0, len(tok), (n,), generator=gen).tolist()
+
+    def length() -> int:
+        return 192 if responses == "long" else int(torch.randint(2, 121, (), generator=gen))
+
+    pairs = []
+    for _ in range(4):
+        prompt = tokens(64)
+        chosen, rejected = prompt + tokens(length()), prompt + tokens(length())
+        pairs.append(EncodedPair(Encoded(chosen, 64, False), Encoded(rejected, 64, False)))
+    batch = collate_pairs(pairs, tok.pad_token_id, padding_free=True)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = pair_logps(model, batch)
+        (out.chosen.sum() - out.rejected.sum()).backward()
+
+    step()  # warm-up
+    t0 = time.process_time()
+    for _ in range(steps):
+        step()
+    print(json.dumps({"cpu_s": time.process_time() - t0, "rows": list(batch["input_ids"].shape)}))
+
+
+def cmd_logps(args) -> None:
+    variants = ["mask", "segments", *args.against]
+    print(
+        f"SmolLM2 pair_logps forward + backward, {args.responses} responses, {args.dtype}, "
+        f"1 thread, CPU time of {args.steps} steps, {args.rounds} rounds alternated"
+    )
+    for rnd in range(args.rounds):
+        for variant in variants:
+            out = subprocess.run(
+                [sys.executable, __file__, "one-logps", args.dtype, args.responses, variant]
+                + [str(args.steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            ).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(f"round {rnd} {variant}: {r['cpu_s']:.2f} s CPU (rows {r['rows']})", flush=True)
+
+
 def cmd_smollm2(args) -> None:
     layout = "padded (8, 256)" if args.padded else "padding-free, prompts once"
     print(f"{layout}\n| dtype | LoRA | s/step | peak RSS |\n|---|---|---|---|")
@@ -317,6 +398,9 @@ def cmd_smollm2(args) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "one-logps":
+        one_logps(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "one":
         one_config(sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]), bool(int(sys.argv[5])))
         return
@@ -348,8 +432,19 @@ def main() -> None:
     s = sub.add_parser("smollm2")
     s.add_argument("--steps", type=int, default=3)
     s.add_argument("--padded", action="store_true", help="2B padded rows instead of the default")
+    g = sub.add_parser("logps", help="segment attention: policy forward + backward only")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    g.add_argument("--responses", choices=["short", "long"], default="short")
+    g.add_argument("--steps", type=int, default=2)
+    g.add_argument("--rounds", type=int, default=2)
+    g.add_argument(
+        "--against",
+        nargs="*",
+        default=[],
+        help="other segment_attention.py files to time too (e.g. git show HEAD:... > /tmp/x.py)",
+    )
     args = p.parse_args()
-    {"vs-trl": cmd_vs_trl, "smollm2": cmd_smollm2}[args.cmd](args)
+    {"vs-trl": cmd_vs_trl, "smollm2": cmd_smollm2, "logps": cmd_logps}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -98,14 +98,27 @@ def _compare(model, pairs, monkeypatch, chunk_size):
 @pytest.mark.parametrize("spec", list(SPECS))
 @pytest.mark.parametrize("chunk_size", [chunked.DEFAULT_CHUNK_SIZE, 0])
 @pytest.mark.parametrize("bucket_cost", [sa.BUCKET_COST, 0])  # 0: a bucket per length
+@pytest.mark.parametrize("matmul", [False, True])  # the explicit-matmul attention (bfloat16's)
 def test_segment_attention_matches_mask_and_padded(
-    tiny, spec, chunk_size, bucket_cost, monkeypatch, norm_in_float64
+    tiny, spec, chunk_size, bucket_cost, matmul, monkeypatch, norm_in_float64
 ):
     assert sa.applies(tiny)
     monkeypatch.setattr(sa, "BUCKET_COST", bucket_cost)
-    lengths = collate_pairs(_pairs(SPECS[spec]), 0, padding_free=True)["segment_lengths"]
-    n_buckets = len(sa.buckets(lengths.tolist()))
-    assert n_buckets == (1 if bucket_cost else len(set(lengths.tolist())))
+    if matmul:
+        monkeypatch.setattr(sa, "MATMUL_DTYPES", frozenset({torch.float64}))
+    batch = collate_pairs(_pairs(SPECS[spec]), 0, padding_free=True)
+    segments = sa.build(batch)
+    # the later members query their remainders only: one token, one output slot
+    assert len(segments.q_index) < len(segments.kv_index)
+    assert sum(n * n_q for n, n_q, _ in segments.shapes) == len(segments.q_index)
+    masked = [mask is not None for mask in segments.masks]
+    assert any(masked) and not all(masked)  # first members causal, later ones masked
+    if not bucket_cost:  # a bucket per (keys, queries) of each kind
+        lengths = batch["segment_lengths"].tolist()
+        kinds = {(n_k, n_q, m) for (_, n_q, n_k), m in zip(segments.shapes, masked, strict=True)}
+        assert len(segments.shapes) == len(kinds) and len(kinds) >= len(set(lengths))
+    else:
+        assert len(segments.shapes) == 2  # one bucket of each kind
     _compare(tiny, _pairs(SPECS[spec]), monkeypatch, chunk_size)
 
 
