@@ -197,149 +197,166 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     Returns the facts the report shows."""
     from posttrain.models import check_model_name, load_policy
     from posttrain.recipes import dpo, ppo, rm
-    from posttrain.recipes.demo import Progress, _run_recipe, label_pairs
+    from posttrain.recipes.demo import Progress, Stages, _run_recipe, label_pairs
     from posttrain.rollout.sampler import sample_texts
     from posttrain.tasks import get_task
 
     check_model_name(cfg.model)
     b = QUICK if cfg.quick else FULL
     out = Path(cfg.output_dir)
-    prepare_output_dir(out, resume=False, overwrite=flags.get("overwrite", False))
+    resume = flags.get("resume", False) and out.is_dir()
+    if not resume:
+        prepare_output_dir(out, resume=False, overwrite=flags.get("overwrite", False))
     data = out / "data"
-    data.mkdir(exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     task = get_task("sentiment")
     lora = LoraConfig(enabled=True, r=b.lora_r, alpha=2.0 * b.lora_r)
     clock = Progress(8)
+    done_already = Stages(out, clock, resume).done_already
     facts: dict = {"budget": b.__dict__, "quick": cfg.quick, "model": cfg.model}
     common = dict(dtype=DTYPE, lora=lora, seed=cfg.seed, max_length=128)
 
-    # 1. replies from the model itself
-    clock.start(
-        "sample", f"{b.pair_samples} replies to each of {b.pair_prompts} prompts from {cfg.model}"
-    )
-    openings = task.prompts(b.pair_prompts + b.eval_prompts + 64, seed=cfg.seed + 2)
-    prompts = chat_prompts(openings[: b.pair_prompts])
-    eval_prompts = chat_prompts(openings[b.pair_prompts : b.pair_prompts + b.eval_prompts])
-    model, tok = load_policy(cfg.model, dtype=DTYPE)
-    replies = sample_texts(
-        model,
-        tok,
-        prompts,
-        n=b.pair_samples,
-        max_new_tokens=b.max_new_tokens,
-        temperature=1.0,
-        batch_size=b.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    del model
-    clock.done(f"{b.pair_samples * len(prompts)} replies")
+    # 1.-2. (--resume: kept when data/labels.json exists)
+    if done_already("sample", data / "labels.json") and done_already("label", data / "labels.json"):
+        facts["labels"] = json.loads((data / "labels.json").read_text())
+    else:
+        # 1. replies from the model itself
+        clock.start(
+            "sample",
+            f"{b.pair_samples} replies to each of {b.pair_prompts} prompts from {cfg.model}",
+        )
+        openings = task.prompts(b.pair_prompts + b.eval_prompts + 64, seed=cfg.seed + 2)
+        prompts = chat_prompts(openings[: b.pair_prompts])
+        eval_prompts = chat_prompts(openings[b.pair_prompts : b.pair_prompts + b.eval_prompts])
+        model, tok = load_policy(cfg.model, dtype=DTYPE)
+        replies = sample_texts(
+            model,
+            tok,
+            prompts,
+            n=b.pair_samples,
+            max_new_tokens=b.max_new_tokens,
+            temperature=1.0,
+            batch_size=b.batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        del model
+        clock.done(f"{b.pair_samples * len(prompts)} replies")
 
-    # 2. simulated annotator: of each prompt's replies the best and the worst, labelled with noise
-    clock.start("label", f"gold-reward annotator with {cfg.label_noise:.0%} label noise")
-    k = b.pair_samples
-    g = task.reward([p for p in prompts for _ in range(k)], [c for r in replies for c in r])
-    pairs, gold = extreme_pairs(replies, [g[k * i : k * (i + 1)] for i in range(len(prompts))])
-    n_held = max(2, len(prompts) // 10)
-    cut = len(prompts) - n_held
-    rows, stats = label_pairs(
-        prompts[:cut], pairs[:cut], gold[:cut], noise=cfg.label_noise, seed=cfg.seed
-    )
-    held, _ = label_pairs(prompts[cut:], pairs[cut:], gold[cut:], noise=0.0, seed=cfg.seed)
-    if len(rows) < 4 or not held:
-        raise UserError("demo: too few preference pairs from the model's replies")
-    write_jsonl(data / "pairs.jsonl", rows)
-    write_jsonl(data / "pairs_heldout.jsonl", held)
-    ppo_openings = task.prompts(max(b.ppo_prompts * b.ppo_steps, 64), seed=cfg.seed + 3)
-    write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in chat_prompts(ppo_openings)])
-    write_jsonl(data / "eval_prompts.jsonl", [{"prompt": p} for p in eval_prompts])
-    stats["base_sample_gold_mean"] = sum(g) / len(g)
-    stats["heldout_pairs"] = len(held)
-    facts["labels"] = stats
-    clock.done(f"{stats['pairs']} pairs ({stats['ties_dropped']} ties dropped)")
+        # 2. simulated annotator: of each prompt's replies the best and the worst, labelled with noise
+        clock.start("label", f"gold-reward annotator with {cfg.label_noise:.0%} label noise")
+        k = b.pair_samples
+        g = task.reward([p for p in prompts for _ in range(k)], [c for r in replies for c in r])
+        pairs, gold = extreme_pairs(replies, [g[k * i : k * (i + 1)] for i in range(len(prompts))])
+        n_held = max(2, len(prompts) // 10)
+        cut = len(prompts) - n_held
+        rows, stats = label_pairs(
+            prompts[:cut], pairs[:cut], gold[:cut], noise=cfg.label_noise, seed=cfg.seed
+        )
+        held, _ = label_pairs(prompts[cut:], pairs[cut:], gold[cut:], noise=0.0, seed=cfg.seed)
+        if len(rows) < 4 or not held:
+            raise UserError("demo: too few preference pairs from the model's replies")
+        write_jsonl(data / "pairs.jsonl", rows)
+        write_jsonl(data / "pairs_heldout.jsonl", held)
+        write_jsonl(data / "eval_prompts.jsonl", [{"prompt": p} for p in eval_prompts])
+        stats["base_sample_gold_mean"] = sum(g) / len(g)
+        stats["heldout_pairs"] = len(held)
+        facts["labels"] = stats
+        (data / "labels.json").write_text(json.dumps(stats) + "\n")  # the stages' marker, last
+        clock.done(f"{stats['pairs']} pairs ({stats['ties_dropped']} ties dropped)")
 
     # 3. reward model with a LoRA trunk
-    clock.start("rm", f"reward model (LoRA r {b.lora_r}), {b.rm_steps} steps")
-    _run_recipe(
-        rm,
-        model=cfg.model,
-        train_data=str(data / "pairs.jsonl"),
-        eval_data=str(data / "pairs_heldout.jsonl"),
-        output_dir=str(out / "rm"),
-        max_steps=b.rm_steps,
-        batch_size=b.rm_batch,
-        gradient_accumulation_steps=_micro(b.rm_batch, 4),
-        learning_rate=RM_LR,
-        logging_steps=max(1, b.rm_steps // 5),
-        **common,
-    )
-    clock.done()
+    if not done_already("rm", out / "rm" / "final"):
+        clock.start("rm", f"reward model (LoRA r {b.lora_r}), {b.rm_steps} steps")
+        _run_recipe(
+            rm,
+            model=cfg.model,
+            train_data=str(data / "pairs.jsonl"),
+            eval_data=str(data / "pairs_heldout.jsonl"),
+            output_dir=str(out / "rm"),
+            max_steps=b.rm_steps,
+            batch_size=b.rm_batch,
+            gradient_accumulation_steps=_micro(b.rm_batch, 4),
+            learning_rate=RM_LR,
+            logging_steps=max(1, b.rm_steps // 5),
+            **common,
+        )
+        clock.done()
 
     # 4. PPO against the reward model
-    clock.start("ppo", f"{b.ppo_steps} PPO steps, {b.ppo_prompts} x {b.ppo_samples} replies each")
-    _run_recipe(
-        ppo,
-        model=cfg.model,
-        train_data=str(data / "prompts.jsonl"),
-        reward=str(out / "rm" / "final"),
-        normalize_reward=True,
-        output_dir=str(out / "ppo"),
-        max_steps=b.ppo_steps,
-        batch_size=b.ppo_prompts,
-        num_samples=b.ppo_samples,
-        ppo_epochs=b.ppo_epochs,
-        num_minibatches=2,
-        gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
-        learning_rate=PPO_LR,
-        kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
-        whiten_rewards=True,
-        missing_eos_penalty=0.0,
-        max_new_tokens=b.max_new_tokens,
-        logging_steps=1,
-        samples_every=max(1, b.ppo_steps // 4),
-        **common,
-    )
-    clock.done()
+    if not done_already("ppo", out / "ppo" / "final"):
+        ppo_openings = task.prompts(max(b.ppo_prompts * b.ppo_steps, 64), seed=cfg.seed + 3)
+        write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in chat_prompts(ppo_openings)])
+        clock.start(
+            "ppo", f"{b.ppo_steps} PPO steps, {b.ppo_prompts} x {b.ppo_samples} replies each"
+        )
+        _run_recipe(
+            ppo,
+            model=cfg.model,
+            train_data=str(data / "prompts.jsonl"),
+            reward=str(out / "rm" / "final"),
+            normalize_reward=True,
+            output_dir=str(out / "ppo"),
+            max_steps=b.ppo_steps,
+            batch_size=b.ppo_prompts,
+            num_samples=b.ppo_samples,
+            ppo_epochs=b.ppo_epochs,
+            num_minibatches=2,
+            gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
+            learning_rate=PPO_LR,
+            kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
+            whiten_rewards=True,
+            missing_eos_penalty=0.0,
+            max_new_tokens=b.max_new_tokens,
+            logging_steps=1,
+            samples_every=max(1, b.ppo_steps // 4),
+            **common,
+        )
+        clock.done()
 
     # 5. DPO on the same pairs
-    clock.start("dpo", f"{b.dpo_steps} DPO steps (beta {cfg.dpo_beta}) on the same pairs")
-    _run_recipe(
-        dpo,
-        model=cfg.model,
-        train_data=str(data / "pairs.jsonl"),
-        output_dir=str(out / "dpo"),
-        max_steps=b.dpo_steps,
-        batch_size=b.dpo_batch,
-        gradient_accumulation_steps=_micro(b.dpo_batch, 4),
-        learning_rate=DPO_LR,
-        beta=cfg.dpo_beta,
-        logging_steps=max(1, b.dpo_steps // 10),
-        **common,
-    )
-    clock.done()
+    if not done_already("dpo", out / "dpo" / "final"):
+        clock.start("dpo", f"{b.dpo_steps} DPO steps (beta {cfg.dpo_beta}) on the same pairs")
+        _run_recipe(
+            dpo,
+            model=cfg.model,
+            train_data=str(data / "pairs.jsonl"),
+            output_dir=str(out / "dpo"),
+            max_steps=b.dpo_steps,
+            batch_size=b.dpo_batch,
+            gradient_accumulation_steps=_micro(b.dpo_batch, 4),
+            learning_rate=DPO_LR,
+            beta=cfg.dpo_beta,
+            logging_steps=max(1, b.dpo_steps // 10),
+            **common,
+        )
+        clock.done()
 
     # 6. evaluation on unseen openings
-    clock.start("eval", f"PPO and DPO against {cfg.model} on {b.eval_prompts} unseen openings")
-    from posttrain.recipes import eval as ev
+    if done_already("eval", out / "eval" / "eval.json"):
+        facts["eval"] = json.loads((out / "eval" / "eval.json").read_text())
+    else:
+        clock.start("eval", f"PPO and DPO against {cfg.model} on {b.eval_prompts} unseen openings")
+        from posttrain.recipes import eval as ev
 
-    ecfg = ev.Config(
-        output_dir=str(out / "eval"),
-        mode="frontier",
-        models=[str(out / "ppo" / "final"), str(out / "dpo" / "final")],
-        reference=cfg.model,
-        task="sentiment",
-        prompts=str(data / "eval_prompts.jsonl"),
-        reward_model=str(out / "rm" / "final"),
-        n_prompts=b.eval_prompts,
-        capability=False,
-        max_new_tokens=b.max_new_tokens,
-        batch_size=b.batch_size,
-        dtype=DTYPE,
-        seed=cfg.seed,
-        title="posttrain demo (SmolLM2): evaluation",
-    )
-    ecfg.validate()
-    facts["eval"] = ev.run(ecfg, {"overwrite": True})
-    clock.done()
+        ecfg = ev.Config(
+            output_dir=str(out / "eval"),
+            mode="frontier",
+            models=[str(out / "ppo" / "final"), str(out / "dpo" / "final")],
+            reference=cfg.model,
+            task="sentiment",
+            prompts=str(data / "eval_prompts.jsonl"),
+            reward_model=str(out / "rm" / "final"),
+            n_prompts=b.eval_prompts,
+            capability=False,
+            max_new_tokens=b.max_new_tokens,
+            batch_size=b.batch_size,
+            dtype=DTYPE,
+            seed=cfg.seed,
+            title="posttrain demo (SmolLM2): evaluation",
+        )
+        ecfg.validate()
+        facts["eval"] = ev.run(ecfg, {"overwrite": True})
+        clock.done()
 
     # 7. capability kept: factual answers and held-out text NLL
     clock.start("capability", "greedy factual answers and held-out text NLL, before and after")

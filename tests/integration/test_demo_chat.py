@@ -60,3 +60,14 @@ def test_chat_demo_quick_end_to_end(tmp_path):
         assert not any("lora" in n for n, _ in model.named_parameters())
         ids = tok("Hello", return_tensors="pt")["input_ids"]
         assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+    # --resume keeps the finished stages and reruns from the first missing one
+    import shutil
+
+    kept = {p: (out / p).stat().st_mtime_ns for p in ("data/pairs.jsonl", "rm/final", "ppo/final")}
+    shutil.rmtree(out / "dpo" / "final")
+    argv = ["demo", "--model", "smollm2-135m-instruct", "--quick", "true"]
+    assert main([*argv, "--output_dir", str(out), "--resume"]) in (0, None)
+    assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
+    assert (out / "dpo" / "final").is_dir() and (out / "report.html").is_file()
+    again = json.loads((out / "facts.json").read_text())
+    assert again["labels"] == facts["labels"]
