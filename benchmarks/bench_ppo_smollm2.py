@@ -58,69 +58,26 @@ from posttrain.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
+FP32 = ["--dtype", "float32", "--learning_rate", "1e-6"]
+BF16_LORA = [
+    "--dtype",
+    "bfloat16",
+    "--lora.enabled",
+    "true",
+    "--lora.r",
+    "16",
+    "--learning_rate",
+    "1e-4",
+]
+GA4 = ["--gradient_accumulation_steps", "4"]
 VARIANTS = {
-    "fp32-full-old": ("old", ["--dtype", "float32", "--learning_rate", "1e-6"]),
-    "fp32-full-new": ("new", ["--dtype", "float32", "--learning_rate", "1e-6"]),
-    "fp32-full-new-ga4": (
-        "new",
-        ["--dtype", "float32", "--learning_rate", "1e-6", "--gradient_accumulation_steps", "4"],
-    ),
-    "bf16-lora-old": (
-        "old",
-        [
-            "--dtype",
-            "bfloat16",
-            "--lora.enabled",
-            "true",
-            "--lora.r",
-            "16",
-            "--learning_rate",
-            "1e-4",
-        ],
-    ),
-    "bf16-lora-old-ga4": (
-        "old",
-        [
-            "--dtype",
-            "bfloat16",
-            "--lora.enabled",
-            "true",
-            "--lora.r",
-            "16",
-            "--learning_rate",
-            "1e-4",
-            "--gradient_accumulation_steps",
-            "4",
-        ],
-    ),
-    "bf16-lora-new": (
-        "new",
-        [
-            "--dtype",
-            "bfloat16",
-            "--lora.enabled",
-            "true",
-            "--lora.r",
-            "16",
-            "--learning_rate",
-            "1e-4",
-        ],
-    ),
-    "bf16-lora-new-ga4": (
-        "new",
-        [
-            "--dtype",
-            "bfloat16",
-            "--lora.enabled",
-            "true",
-            "--lora.r",
-            "16",
-            "--learning_rate",
-            "1e-4",
-            "--gradient_accumulation_steps",
-            "4",
-        ],
-    ),
+    "fp32-full-old": ("old", FP32),
+    "fp32-full-new": ("new", FP32),
+    "fp32-full-new-ga4": ("new", FP32 + GA4),
+    "bf16-lora-old": ("old", BF16_LORA),
+    "bf16-lora-old-ga4": ("old", BF16_LORA + GA4),
+    "bf16-lora-new": ("new", BF16_LORA),
+    "bf16-lora-new-ga4": ("new", BF16_LORA + GA4),
 }
 SIZES = {"full": (64, 48), "reduced": (16, 24)}
 PHASES = ("generation", "scoring", "logprobs", "training")
