@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
+from posttrain import metrics as M
 from posttrain.config import LoraConfig
 from posttrain.data import write_jsonl
 from posttrain.errors import UserError
-from posttrain.training.run import prepare_output_dir
+from posttrain.training.run import prepare_output_dir, read_metrics
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 USER_TURN = "Continue this movie review: {opening}"
@@ -403,12 +404,32 @@ def _finals(res: dict) -> dict[str, dict]:
     return out
 
 
-def headline(ref: dict, finals: dict[str, dict], cap: dict) -> list[str]:
+def empty_replies(samples: Path) -> dict[str, tuple[int, int]]:
+    """Per system of an evaluation's ``samples.jsonl`` (``reference``, ``ppo``, ``dpo``: a
+    column ``name@step`` counts as ``name``): (replies that are empty or whitespace, replies)."""
+    counts: dict[str, tuple[int, int]] = {}
+    for line in samples.read_text().splitlines():
+        for key, reply in json.loads(line).items():
+            if key != "prompt" and isinstance(reply, str):
+                name = key.split("@")[0]
+                empty, n = counts.get(name, (0, 0))
+                counts[name] = (empty + (not reply.strip()), n + 1)
+    return counts
+
+
+def headline(
+    ref: dict, finals: dict[str, dict], cap: dict, empty: dict[str, tuple[int, int]]
+) -> list[str]:
     """Whether alignment happened, at what KL, and what it cost (targets of issue 20)."""
+
+    def n_empty(name: str) -> str:
+        e, n = empty.get(name, (0, 0))
+        return f"empty replies {e}/{n}" if n else "empty replies not counted"
+
     lines = [
         f"Gold reward (VADER compound of the reply) of the base model: "
         f"{ref['gold_reward']:.3f} ± {ref['gold_reward_se']:.3f}; distinct-2 "
-        f"{ref.get('distinct_2', float('nan')):.3f}; factual answers right "
+        f"{ref.get('distinct_2', float('nan')):.3f}; {n_empty('reference')}; factual answers right "
         f"{sum(cap['base']['correct'])}/{len(cap['base']['correct'])}."
     ]
     for name, p in finals.items():
@@ -420,10 +441,19 @@ def headline(ref: dict, finals: dict[str, dict], cap: dict) -> list[str]:
             f"{p['kl_k3']:.2f} nats/sequence (k3; target <= 6); distinct-2 "
             f"{p.get('distinct_2', float('nan')):.3f} (base x "
             f"{p.get('distinct_2', float('nan')) / max(ref.get('distinct_2', 1e-9), 1e-9):.2f}; "
-            f"target >= 0.8); factual answers lost {lost} (target <= 1); held-out text NLL "
+            f"target >= 0.8); {n_empty(name.lower())} (target 0); factual answers lost {lost} "
+            "(target <= 1); held-out text NLL "
             f"{c['nll']:.3f} vs base {cap['base']['nll']:.3f}."
         )
     return lines
+
+
+def _rm_accuracy(out: Path) -> str:
+    """The reward model's last held-out accuracy in ``out/rm/metrics.jsonl``, or "not measured"."""
+    path = out / "rm" / "metrics.jsonl"
+    rows = read_metrics(path) if path.is_file() else []
+    values = [r[M.EVAL_ACCURACY] for r in rows if r.get(M.EVAL_ACCURACY) is not None]
+    return f"{values[-1]:.2f}" if values else "not measured"
 
 
 def write_chat_report(out: Path, facts: dict, stage_times, t0: float, cfg) -> None:
@@ -435,7 +465,7 @@ def write_chat_report(out: Path, facts: dict, stage_times, t0: float, cfg) -> No
     ref = res["reference_metrics"]
     finals = _finals(res)
     cap = facts["capability"]
-    facts["headline"] = headline(ref, finals, cap)
+    facts["headline"] = headline(ref, finals, cap, empty_replies(out / "eval" / "samples.jsonl"))
     stats = facts["labels"]
     intro = [
         f"The controlled sentiment experiment on {facts['model']} in chat form: the user turn is "
@@ -443,10 +473,12 @@ def write_chat_report(out: Path, facts: dict, stage_times, t0: float, cfg) -> No
         "is VADER's compound score of the reply. LoRA adapters, bfloat16; the instruction-tuned "
         "model is the reference.",
         *facts["headline"],
-        f"Preference data: {stats['pairs']} pairs from two samples of the model per prompt, "
-        f"labelled by a simulated annotator flipping {cfg.label_noise:.0%} of its labels "
+        f"Preference data: {stats['pairs']} pairs, each the best and the worst reply by gold "
+        f"reward of the model's {facts['budget']['pair_samples']} to a prompt, labelled by a "
+        f"simulated annotator flipping {cfg.label_noise:.0%} of its labels "
         f"({stats['ties_dropped']} ties and {stats['empty_dropped']} pairs with an empty reply "
-        "dropped).",
+        f"dropped). The reward model's accuracy on {stats['heldout_pairs']} held-out pairs "
+        f"(noise-free): {_rm_accuracy(out)}.",
     ]
     if facts["quick"]:
         intro.append("--quick run: budgets too small for alignment to show; the code path only.")

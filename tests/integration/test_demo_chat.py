@@ -1,6 +1,6 @@
 """``posttrain demo --model smollm2-135m-instruct --quick``: the chat experiment end to end on the
-real SmolLM2 with tiny budgets (slow: SmolLM2 is loaded several times). The outputs exist and
-load; the answer checker of the factual questions accepts whole words only."""
+real SmolLM2 with tiny budgets (slow: SmolLM2 is loaded several times): the outputs exist and
+load. Its pure parts are tested in ``tests/unit/test_demo_chat_parts.py``."""
 
 from __future__ import annotations
 
@@ -9,30 +9,7 @@ import json
 import pytest
 
 from posttrain.cli import main
-from posttrain.recipes.demo_chat import (
-    answer_correct,
-    chat_prompts,
-    extreme_pairs,
-    load_factual_qa,
-)
-
-
-def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
-    assert answer_correct("The capital of France is Paris.", ["paris"])
-    assert answer_correct("Water boils at 100 °C.", ["100"])
-    assert not answer_correct("It boils at 1000 degrees.", ["100"])
-    assert not answer_correct("Comparison is hard.", ["paris"])
-    qa = load_factual_qa()
-    assert len(qa) >= 20 and all(q["question"].endswith("?") and q["answers"] for q in qa)
-    assert chat_prompts(["The film"]) == ["Continue this movie review: The film"]
-
-
-def test_extreme_pairs_take_the_best_and_worst_reply_by_gold():
-    replies = [["a", "b", "c", "d"], ["e", "f"]]
-    gold = [[0.1, 0.9, -0.5, 0.3], [0.2, 0.2]]
-    pairs, gold_pairs = extreme_pairs(replies, gold)
-    assert pairs == [["b", "c"], ["e", "e"]]  # equal gold: one reply twice, a tie to drop
-    assert gold_pairs == [(0.9, -0.5), (0.2, 0.2)]
+from posttrain.recipes.demo_chat import load_factual_qa
 
 
 def test_unknown_model_fails_before_writing(tmp_path):

@@ -1,0 +1,56 @@
+"""The SmolLM2 chat demo's pure parts: the factual-answer checker and its shipped questions,
+the best-vs-worst pairing, and the report's headline against the targets (empty replies, lost
+answers)."""
+
+from __future__ import annotations
+
+import json
+
+from posttrain.recipes.demo_chat import (
+    answer_correct,
+    chat_prompts,
+    empty_replies,
+    extreme_pairs,
+    headline,
+    load_factual_qa,
+)
+
+
+def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
+    assert answer_correct("The capital of France is Paris.", ["paris"])
+    assert answer_correct("Water boils at 100 °C.", ["100"])
+    assert not answer_correct("It boils at 1000 degrees.", ["100"])
+    assert not answer_correct("Comparison is hard.", ["paris"])
+    qa = load_factual_qa()
+    assert len(qa) >= 20 and all(q["question"].endswith("?") and q["answers"] for q in qa)
+    assert chat_prompts(["The film"]) == ["Continue this movie review: The film"]
+
+
+def test_extreme_pairs_take_the_best_and_worst_reply_by_gold():
+    replies = [["a", "b", "c", "d"], ["e", "f"]]
+    gold = [[0.1, 0.9, -0.5, 0.3], [0.2, 0.2]]
+    pairs, gold_pairs = extreme_pairs(replies, gold)
+    assert pairs == [["b", "c"], ["e", "e"]]  # equal gold: one reply twice, a tie to drop
+    assert gold_pairs == [(0.9, -0.5), (0.2, 0.2)]
+
+
+def test_headline_counts_empty_replies_and_lost_answers(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    rows = [
+        {"prompt": "p1", "reference": "fine", "ppo@30": "  ", "dpo@54": "good"},
+        {"prompt": "p2", "reference": "ok", "ppo@30": "great", "dpo@54": ""},
+        {"prompt": "p3", "reference": "", "ppo@30": "nice", "dpo@54": "lovely"},
+    ]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    empty = empty_replies(samples)
+    assert empty == {"reference": (1, 3), "ppo": (1, 3), "dpo": (1, 3)}
+    ref = {"gold_reward": 0.2, "gold_reward_se": 0.01, "distinct_2": 0.9}
+    point = {"gold_reward": 0.6, "gold_reward_se": 0.02, "kl_k3": 4.0, "distinct_2": 0.81}
+    cap = {
+        "base": {"correct": [True, True, False], "nll": 3.0},
+        "ppo": {"correct": [False, True, True], "nll": 3.1},
+    }
+    base_line, ppo_line = headline(ref, {"ppo": point}, cap, {**empty, "ppo": (0, 3)})
+    assert "empty replies 1/3" in base_line and "right 2/3" in base_line
+    assert "+0.400 over base" in ppo_line and "base x 0.90" in ppo_line
+    assert "empty replies 0/3 (target 0)" in ppo_line and "answers lost 1 " in ppo_line
