@@ -50,8 +50,10 @@ DTYPE = "bfloat16"
 # with KL coef 0.05 passed KL 4.9 by step 7, at 3e-4 with 0.1 ended at KL 2.3 (+0.19 gold) after
 # 24 steps; DPO on best-vs-worst pairs at 4e-4 ended at KL 10.6 (+0.54 gold); on 459 pairs
 # (512 prompts) at 2.5e-4 KL 4.7 (+0.52) with 2 factual answers lost, at 2e-4 KL 3.2 (+0.40),
-# none lost, at 1.5e-4 KL 1.9 (+0.25).
-RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 2e-4
+# none lost, at 1.5e-4 KL 1.9 (+0.25); on another draw of 461 pairs at 2e-4 KL 2.7 (+0.24), at
+# 2.25e-4 KL 3.6 (+0.32), at 2.5e-4 KL 4.2 (+0.35), at 3e-4 KL 5.1 (+0.42) with 2 lost. Draws
+# that lost answers were at KL >= 4.7; 2.25e-4 aims between.
+RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 2.25e-4
 PPO_KL_COEF = 0.1  # --ppo_kl_coef's default here
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
