@@ -30,6 +30,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from posttrain.losses.common import entropy_from_logits
+from posttrain.training.device import at_least_float32
 
 DEFAULT_CHUNK_SIZE = 1024
 """Positions per chunk: 1024 x 49,152 float32 logits are 200 MB."""
@@ -80,9 +81,7 @@ def lm_head_skipped(model):
 def _chunk(head, hidden, labels, temperature: float, with_entropy: bool, entropy_grad: bool = True):
     """(C, H) hidden, (C,) labels -> log-probs (C,) [and entropies (C,)] in at least float32;
     without ``entropy_grad`` the entropy is a constant to autograd (no backward through it)."""
-    logits = head(hidden)
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
+    logits = at_least_float32(head(hidden))
     if temperature != 1.0:
         logits = logits / temperature
     logps = -torch.nn.functional.cross_entropy(logits, labels, reduction="none")

@@ -18,7 +18,7 @@ import torch
 
 from posttrain.losses.common import entropy_from_logits
 from posttrain.models import chunked, segment_attention
-from posttrain.training.device import module_device, to_device
+from posttrain.training.device import at_least_float32, module_device, to_device
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -117,9 +117,7 @@ def forward_logprobs(
         use_cache=False,
         output_hidden_states=with_hidden,
     )
-    logits = out.logits[:, :-1]  # (B, T-1, V)
-    if logits.dtype not in (torch.float32, torch.float64):  # log-probs in at least float32
-        logits = logits.float()
+    logits = at_least_float32(out.logits[:, :-1])  # (B, T-1, V)
     mask = response_mask[:, 1:].to(logits.dtype)
     logps = gather_logprobs(logits, input_ids[:, 1:], temperature) * mask
     if with_entropy:  # of the distribution sampled from: softmax(logits / temperature)
@@ -215,8 +213,7 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
         logits = out.logits
     else:
         logits = out.logits.flatten(0, 1)[label_from]
-    if logits.dtype not in (torch.float32, torch.float64):  # log-probs in at least float32
-        logits = logits.float()
+    logits = at_least_float32(logits)
     values = gather_logprobs(logits, batch["label_ids"])
     mask = batch["label_mask"].to(values.dtype)
     logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)

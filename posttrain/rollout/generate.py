@@ -33,6 +33,7 @@ import torch
 from posttrain.data.collate import pad
 from posttrain.models.logprobs import gather_logprobs, position_ids_from_mask
 from posttrain.training import distributed
+from posttrain.training.device import at_least_float32
 
 
 @dataclass
@@ -282,7 +283,7 @@ def generate(
         logits_to_keep=1,  # only the last position's logits (ignored by older transformers)
         **cache,
     )
-    logits = out.logits[:, -1].float()  # (N, V)
+    logits = at_least_float32(out.logits[:, -1])  # (N, V): float64 stays float64
     next_pos = positions[:, -1:] + 1
     sharded = distributed.is_fsdp(model)  # every process must make the same number of forwards
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -318,7 +319,7 @@ def generate(
             use_cache=True,
             **cache,
         )
-        logits = out.logits[:, -1].float()
+        logits = at_least_float32(out.logits[:, -1])
         next_pos = next_pos + 1
     model.train(was_training)
     resp = torch.stack(tokens, 1)  # (N, R)
@@ -326,7 +327,7 @@ def generate(
     input_ids = torch.cat([ids, resp], 1)
     attention_mask = torch.cat([prompt_attn, resp_mask], 1)
     response_mask = torch.cat([torch.zeros_like(ids), resp_mask], 1)
-    sample_logps = torch.zeros(n, input_ids.size(1) - 1, device=device)
+    sample_logps = logits.new_zeros(n, input_ids.size(1) - 1)  # in the log-probs' dtype
     sample_logps[:, width - 1 :] = torch.stack(logps, 1)
     return Rollout(
         input_ids,

@@ -128,6 +128,12 @@ def _name(device: torch.device) -> str:
     return device.type
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if its dtype is narrower (bfloat16, float16), else unchanged: float64
+    stays float64. Log-probs, softmax and sampling of low-precision logits run in it."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def to_device(obj: Any, device: torch.device | str | None) -> Any:
     """``obj`` with every tensor in it on ``device`` (dicts, lists, tuples and dataclass fields
     followed; anything else returned as is; ``device`` None: ``obj`` itself). A tensor already

@@ -168,13 +168,15 @@ def test_engine_backend_is_a_generation_backend_and_syncs_weights():
 # --------------------------------------------------------------------------- agreement
 
 
-def test_sampling_logprobs_match_the_training_forward():
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-5), ("float64", 1e-10)])
+def test_sampling_logprobs_match_the_training_forward(dtype, atol):
     """The KV-cache sampler's log-probs (temperature 0.7, top-k on, mixed-length left-padded
-    prompts) equal the ones the training forward recomputes over the whole padded sequence."""
+    prompts) equal the ones the training forward recomputes over the whole padded sequence, in
+    the model's dtype (a float64 model's are not rounded through float32)."""
     from posttrain.data import encode_prompt
     from posttrain.models import forward_logprobs, load_policy
 
-    model, tok = load_policy("tiny-llama")
+    model, tok = load_policy("tiny-llama", dtype=dtype)
     prompts = [
         encode_prompt(tok, p)
         for p in ("Hi", "The movie was long and the music", "What is 2 plus 3?")
@@ -192,7 +194,8 @@ def test_sampling_logprobs_match_the_training_forward():
     out = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, temperature=0.7)
     mask = out.mask.bool()
     assert int(mask.sum()) >= 30 and r.prompt_width == max(len(p) for p in prompts)
-    torch.testing.assert_close(out.logps[mask], r.sample_logps[mask], atol=1e-5, rtol=0)
+    assert r.sample_logps.dtype == out.logps.dtype == getattr(torch, dtype)
+    torch.testing.assert_close(out.logps[mask], r.sample_logps[mask], atol=atol, rtol=0)
     assert (r.sample_logps[~mask] == 0).all()
     # the same forward at another temperature does not match: the test can fail
     hot = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, temperature=1.0)
