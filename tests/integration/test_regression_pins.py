@@ -1,7 +1,9 @@
 """Regression pins: the first five logged steps of sft, dpo, kto, ppo, rloo and online-dpo on
 tiny-llama in float64, compared with numbers recorded from the code (tests/assets/pins_*.json).
 
-A refactor that claims "no behaviour change" must leave these at 1e-8 relative. The numbers are
+A refactor that claims "no behaviour change" must leave these at 1e-8 relative (PPO: 1e-6; its
+value head computes in float32 whatever the trunk, and float32 GEMMs round differently on
+different CPUs: 4e-7 seen between two x86-64 machines). The numbers are
 not claims about learning (the learning tests show that); they pin the arithmetic. Regenerate
 only for an intended change of the numbers, and say so in the commit:
 ``POSTTRAIN_REGENERATE_PINS=1 pytest tests/integration/test_regression_pins.py``.
@@ -23,6 +25,7 @@ from tests.helpers_sft import addition_rows
 
 ASSETS = Path(__file__).parents[1] / "assets"
 REGENERATE = os.environ.get("POSTTRAIN_REGENERATE_PINS") == "1"
+RTOL = {"ppo": 1e-6}  # float32 value head (see the module docstring)
 BASE = ["--dtype", "float64", "--max_steps", "5", "--logging_steps", "1", "--progress", "false"]
 
 CASES = {
@@ -86,9 +89,10 @@ def test_first_five_steps_match_the_pinned_numbers(recipe, cli, jsonl, tmp_path)
         path.write_text(json.dumps({"args": args, "values": got}, indent=1) + "\n")
     pinned = json.loads(path.read_text())["values"]
     assert set(pinned) == set(got)
+    tol = RTOL.get(recipe, 1e-8)
     for k, want in pinned.items():
         assert len(got[k]) == len(want) == 5, k
         for step, (a, b) in enumerate(zip(got[k], want), 1):
             assert (a is None) == (b is None), (k, step, a, b)
             if a is not None:
-                assert math.isclose(a, b, rel_tol=1e-8, abs_tol=1e-10), (k, step, a, b)
+                assert math.isclose(a, b, rel_tol=tol, abs_tol=1e-10), (k, step, a, b)
