@@ -20,6 +20,7 @@ the one-process result.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from posttrain import metrics as M
 from posttrain.config import TrainConfig, check
 from posttrain.data import Example, collate, encode_example, load_examples
 from posttrain.data.preference import collate_pairs, encode_pairs
+from posttrain.errors import UserError
 from posttrain.losses import kto_kl_reference_point, kto_loss, reward_accuracy
 from posttrain.models import (
     check_model_name,
@@ -75,27 +77,27 @@ class Config(TrainConfig):
         )
 
 
-def as_unpaired(examples: list[Example]) -> list[Example]:
-    """Unpaired examples; a preference pair gives its chosen (desirable) and rejected response.
+def as_unpaired(examples: list[Example]) -> tuple[list[Example], int]:
+    """Unpaired examples (a preference pair gives its chosen, desirable, and its rejected
+    response) and how many pairs were ties.
 
     KTO has no soft-label form: a pair with p_chosen below 1 is an error (``FILE:LINE``), a tie
-    (p = 0.5) says neither response is the better one and is left out."""
-    from posttrain.errors import UserError
+    (p = 0.5) says neither response is the better one and is left out (counted)."""
     from posttrain.losses import soft_label_problem
 
-    out = []
+    out, n_ties = [], 0
     for ex in examples:
         if ex.kind == "unpaired":
             out.append(ex)
         elif ex.tie:
-            continue
+            n_ties += 1
         else:
             p = 1.0 if ex.p_chosen is None else ex.p_chosen
             if soft_label_problem("kto", p):
                 raise UserError(f"{ex.where}: {soft_label_problem('kto', p)}")
             out.append(Example("unpaired", ex.where, ex.prompt, response=ex.chosen, label=True))
             out.append(Example("unpaired", ex.where, ex.prompt, response=ex.rejected, label=False))
-    return out
+    return out, n_ties
 
 
 def batch_logps(model, tokenizer, prompts, responses, max_length: int) -> torch.Tensor:
@@ -162,9 +164,10 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     # --- setup: everything that can fail on bad input happens before output_dir exists
     check_model_name(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    examples = as_unpaired(
-        load_examples(cfg.train_data, ["unpaired", "preference"], what="--train_data")
-    )
+    loaded = load_examples(cfg.train_data, ["unpaired", "preference"], what="--train_data")
+    examples, n_ties = as_unpaired(loaded)
+    if not examples:
+        raise UserError(f"{cfg.train_data}: every pair is a tie: nothing for KTO to train on")
     held_out = []
     if cfg.eval_data:
         held = load_examples(cfg.eval_data, ["unpaired", "preference"], what="--eval_data")
@@ -172,6 +175,11 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
             held if held[0].kind == "unpaired" else encode_pairs(tokenizer, held, cfg.max_length)[0]
         )
     run_ = Run(cfg, flags, "kto")
+    if n_ties and distributed.is_main():
+        print(
+            f"note: {n_ties} of {len(loaded)} records are tied pairs: left out (KTO has no tie)",
+            file=sys.stderr,
+        )
 
     torch.manual_seed(cfg.seed)
     base = load_model(cfg.model, dtype=cfg.dtype, tokenizer=tokenizer, device=run_.device)
@@ -190,8 +198,11 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
 
     train_state = run_.start_training(model, len(examples))
     order, scheduler = train_state.order, train_state.scheduler
-    if run_.start_step == 0 and held_out:
-        run_.log(0, evaluate(model, reference, tokenizer, held_out, cfg))
+    if run_.start_step == 0:
+        start = {M.TRAIN_TIES: n_ties}
+        if held_out:
+            start.update(evaluate(model, reference, tokenizer, held_out, cfg))
+        run_.log(0, start)
 
     n = cfg.batch_size
     micro = run_.micro_batch_size

@@ -86,6 +86,21 @@ def test_votes_and_ties_are_counted_and_dropped_by_default(cli, jsonl, tmp_path)
     assert read_metrics(out / "metrics.jsonl")[0]["train/ties"] == 4
     out, err = train_rm(cli, jsonl, tmp_path, rows, "rm_soft", "--ties", "soft", steps=2)
     assert "4 of 12 pairs are ties: trained at p = 0.5" in err
+    # KTO has no tie form: the tied pairs are left out, counted in the log and the metrics
+    out = tmp_path / "kto"
+    path = jsonl("kto.jsonl", [{k: v for k, v in r.items() if "votes" not in k} for r in rows])
+    code, _, err = cli(
+        "kto", *FAST, "--train_data", path, "--output_dir", out, "--beta", "0.1",
+        "--max_steps", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "4 of 12 records are tied pairs: left out" in err
+    assert read_metrics(out / "metrics.jsonl")[0]["train/ties"] == 4
+    ties = jsonl("kto_ties.jsonl", rows[8:])
+    code, _, err = cli("kto", *FAST, "--train_data", ties, "--output_dir", tmp_path / "k2",
+                       "--beta", "0.1")  # fmt: skip
+    assert code == 2 and "every pair is a tie" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "k2").exists()
 
 
 def test_losses_without_a_soft_form_refuse_soft_labels(cli, jsonl, tmp_path):
