@@ -76,8 +76,13 @@ class Config:
     model itself is the reference, LoRA + bfloat16 (``posttrain.recipes.demo_chat``; ~30 minutes
     on 2 idle cores, --quick ~1-2)."""
 
+    rloo: bool = False
+    """With --model: also RLOO against the same reward model, with PPO's prompts, sizes and KL
+    coefficient (not in the ~30-minute budget: about as long again as PPO's stage)."""
+
     def validate(self) -> None:
         validated(self.device)  # an absent device: exit 2, nothing written
+        check(not self.rloo or self.model is not None, "rloo", "needs --model", self.rloo)
         check(0 <= self.label_noise < 0.5, "label_noise", "must be in [0, 0.5)", self.label_noise)
         check(
             self.ppo_kl_coef is None or self.ppo_kl_coef >= 0,

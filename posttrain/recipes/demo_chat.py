@@ -13,16 +13,20 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
  3. rm       a Bradley–Terry reward model with a LoRA trunk on those pairs;
  4. ppo      PPO (LoRA) against the reward model, KL-penalised towards SmolLM2;
  5. dpo      DPO (LoRA) on the same pairs, reference = SmolLM2 (adapters off);
- 6. eval     the final PPO and DPO policies against SmolLM2 on unseen openings (``posttrain eval``
-             frontier mode): gold reward, KL, win rate, distinct-n, length, empty replies;
+    rloo     with ``--rloo true`` only (outside the 30-minute budget): RLOO (LoRA) against the
+             same reward model, prompts and sizes as PPO, KL in the reward;
+ 6. eval     the final PPO and DPO (and RLOO) policies against SmolLM2 on unseen openings
+             (``posttrain eval`` frontier mode): gold reward, KL, win rate, distinct-n, length,
+             empty replies;
  7. capability  greedy answers to ``posttrain/assets/factual_qa.jsonl`` (22 simple factual
              questions with accepted answers) and the NLL per token of held-out ordinary text
              (``posttrain/assets/heldout_text.txt``), base vs each policy (the alignment tax);
  8. report   ``report.html`` / ``report.md``: headline, stage times, tables, replies side by side.
 
-``D/ppo/final`` and ``D/dpo/final`` are merged Hugging Face model directories (LoRA folded in).
-Called from ``posttrain.recipes.demo`` with its Config (``--model``, ``--output_dir``,
-``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``, ``--dpo_beta``).
+``D/ppo/final`` and ``D/dpo/final`` (and ``D/rloo/final``) are merged Hugging Face model
+directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
+``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``, ``--dpo_beta``,
+``--rloo``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ DTYPE = "bfloat16"
 # 2.25e-4 KL 3.6 (+0.32), at 2.5e-4 KL 4.2 (+0.35), at 3e-4 KL 5.1 (+0.42) with 2 lost. Draws
 # that lost answers were at KL >= 4.7; 2.25e-4 aims between.
 RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 2.25e-4
+# RLOO (--rloo): PPO's sizes and KL coefficient, ppo_epochs passes of one update over the batch.
+# At 5e-4 its training KL passed 7 by step 8; 2e-4 ended at KL 4.5 (+0.42 gold), 1.5e-4 at KL
+# 5.0 (+0.49), both losing 2 factual answers (docs/demo.md)
+RLOO_LR = 2e-4
 PPO_KL_COEF = 0.1  # --ppo_kl_coef's default here
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
@@ -207,7 +215,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     """The experiment (see the module doc); ``cfg`` is ``posttrain.recipes.demo.Config``.
     Returns the facts the report shows."""
     from posttrain.models import check_model_name, load_policy
-    from posttrain.recipes import dpo, ppo, rm
+    from posttrain.recipes import dpo, ppo, rloo, rm
     from posttrain.recipes.demo import Progress, Stages, _run_recipe, label_pairs
     from posttrain.rollout.sampler import sample_texts
     from posttrain.tasks import get_task
@@ -222,7 +230,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     data.mkdir(parents=True, exist_ok=True)
     task = get_task("sentiment")
     lora = LoraConfig(enabled=True, r=b.lora_r, alpha=2.0 * b.lora_r)
-    clock = Progress(8)
+    clock = Progress(9 if cfg.rloo else 8)
     done_already = Stages(out, clock, resume).done_already
     facts: dict = {"budget": b.__dict__, "quick": cfg.quick, "model": cfg.model}
     common = dict(dtype=DTYPE, lora=lora, seed=cfg.seed, max_length=128)
@@ -293,6 +301,24 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         )
         clock.done()
 
+    # PPO's and RLOO's settings: prompts, reward model, sizes, KL coefficient
+    online = dict(
+        model=cfg.model,
+        train_data=str(data / "prompts.jsonl"),
+        reward=str(out / "rm" / "final"),
+        normalize_reward=True,
+        max_steps=b.ppo_steps,
+        batch_size=b.ppo_prompts,
+        num_samples=b.ppo_samples,
+        ppo_epochs=b.ppo_epochs,
+        kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
+        missing_eos_penalty=0.0,
+        max_new_tokens=b.max_new_tokens,
+        logging_steps=1,
+        samples_every=max(1, b.ppo_steps // 4),
+        **common,
+    )
+
     # 4. PPO against the reward model
     if not done_already("ppo", out / "ppo" / "final"):
         ppo_openings = task.prompts(max(b.ppo_prompts * b.ppo_steps, 64), seed=cfg.seed + 3)
@@ -302,25 +328,12 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         )
         _run_recipe(
             ppo,
-            model=cfg.model,
-            train_data=str(data / "prompts.jsonl"),
-            reward=str(out / "rm" / "final"),
-            normalize_reward=True,
             output_dir=str(out / "ppo"),
-            max_steps=b.ppo_steps,
-            batch_size=b.ppo_prompts,
-            num_samples=b.ppo_samples,
-            ppo_epochs=b.ppo_epochs,
             num_minibatches=2,
             gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
             learning_rate=PPO_LR,
-            kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
             whiten_rewards=True,
-            missing_eos_penalty=0.0,
-            max_new_tokens=b.max_new_tokens,
-            logging_steps=1,
-            samples_every=max(1, b.ppo_steps // 4),
-            **common,
+            **online,
         )
         clock.done()
 
@@ -342,17 +355,36 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         )
         clock.done()
 
-    # 6. evaluation on unseen openings
-    if done_already("eval", out / "eval" / "eval.json"):
+    # 5b. RLOO against the same reward model (--rloo)
+    systems = ["ppo", "dpo"] + (["rloo"] if cfg.rloo else [])
+    if cfg.rloo and not done_already("rloo", out / "rloo" / "final"):
+        clock.start(
+            "rloo", f"{b.ppo_steps} RLOO steps, {b.ppo_prompts} x {b.ppo_samples} replies each"
+        )
+        _run_recipe(
+            rloo,
+            output_dir=str(out / "rloo"),
+            gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples, 8),
+            learning_rate=RLOO_LR,
+            **online,
+        )
+        clock.done()
+
+    # 6. evaluation on unseen openings (again when it lacks a system asked for)
+    if _evaluated(out, systems) and done_already("eval", out / "eval" / "eval.json"):
         facts["eval"] = json.loads((out / "eval" / "eval.json").read_text())
     else:
-        clock.start("eval", f"PPO and DPO against {cfg.model} on {b.eval_prompts} unseen openings")
+        clock.start(
+            "eval",
+            f"{', '.join(s.upper() for s in systems)} against {cfg.model} on {b.eval_prompts} "
+            "unseen openings",
+        )
         from posttrain.recipes import eval as ev
 
         ecfg = ev.Config(
             output_dir=str(out / "eval"),
             mode="frontier",
-            models=[str(out / "ppo" / "final"), str(out / "dpo" / "final")],
+            models=[str(out / name / "final") for name in systems],
             reference=cfg.model,
             task="sentiment",
             prompts=str(data / "eval_prompts.jsonl"),
@@ -374,11 +406,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     qa, texts = load_factual_qa(), heldout_texts()
     facts["capability"] = {
         name: capability(path, qa, texts, CAPABILITY_TOKENS)
-        for name, path in (
-            ("base", cfg.model),
-            ("ppo", str(out / "ppo" / "final")),
-            ("dpo", str(out / "dpo" / "final")),
-        )
+        for name, path in [("base", cfg.model)] + [(n, str(out / n / "final")) for n in systems]
     }
     facts["questions"] = qa
     clock.done(
@@ -396,6 +424,12 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     (out / "facts.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
     print(f"[demo {clock.clock()}] finished in {total / 60:.1f} min", file=sys.stderr)
     return facts
+
+
+def _evaluated(out: Path, systems: list[str]) -> bool:
+    """Whether ``out/eval/eval.json`` has a final point of each of ``systems``."""
+    path = out / "eval" / "eval.json"
+    return path.is_file() and set(systems) <= set(_finals(json.loads(path.read_text())))
 
 
 def _finals(res: dict) -> dict[str, dict]:

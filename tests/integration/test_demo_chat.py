@@ -37,14 +37,21 @@ def test_chat_demo_quick_end_to_end(tmp_path):
         assert not any("lora" in n for n, _ in model.named_parameters())
         ids = tok("Hello", return_tensors="pt")["input_ids"]
         assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
-    # --resume keeps the finished stages and reruns from the first missing one
+    # --resume keeps the finished stages and reruns from the first missing one; --rloo adds
+    # the RLOO stage, and the evaluation and report then cover it
     import shutil
 
     kept = {p: (out / p).stat().st_mtime_ns for p in ("data/pairs.jsonl", "rm/final", "ppo/final")}
     shutil.rmtree(out / "dpo" / "final")
-    argv = ["demo", "--model", "smollm2-135m-instruct", "--quick", "true"]
+    argv = ["demo", "--model", "smollm2-135m-instruct", "--quick", "true", "--rloo", "true"]
     assert main([*argv, "--output_dir", str(out), "--resume"]) in (0, None)
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
     assert (out / "dpo" / "final").is_dir() and (out / "report.html").is_file()
     again = json.loads((out / "facts.json").read_text())
     assert again["labels"] == facts["labels"]
+    assert set(again["capability"]) == {"base", "ppo", "dpo", "rloo"}
+    points = json.loads((out / "eval" / "eval.json").read_text())["points"]
+    assert sorted(p["name"] for p in points) == ["dpo", "ppo", "rloo"]
+    assert "RLOO: gold" in (out / "report.md").read_text()
+    model, _ = load_policy(str(out / "rloo" / "final"))
+    assert not any("lora" in n for n, _ in model.named_parameters())

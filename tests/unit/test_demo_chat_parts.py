@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
+from posttrain.cli import main
 from posttrain.recipes.demo_chat import (
+    _evaluated,
     answer_correct,
     chat_prompts,
     empty_replies,
@@ -54,3 +56,20 @@ def test_headline_counts_empty_replies_and_lost_answers(tmp_path):
     assert "empty replies 1/3" in base_line and "right 2/3" in base_line
     assert "+0.400 over base" in ppo_line and "base x 0.90" in ppo_line
     assert "empty replies 0/3 (target 0)" in ppo_line and "answers lost 1 " in ppo_line
+
+
+def test_eval_reruns_when_it_lacks_a_system_and_rloo_needs_model(tmp_path):
+    """``--resume --rloo true`` on a finished run without RLOO: its eval has no RLOO point, so
+    the evaluation runs again; ``--rloo`` alone (the tiny-llama demo) is refused."""
+    (tmp_path / "eval").mkdir()
+    points = [
+        {"name": "ppo", "model": str(tmp_path / "ppo" / "final"), "step": 30},
+        {"name": "dpo", "model": str(tmp_path / "dpo" / "final"), "step": 54},
+    ]
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({"points": points}))
+    assert _evaluated(tmp_path, ["ppo", "dpo"])
+    assert not _evaluated(tmp_path, ["ppo", "dpo", "rloo"])
+    assert not _evaluated(tmp_path / "nowhere", ["ppo"])
+    out = tmp_path / "d"
+    assert main(["demo", "--rloo", "true", "--output_dir", str(out)]) == 2
+    assert not out.exists()
