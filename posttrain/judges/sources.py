@@ -67,10 +67,11 @@ def parse_spec(spec: str) -> Spec:
 
 class CheckedRewardSource:
     """A named reward callable ``(prompts, completions) -> list[float]`` (a
-    ``posttrain.judges.protocol.RewardSource``) that validates its output."""
+    ``posttrain.judges.protocol.RewardSource``) that validates its output. ``judge``: the judge
+    behind a ``judge:KIND`` source (its ``replies``, when it writes any, are its reasons)."""
 
-    def __init__(self, spec: str, fn: Callable):
-        self.spec, self.fn = spec, fn
+    def __init__(self, spec: str, fn: Callable, judge=None):
+        self.spec, self.fn, self.judge = spec, fn, judge
 
     def __call__(self, prompts, completions) -> list[float]:
         scores = self.fn(list(prompts), list(completions))
@@ -86,6 +87,12 @@ class CheckedRewardSource:
         if not all(math.isfinite(s) for s in scores):
             raise UserError(f"--reward: {self.spec} returned a non-finite score")
         return scores
+
+    def rationales(self, n: int) -> list[str] | None:
+        """The judge's written reasons for the last ``n`` scores (a generative judge's rating
+        replies), or None when the source writes none."""
+        replies = getattr(self.judge, "replies", None)
+        return [r.strip() for r in replies] if replies and len(replies) == n else None
 
     def __repr__(self) -> str:
         return f"CheckedRewardSource({self.spec!r})"
@@ -126,7 +133,7 @@ def load_reward_source(
         judge = build_judge(parsed.name, judge_model, device=device)
         if not hasattr(judge, "score"):
             raise UserError(f"--reward: judge {spec!r} has no pointwise score")
-        return CheckedRewardSource(spec, judge.score)
+        return CheckedRewardSource(spec, judge.score, judge=judge)
     if parsed.kind == "function":
         module, _, name = spec.partition(":")
         if os.getcwd() not in sys.path:  # a user's own module in the working directory

@@ -2,7 +2,8 @@
 
 A baseline of the lecture notes (AlpacaFarm's best-of-n): no training, the policy is the sampler
 plus a reward at inference time. Writes one line per prompt with the kept ``completion``, its
-``score``, and all ``completions`` with their ``scores``. With ``sft_output_dir`` it then
+``score``, and all ``completions`` with their ``scores`` (and, scored by a generative judge
+``--reward judge:generative --judge_model M``, its reply on each: ``rationales``, ``rationale``). With ``sft_output_dir`` it then
 fine-tunes the model on the kept responses (one round of expert iteration; see
 ``posttrain/recipes/expert_iteration.py`` for several), through ``posttrain.recipes.sft``.
 """
@@ -36,6 +37,8 @@ class Config(SamplingConfig):
     """Prompt-only data."""
     reward: str
     """Reward: task:NAME, module:function, a reward-model directory or judge:KIND."""
+    judge_model: str | None = None
+    """Model of a judge:KIND reward (a generative judge's reasons go in ``rationales``)."""
     output: str
     """JSONL to write: prompt, completion (the best), score, completions, scores."""
     n: int = 4
@@ -63,23 +66,28 @@ class Config(SamplingConfig):
 def best_of_n(
     model, tokenizer, prompts, reward_fn, *, n: int, generator: torch.Generator, **sampling
 ) -> list[dict]:
-    """For each prompt: its n samples, their scores, and the best one (the first on ties)."""
+    """For each prompt: its n samples, their scores, and the best one (the first on ties); with
+    a judge that writes its reasons (``reward_fn.rationales``: a generative judge's rating
+    replies), also each sample's ``rationales`` and the best one's ``rationale``."""
     samples = sample_texts(model, tokenizer, prompts, n=n, generator=generator, **sampling)
     flat_prompts = [p for p in prompts for _ in range(n)]
     scores = reward_fn(flat_prompts, [c for cs in samples for c in cs])
+    rationales = getattr(reward_fn, "rationales", lambda _: None)(len(scores))
     rows = []
     for k, (prompt, completions) in enumerate(zip(prompts, samples)):
         own = [float(s) for s in scores[k * n : (k + 1) * n]]
         best = max(range(n), key=own.__getitem__)
-        rows.append(
-            {
-                "prompt": prompt,
-                "completion": completions[best],
-                "score": own[best],
-                "completions": completions,
-                "scores": own,
-            }
-        )
+        row = {
+            "prompt": prompt,
+            "completion": completions[best],
+            "score": own[best],
+            "completions": completions,
+            "scores": own,
+        }
+        if rationales is not None:
+            row["rationales"] = rationales[k * n : (k + 1) * n]
+            row["rationale"] = row["rationales"][best]
+        rows.append(row)
     return rows
 
 
@@ -111,7 +119,13 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     prompts = [ex.prompt for ex in load_examples(cfg.prompts, ["prompt"], what="--prompts")]
     tokenizer = load_tokenizer(cfg.model)
     device = resolve(cfg.device)
-    reward_fn = load_reward_source(cfg.reward, policy_tokenizer=tokenizer, device=device)
+    reward_fn = load_reward_source(
+        cfg.reward,
+        policy_tokenizer=tokenizer,
+        judge_model=cfg.judge_model,
+        device=device,
+        dtype=cfg.dtype,
+    )
     sft_cfg = None
     if cfg.sft_output_dir:  # checked (and the directory made) before any sampling
         data = Path(cfg.output).with_suffix(".sft.jsonl")

@@ -48,6 +48,8 @@ class Config(SamplingConfig):
     """Prompt-only data."""
     reward: str
     """Reward: task:NAME, module:function, a reward-model directory or judge:KIND."""
+    judge_model: str | None = None
+    """Model of a judge:KIND reward."""
     output_dir: str
     """Where round-R/, rounds.jsonl and final/ go."""
     rounds: int = 2
@@ -76,7 +78,10 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     prompts = [ex.prompt for ex in load_examples(cfg.prompts, ["prompt"], what="--prompts")]
     device = resolve(cfg.device)
     reward_fn = load_reward_source(
-        cfg.reward, policy_tokenizer=load_tokenizer(cfg.model), device=device
+        cfg.reward,
+        policy_tokenizer=load_tokenizer(cfg.model),
+        judge_model=cfg.judge_model,
+        device=device,
     )
     out = Path(cfg.output_dir)
     # bad SFT settings fail now
