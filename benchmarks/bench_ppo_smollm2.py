@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/bench_ppo_smollm2.py                 # the issue's iteration
     .venv/bin/python benchmarks/bench_ppo_smollm2.py --size reduced  # 16 prompts x 24 tokens
+    .venv/bin/python benchmarks/bench_ppo_smollm2.py --size demo \
+        --variants bf16-lora-unshared-ga2,bf16-lora-new-ga2       # the SmolLM2 demo's PPO step
 
 The iteration (issue 20): ``posttrain ppo --max_steps 1`` on the sentiment task's prompts in chat
-form, VADER gold reward, 64 prompts x 1 sample x 48 new tokens, 4 epochs x 2 minibatches, each
+form, VADER gold reward, 64 prompts x 1 sample x 48 new tokens, 4 epochs x 2 minibatches (``demo``:
+the SmolLM2 demo's PPO step, 8 prompts x 4 samples x 32 new tokens, 2 epochs x 2 minibatches), each
 variant in a fresh process (so the peak RSS is its own), the variants one after the other in one
 invocation (``--repeats`` rounds, alternating). Reported per variant: seconds in generation,
 scoring, log-probs (policy + reference after the rollout) and training (values, GAE, the epochs),
@@ -20,7 +23,11 @@ Variants (``--variants``, comma-separated):
 - ``bf16-lora-old-ga4``: the same command as ``bf16-lora-new-ga4`` below on the old code path;
 - ``bf16-lora-new``: the same with chunked response-only logits (``posttrain.models.chunked``);
 - ``bf16-lora-new-ga4``: the same, each minibatch's forward/backward in 4 micro-batches
-  (``--gradient_accumulation_steps 4``: the same update, a quarter of the activations at a time).
+  (``--gradient_accumulation_steps 4``: the same update, a quarter of the activations at a time);
+- ``bf16-lora-new-ga2``: in 2 micro-batches (the demo's);
+- ``bf16-lora-unshared-ga2``: the same with every row's prompt computed for itself
+  (``posttrain.models.logprobs.SHARE_PREFIX = False``: the padded rows, as before prompts were
+  shared between a prompt's samples).
 
 "old" undoes, in the child process, the levers of issue 20 that are on by default now: it sets
 ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` (``forward_logprobs`` computes every
@@ -44,6 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAUNCH = """
 import sys
+if sys.argv[1] == "unshared":  # each row's prompt computed for itself
+    import posttrain.models.logprobs as logprobs
+    logprobs.SHARE_PREFIX = False
 if sys.argv[1] == "old":  # the code path before issue 20's levers
     import posttrain.models.chunked as chunked
     import posttrain.recipes._online as online
@@ -70,6 +80,7 @@ BF16_LORA = [
     "1e-4",
 ]
 GA4 = ["--gradient_accumulation_steps", "4"]
+GA2 = ["--gradient_accumulation_steps", "2"]
 VARIANTS = {
     "fp32-full-old": ("old", FP32),
     "fp32-full-new": ("new", FP32),
@@ -78,19 +89,24 @@ VARIANTS = {
     "bf16-lora-old-ga4": ("old", BF16_LORA + GA4),
     "bf16-lora-new": ("new", BF16_LORA),
     "bf16-lora-new-ga4": ("new", BF16_LORA + GA4),
+    "bf16-lora-new-ga2": ("new", BF16_LORA + GA2),
+    "bf16-lora-unshared-ga2": ("unshared", BF16_LORA + GA2),
 }
-SIZES = {"full": (64, 48), "reduced": (16, 24)}
+# prompts, samples per prompt, new tokens, epochs
+SIZES = {"full": (64, 1, 48, 4), "reduced": (16, 1, 24, 4), "demo": (8, 4, 32, 2)}
 PHASES = ("generation", "scoring", "logprobs", "training")
 
 
-def run_variant(name: str, prompts: int, new_tokens: int, workdir: Path) -> dict:
+def run_variant(
+    name: str, prompts: int, samples: int, new_tokens: int, epochs: int, workdir: Path
+) -> dict:
     mode, extra = VARIANTS[name]
     out = workdir / name
     cmd = [
         sys.executable, "-c", LAUNCH, mode, "ppo", "--model", "smollm2-135m-instruct",
         "--task", "sentiment", "--num_prompts", str(prompts), "--batch_size", str(prompts),
-        "--num_samples", "1", "--max_new_tokens", str(new_tokens), "--max_steps", "1",
-        "--ppo_epochs", "4", "--num_minibatches", "2", "--max_length", "256",
+        "--num_samples", str(samples), "--max_new_tokens", str(new_tokens), "--max_steps", "1",
+        "--ppo_epochs", str(epochs), "--num_minibatches", "2", "--max_length", "256",
         "--progress", "false", "--save_steps", "0", "--output_dir", str(out), "--overwrite", *extra,
     ]  # fmt: skip
     t0, c0 = time.time(), _children_cpu()
@@ -122,7 +138,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--workdir", default=None, help="where the runs go (default: a temp dir)")
     args = ap.parse_args()
-    prompts, new_tokens = SIZES[args.size]
+    prompts, samples, new_tokens, epochs = SIZES[args.size]
     names = args.variants.split(",")
     for n in names:
         if n not in VARIANTS:
@@ -131,14 +147,14 @@ def main() -> None:
     best: dict[str, dict] = {}
     for r in range(args.repeats):
         for n in names:
-            res = run_variant(n, prompts, new_tokens, workdir)
+            res = run_variant(n, prompts, samples, new_tokens, epochs, workdir)
             print(f"round {r + 1} {n}: " + json.dumps({k: round(v, 1) for k, v in res.items()}))
             sys.stdout.flush()
             if n not in best or res["iteration"] < best[n]["iteration"]:
                 best[n] = res
     print(
-        f"\nSmolLM2-135M-Instruct, one PPO iteration: {prompts} prompts x {new_tokens} new tokens, "
-        f"4 epochs x 2 minibatches (best of {args.repeats})\n"
+        f"\nSmolLM2-135M-Instruct, one PPO iteration: {prompts} prompts x {samples} samples x "
+        f"{new_tokens} new tokens, {epochs} epochs x 2 minibatches (best of {args.repeats})\n"
     )
     print(
         "| variant | " + " | ".join(PHASES) + " | **iteration** | mean length | peak RSS "

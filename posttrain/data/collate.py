@@ -80,7 +80,9 @@ def collate_packed(examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
 
 
 def collate_shared_prefix(
-    groups: Sequence[Sequence[Encoded]], pad_id: int
+    groups: Sequence[Sequence[Encoded]],
+    pad_id: int,
+    numbers: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A padding-free batch of sequences that come in groups sharing their start (a pair's chosen
     and rejected share the prompt): each shared start is computed once.
@@ -95,7 +97,8 @@ def collate_shared_prefix(
     groups of one this is plain padding-free packing.
 
     Sequences are numbered member-major: member j of group g is sequence ``j * G + g`` (every group
-    has the same number of members). Returns ``input_ids``, ``position_ids`` (R, T), boolean
+    has the same number of members); or ``numbers[g][j]`` (groups of any sizes; the numbers
+    0..n-1 each once). Returns ``input_ids``, ``position_ids`` (R, T), boolean
     ``attention_mask`` (R, 1, T, T), and what :func:`posttrain.models.forward_packed_logprobs` needs
     to give the response log-probs one row per sequence, as a right-padded batch of the sequences
     would (L the longest sequence; K the response tokens after the first position):
@@ -109,9 +112,13 @@ def collate_shared_prefix(
     ``segment_out`` (N,) the flat index in (n, L) whose attention output each token takes (a
     prefix's: the group's first member's).
     """
-    size = {len(g) for g in groups}
-    assert len(size) == 1, "every group needs the same number of members"
-    k, n_groups = size.pop(), len(groups)
+    if numbers is None:
+        size = {len(g) for g in groups}
+        assert len(size) == 1, "every group needs the same number of members"
+        k, n_groups = size.pop(), len(groups)
+        numbers = [[j * n_groups + g for j in range(k)] for g in range(n_groups)]
+    n_seqs = sum(len(g) for g in groups)
+    assert sorted(x for g in numbers for x in g) == list(range(n_seqs)), "numbers: 0..n-1 once"
     shared = [  # the common prefix, ending before the first position that predicts a label
         min(_common_prefix([m.input_ids for m in g]), *(max(m.response_start, 1) - 1 for m in g))
         for g in groups
@@ -123,11 +130,12 @@ def collate_shared_prefix(
     label_width = max(longest - 1, 0)
     # per row, built as lists (one tensor each at the end: small batches are Python-bound)
     ids, pos, unit, branch = [], [], [], []  # unit: the group; branch: 0 prefix, j + 1 member j
-    label_mask = [[0] * label_width for _ in range(k * n_groups)]
+    label_mask = [[0] * label_width for _ in range(n_seqs)]
     label_from, label_ids, label_to = [], [], []
     # segment attention: the row tokens end to end (no padding), each sequence a segment
     token_index, seg_out, base = [], [], 0
-    seg_tokens = [[0] * longest for _ in range(k * n_groups)]
+    seg_tokens = [[0] * longest for _ in range(n_seqs)]
+    seg_lengths = [0] * n_seqs
     for r, row in enumerate(rows):
         r_ids, r_pos, r_unit, r_branch = [], [], [], []
         for g in row:
@@ -135,9 +143,11 @@ def collate_shared_prefix(
             r_ids += groups[g][0].input_ids[:p]
             r_pos += range(p)
             r_branch += [0] * p
-            seg_out += range(g * longest, g * longest + p)  # the prefix: member 0's output
+            first = numbers[g][0] * longest  # the prefix: member 0's output
+            seg_out += range(first, first + p)
             for j, m in enumerate(groups[g]):
-                n, seq, rest = len(m.input_ids), j * n_groups + g, len(r_ids)
+                n, seq, rest = len(m.input_ids), numbers[g][j], len(r_ids)
+                seg_lengths[seq] = n
                 seg_tokens[seq][:n] = [
                     *range(start, start + p),
                     *range(base + rest, base + rest + n - p),
@@ -168,13 +178,13 @@ def collate_shared_prefix(
         "input_ids": torch.tensor(ids),
         "position_ids": torch.tensor(pos),
         "attention_mask": (causal & same & visible)[:, None],
-        "label_mask": torch.tensor(label_mask, dtype=torch.long).view(k * n_groups, label_width),
+        "label_mask": torch.tensor(label_mask, dtype=torch.long).view(n_seqs, label_width),
         "label_from": torch.tensor(label_from, dtype=torch.long),
         "label_ids": torch.tensor(label_ids, dtype=torch.long),
         "label_to": torch.tensor(label_to, dtype=torch.long),
         "token_index": torch.tensor(token_index, dtype=torch.long),
         "segment_tokens": torch.tensor(seg_tokens, dtype=torch.long),
-        "segment_lengths": torch.tensor([len(g[j].input_ids) for j in range(k) for g in groups]),
+        "segment_lengths": torch.tensor(seg_lengths),
         "segment_out": torch.tensor(seg_out, dtype=torch.long),
     }
 
@@ -186,3 +196,36 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
         if any(s[i] != seqs[0][i] for s in seqs[1:]):
             return i
     return n
+
+
+def rows_as_groups(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[list[list[Encoded]], list[list[int]], list[int]] | None:
+    """A padded (B, T) batch of prompt-then-response rows (any padding on either side) as the
+    groups of rows sharing their prompt, for :func:`collate_shared_prefix`: ``(groups, numbers,
+    left)``, row ``numbers[g][j]`` being member j of group g and ``left[b]`` row b's leading
+    padding. None when a row is not one contiguous run of tokens whose response is its end."""
+    attend, respond = attention_mask.bool().tolist(), response_mask.bool().tolist()
+    ids = input_ids.tolist()
+    by_prompt: dict[tuple[int, ...], int] = {}
+    groups: list[list[Encoded]] = []
+    numbers: list[list[int]] = []
+    left = []
+    for b, (row, a, r) in enumerate(zip(ids, attend, respond, strict=True)):
+        if True not in a:
+            return None
+        lo = a.index(True)
+        hi = len(a) - a[::-1].index(True)
+        start = r.index(True) if True in r else hi
+        expected = [False] * start + [True] * (hi - start) + [False] * (len(r) - hi)
+        if not all(a[lo:hi]) or r != expected:
+            return None
+        seq = Encoded(row[lo:hi], start - lo, False)
+        g = by_prompt.setdefault(tuple(row[lo:start]), len(groups))
+        if g == len(groups):
+            groups.append([])
+            numbers.append([])
+        groups[g].append(seq)
+        numbers[g].append(b)
+        left.append(lo)
+    return groups, numbers, left

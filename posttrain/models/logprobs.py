@@ -20,6 +20,11 @@ from posttrain.losses.common import entropy_from_logits
 from posttrain.models import chunked, segment_attention
 from posttrain.training.device import at_least_float32, module_device, to_device
 
+SHARE_PREFIX = True
+"""False: ``forward_logprobs(share_prefix=True)`` computes the padded batch anyway (benchmarks)."""
+SHARE_PREFIX_MIN_SAVING = 0.1
+"""Share prefixes only when that leaves out at least this fraction of a batch's tokens."""
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) positions counting only attended tokens (0 for leading padding)."""
@@ -70,6 +75,7 @@ def forward_logprobs(
     with_hidden: bool = False,
     position_ids: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    share_prefix: bool = False,
 ) -> TokenLogprobs:
     """Run ``model`` on (B, T) ids and return log-probs of the response tokens (see module doc).
 
@@ -81,7 +87,24 @@ def forward_logprobs(
     ``entropy_grad=False`` detaches the entropy (a reported statistic, not a loss term: the
     backward then skips it). Inputs elsewhere than the model are moved to its device; the outputs
     are on the model's device.
+
+    ``share_prefix``: rows that repeat a prompt (an online batch's K samples of each) run it once
+    (:func:`forward_shared_prefix`), when that saves tokens and the model is eligible; the
+    outputs are the same, to float rounding, in the same (B, T - 1) / (B, T, H) layout.
     """
+    if share_prefix and position_ids is None and attention_mask.dim() == 2 and chunk_size is None:
+        out = forward_shared_prefix(
+            model,
+            input_ids,
+            attention_mask,
+            response_mask,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
+            with_hidden=with_hidden,
+        )
+        if out is not None:
+            return out
     input_ids, attention_mask, response_mask, position_ids = to_device(
         (input_ids, attention_mask, response_mask, position_ids), module_device(model)
     )
@@ -129,6 +152,68 @@ def forward_logprobs(
     return TokenLogprobs(logps=logps, mask=mask, entropy=entropy, hidden=hidden)
 
 
+def forward_shared_prefix(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    min_saving: float = SHARE_PREFIX_MIN_SAVING,
+    **kwargs,
+) -> TokenLogprobs | None:
+    """:func:`forward_logprobs` of a padded (B, T) batch of prompt-then-response rows with each
+    distinct prompt computed once: the rows go through ``collate_shared_prefix`` (rows sharing a
+    prompt are one group, its members the rows' responses; no padding) and
+    :func:`forward_packed_logprobs` (segment attention), and the outputs are laid back out as the
+    padded batch's. None (the caller computes it padded) when that would not leave out at least
+    ``min_saving`` of the B x T tokens, when a row is not one run of prompt then response, or when
+    the model is not eligible (``chunked.can_chunk`` and ``segment_attention.applies``) or
+    ``SHARE_PREFIX`` is off. ``kwargs``: temperature, with_entropy, entropy_grad, with_hidden."""
+    from posttrain.data.collate import collate_shared_prefix, rows_as_groups
+
+    if not (
+        SHARE_PREFIX
+        and chunked.DEFAULT_CHUNK_SIZE > 0
+        and chunked.can_chunk(model)
+        and segment_attention.ENABLED
+        and segment_attention.applies(model)
+    ):
+        return None
+    layout = rows_as_groups(input_ids, attention_mask, response_mask)
+    if layout is None:
+        return None
+    groups, numbers, left = layout
+    tokens = sum(  # the prompt once, then each row's response
+        g[0].response_start + sum(len(m.input_ids) - m.response_start for m in g) for g in groups
+    )
+    b, t = input_ids.shape
+    if tokens > (1.0 - min_saving) * b * t:
+        return None
+    batch = collate_shared_prefix(groups, pad_id=0, numbers=numbers)
+    out = forward_packed_logprobs(model, batch, **kwargs)  # (B, L - 1) and (B, L, H), per row
+    # padded position p of row r is its sequence's position p - left[r] (else: 0)
+    device = out.logps.device
+    shift = torch.arange(t, device=device) - torch.tensor(left, device=device)[:, None]  # (B, T)
+
+    def padded(x: torch.Tensor | None, width: int) -> torch.Tensor | None:
+        if x is None:
+            return None
+        col = shift[:, :width]
+        col = torch.where((col >= 0) & (col < x.shape[1]), col, x.shape[1])  # x.shape[1]: a 0
+        x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1)
+        if x.dim() == 3:
+            return x.gather(1, col[..., None].expand(-1, -1, x.shape[2]))
+        return x.gather(1, col)
+
+    mask = response_mask[:, 1:].to(device=device, dtype=out.logps.dtype)
+    return TokenLogprobs(
+        logps=padded(out.logps, t - 1),
+        mask=mask,
+        entropy=padded(out.entropy, t - 1),
+        hidden=padded(out.hidden, t),
+    )
+
+
 @dataclass
 class PairLogps:
     """Summed response log-probs and lengths of a (2B, T) pair batch, split into halves."""
@@ -167,10 +252,20 @@ def pair_logps(model, batch: dict[str, torch.Tensor]) -> PairLogps:
     )
 
 
-def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogprobs:
+def forward_packed_logprobs(
+    model,
+    batch: dict[str, torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = True,
+    with_hidden: bool = False,
+) -> TokenLogprobs:
     """Response log-probs of the sequences packed in ``batch`` (see
     ``posttrain.data.collate.collate_shared_prefix``), one row per sequence as a right-padded batch
-    of them would give: (n, L - 1), zero off the response.
+    of them would give: (n, L - 1), zero off the response; ``with_entropy`` / ``with_hidden``
+    (eligible models only, see below) as :func:`forward_logprobs` gives them, the hidden states
+    (n, L, H) (each sequence's own, a shared prefix's copied to every member; 0 after its end).
 
     Logits are computed only at the positions that predict a response token (the vocabulary
     projection of the prompt and the padding is skipped), through transformers' boolean
@@ -181,7 +276,8 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
     batch = to_device(batch, module_device(model))
     ids, positions, label_from = batch["input_ids"], batch["position_ids"], batch["label_from"]
     assert bool((label_from[1:] > label_from[:-1]).all()), "label_from must be strictly increasing"
-    if "segment_tokens" in batch and segment_attention.ENABLED and segment_attention.applies(model):
+    tokens = batch.get("segment_tokens")  # (n, L) each sequence's tokens among the rows'
+    if tokens is not None and segment_attention.ENABLED and segment_attention.applies(model):
         # the rows' tokens end to end (no padding), attention only within each sequence
         token_index = batch["token_index"]
         ids = ids.flatten().index_select(0, token_index)[None]
@@ -190,19 +286,40 @@ def forward_packed_logprobs(model, batch: dict[str, torch.Tensor]) -> TokenLogpr
         inputs = {"segments": segment_attention.build(batch)}
         attention = segment_attention.segments_used(model)
     else:  # the rows with their 4-D mask
+        if tokens is not None:
+            tokens = batch["token_index"][tokens]  # flat indices in the rows
         inputs = {"attention_mask": additive_mask(model, batch["attention_mask"])}
         attention = contextlib.nullcontext()
     inputs.update(input_ids=ids, position_ids=positions, use_cache=False)
     if chunked.DEFAULT_CHUNK_SIZE > 0 and chunked.can_chunk(model):  # output layer in chunks
         with chunked.lm_head_skipped(model) as (head, box), attention:
             model(**inputs)
-        rows = box["hidden"].flatten(0, 1).index_select(0, label_from)  # (K, H)
-        values, _ = chunked.chunked_logprobs(
-            head, rows, batch["label_ids"], chunk_size=chunked.DEFAULT_CHUNK_SIZE
+        flat = box["hidden"].flatten(0, 1)  # (tokens, H)
+        values, entropy = chunked.chunked_logprobs(
+            head,
+            flat.index_select(0, label_from),  # (K, H)
+            batch["label_ids"],
+            temperature=temperature,
+            with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
+            chunk_size=chunked.DEFAULT_CHUNK_SIZE,
         )
         mask = batch["label_mask"].to(values.dtype)
-        logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
-        return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)
+        logps, entropy = (
+            v.new_zeros(mask.numel()).index_put((batch["label_to"],), v).view(mask.shape)
+            if v is not None
+            else None
+            for v in (values, entropy)
+        )
+        hidden = None
+        if with_hidden:
+            n, width = tokens.shape
+            inside = torch.arange(width, device=tokens.device) < batch["segment_lengths"][:, None]
+            hidden = flat.index_select(0, tokens.flatten()).view(n, width, -1)
+            hidden = hidden * inside[..., None].to(hidden.dtype)
+        return TokenLogprobs(logps=logps, mask=mask, entropy=entropy, hidden=hidden)
+    if with_entropy or with_hidden or temperature != 1.0:
+        raise ValueError("entropy, hidden states and temperature need a chunk-eligible model")
     if _keeps_by_mask():
         keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
         keep[label_from] = True

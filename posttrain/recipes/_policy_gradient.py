@@ -106,6 +106,7 @@ def train_on_batch(model, exp: Experience, advantages_of, optimizer, scheduler, 
                     temperature=cfg.temperature,
                     with_entropy=first,
                     entropy_grad=False,  # reported, not trained on
+                    share_prefix=True,  # the K samples of a prompt: the prompt once
                 )
                 if first:  # one micro-batch is the whole batch here
                     exp.logps, exp.entropy = out.logps.detach(), out.entropy.detach()

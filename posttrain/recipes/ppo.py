@@ -195,6 +195,7 @@ def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns
         with_entropy=True,
         entropy_grad=cfg.entropy_coef != 0,  # else only reported: no backward through it
         with_hidden=distributed.unwrap(value).shares_trunk,
+        share_prefix=True,  # a prompt's samples in the minibatch: the prompt once
     )
     values = value(r.input_ids[mb], r.attention_mask[mb], out.hidden)
     pg_loss, clipfrac = ppo_policy_loss(
@@ -299,7 +300,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 perm = torch.randperm(n, generator=generator).to(mask.device)
                 epoch_kl = []
                 for start in range(0, n, size):
-                    rows = perm[start : start + size]  # of every process's i-th: the minibatch
+                    # of every process's i-th: the minibatch; in row order, so that its micro-
+                    # batches hold a prompt's samples together (each computes a prompt once)
+                    rows = perm[start : start + size].sort().values
                     mb_tokens = max(distributed.all_sum(float(mask[rows].sum())), 1.0)
                     with distributed.accumulate(model), distributed.accumulate(value):
                         for lo in range(0, size, micro):

@@ -117,6 +117,7 @@ def policy_logprobs(
             temperature=temperature,
             with_entropy=True,
             with_hidden=with_hidden,
+            share_prefix=True,  # the K samples of a prompt: the prompt once
         )
     rollout.train_logps = out.logps
     return out
@@ -127,7 +128,11 @@ def reference_logprobs(reference, rollout: Rollout, temperature: float) -> torch
     """(N, T-1) the reference policy's log-probs of the rollout (``reference``: a
     ``posttrain.training.reference.Reference``)."""
     return reference.token_logps(
-        rollout.input_ids, rollout.attention_mask, rollout.response_mask, temperature
+        rollout.input_ids,
+        rollout.attention_mask,
+        rollout.response_mask,
+        temperature,
+        share_prefix=True,
     )
 
 

@@ -79,11 +79,18 @@ class Reference:
         attention_mask: torch.Tensor,
         response_mask: torch.Tensor,
         temperature: float = 1.0,
+        *,
+        share_prefix: bool = False,
     ) -> torch.Tensor:
         """(N, T-1) per-token reference log-probs (``forward_logprobs``'s convention)."""
         with self() as model:
             return forward_logprobs(
-                model, input_ids, attention_mask, response_mask, temperature=temperature
+                model,
+                input_ids,
+                attention_mask,
+                response_mask,
+                temperature=temperature,
+                share_prefix=share_prefix,
             ).logps
 
 
