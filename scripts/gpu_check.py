@@ -10,7 +10,10 @@ What it does (every part prints PASS / FAIL / SKIP and a line of numbers; the ex
 any part failed):
 
 1. log-probs: ``forward_logprobs`` of the model in float32 on the device equals the CPU's to
-   1e-4 (max over response tokens; TF32 off), and the result lives on the device;
+   1e-4 (max over response tokens; TF32 off), and the result lives on the device; shared-prefix:
+   on the device, rows laid out as an online batch's (left-padded prompts, each repeated for 2
+   samples) give the same log-probs, entropies and hidden states with each prompt computed once
+   (``forward_logprobs(share_prefix=True)``, segment attention) as padded, to 1e-4;
 2. sft, rm, dpo, kto, ppo, rloo, grpo, online-dpo: a few steps each with ``--device``, asserting
    every logged loss is finite, that the run used the GPU (``memory/peak_allocated_mb`` > 0 in
    its metrics) and printing its peak GPU memory and seconds per step;
@@ -190,6 +193,62 @@ def check_logprobs(model_name: str, device: str, tol: float) -> str:
     return f"{describe(dev)}: max |diff| vs CPU {diff:.1e} (<= {tol})"
 
 
+def check_shared_prefix(model_name: str, device: str, tol: float) -> str:
+    import torch
+
+    from posttrain.data.chat import encode_prompt
+    from posttrain.data.collate import pad
+    from posttrain.models import forward_logprobs, load_policy, logprobs
+    from posttrain.training.device import describe, resolve
+
+    dev = resolve(device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model, tok = load_policy(model_name, dtype="float32")
+    model.to(dev)
+    samples = {
+        "What is 2 plus 3?": [" 5.", " 2 plus 3 is 5, as 2 + 3 = 5."],
+        "Name a colour:": [" Blue, like the sea on a clear day.", " Red."],
+    }
+    rows = [
+        (encode_prompt(tok, p), tok.encode(r, add_special_tokens=False))
+        for p, replies in samples.items()
+        for r in replies
+    ]
+    prompts = pad([p for p, _ in rows], tok.pad_token_id, side="left")
+    replies = pad([r for _, r in rows], tok.pad_token_id)
+    ids = torch.cat([prompts, replies], 1).to(dev)
+    attend = torch.cat(
+        [
+            pad([[1] * len(p) for p, _ in rows], 0, side="left"),
+            pad([[1] * len(r) for _, r in rows], 0),
+        ],
+        1,
+    ).to(dev)
+    respond = torch.cat([torch.zeros_like(prompts), pad([[1] * len(r) for _, r in rows], 0)], 1)
+    args, kwargs = (ids, attend, respond.to(dev)), dict(with_entropy=True, with_hidden=True)
+    with torch.no_grad():
+        shared = logprobs.forward_shared_prefix(model, *args, **kwargs)
+        if shared is None:
+            raise Skip(
+                f"{model_name}: prefixes are not shared for this model (no segment attention)"
+            )
+        padded = forward_logprobs(model, *args, **kwargs)
+    if shared.logps.device.type != dev.type:
+        raise AssertionError(f"log-probs on {shared.logps.device}, expected {dev}")
+    mask, real = padded.mask.bool(), attend.bool()
+    diffs = {
+        "log-probs": (shared.logps - padded.logps).abs()[mask].max(),
+        "entropy": (shared.entropy - padded.entropy).abs()[mask].max(),
+        "hidden": (shared.hidden - padded.hidden).abs()[real].max(),
+    }
+    worst = max(diffs, key=lambda k: float(diffs[k]))
+    if float(diffs[worst]) > tol:
+        raise AssertionError(f"{worst}: max |shared - padded| = {float(diffs[worst]):.2e} > {tol}")
+    shown = ", ".join(f"{k} {float(v):.1e}" for k, v in diffs.items())
+    return f"{describe(dev)}: max |shared - padded| {shown} (<= {tol})"
+
+
 def check_vllm(model_name: str, device: str, workdir: Path, tol: float) -> str:
     if importlib.util.find_spec("vllm") is None:
         raise Skip("vllm is not installed")
@@ -291,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if want("logprobs"):
         report.check("logprobs", lambda: in_process(lambda: check_logprobs(m, d, args.logprob_tol)))
+    if want("shared-prefix"):
+        report.check(
+            "shared-prefix",
+            lambda: in_process(lambda: check_shared_prefix(m, d, args.logprob_tol)),
+        )
     for name, (recipe, *rest) in recipes.items():
         if want(name):
             out = work / name

@@ -46,7 +46,7 @@ def test_an_absent_gpu_is_exit_2_naming_it():
 
 @pytest.mark.slow  # ~2 minutes on 2 cores: six real runs
 def test_the_cpu_path_runs_the_checks(tmp_path):
-    parts = "logprobs,sft,rm,dpo,sample,eval"
+    parts = "logprobs,shared-prefix,sft,rm,dpo,sample,eval"
     args = ["--device", "cpu", "--model", "tiny-llama", "--quick", "--steps", "2"]
     proc = check(*args, "--only", parts, "--workdir", str(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
