@@ -197,8 +197,8 @@ def check_shared_prefix(model_name: str, device: str, tol: float) -> str:
     import torch
 
     from posttrain.data.chat import encode_prompt
-    from posttrain.data.collate import pad
     from posttrain.models import forward_logprobs, load_policy, logprobs
+    from posttrain.rollout.backend import rollout_from_tokens
     from posttrain.training.device import describe, resolve
 
     dev = resolve(device)
@@ -215,18 +215,15 @@ def check_shared_prefix(model_name: str, device: str, tol: float) -> str:
         for p, replies in samples.items()
         for r in replies
     ]
-    prompts = pad([p for p, _ in rows], tok.pad_token_id, side="left")
-    replies = pad([r for _, r in rows], tok.pad_token_id)
-    ids = torch.cat([prompts, replies], 1).to(dev)
-    attend = torch.cat(
-        [
-            pad([[1] * len(p) for p, _ in rows], 0, side="left"),
-            pad([[1] * len(r) for _, r in rows], 0),
-        ],
-        1,
-    ).to(dev)
-    respond = torch.cat([torch.zeros_like(prompts), pad([[1] * len(r) for _, r in rows], 0)], 1)
-    args, kwargs = (ids, attend, respond.to(dev)), dict(with_entropy=True, with_hidden=True)
+    r = rollout_from_tokens(  # the online recipes' layout: prompts left-padded, then replies
+        [p for p, _ in rows],
+        [s for _, s in rows],
+        [[0.0] * len(s) for _, s in rows],
+        pad_id=tok.pad_token_id,
+        finished=[True] * len(rows),
+    )
+    ids, attend = r.input_ids.to(dev), r.attention_mask.to(dev)
+    args, kwargs = (ids, attend, r.response_mask.to(dev)), dict(with_entropy=True, with_hidden=True)
     with torch.no_grad():
         shared = logprobs.forward_shared_prefix(model, *args, **kwargs)
         if shared is None:

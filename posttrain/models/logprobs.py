@@ -157,8 +157,6 @@ def forward_shared_prefix(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
-    *,
-    min_saving: float = SHARE_PREFIX_MIN_SAVING,
     **kwargs,
 ) -> TokenLogprobs | None:
     """:func:`forward_logprobs` of a padded (B, T) batch of prompt-then-response rows with each
@@ -166,7 +164,7 @@ def forward_shared_prefix(
     prompt are one group, its members the rows' responses; no padding) and
     :func:`forward_packed_logprobs` (segment attention), and the outputs are laid back out as the
     padded batch's. None (the caller computes it padded) when that would not leave out at least
-    ``min_saving`` of the B x T tokens, when a row is not one run of prompt then response, or when
+    ``SHARE_PREFIX_MIN_SAVING`` of the B x T tokens, when a row is not one run of prompt then response, or when
     the model is not eligible (``chunked.can_chunk`` and ``segment_attention.applies``) or
     ``SHARE_PREFIX`` is off. ``kwargs``: temperature, with_entropy, entropy_grad, with_hidden."""
     from posttrain.data.collate import collate_shared_prefix, rows_as_groups
@@ -187,7 +185,7 @@ def forward_shared_prefix(
         g[0].response_start + sum(len(m.input_ids) - m.response_start for m in g) for g in groups
     )
     b, t = input_ids.shape
-    if tokens > (1.0 - min_saving) * b * t:
+    if tokens > (1.0 - SHARE_PREFIX_MIN_SAVING) * b * t:
         return None
     batch = collate_shared_prefix(groups, pad_id=0, numbers=numbers)
     out = forward_packed_logprobs(model, batch, **kwargs)  # (B, L - 1) and (B, L, H), per row

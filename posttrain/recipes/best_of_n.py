@@ -3,8 +3,8 @@
 A baseline of the lecture notes (AlpacaFarm's best-of-n): no training, the policy is the sampler
 plus a reward at inference time. Writes one line per prompt with the kept ``completion``, its
 ``score``, and all ``completions`` with their ``scores`` (and, scored by a generative judge
-``--reward judge:generative --judge_model M``, its reply on each: ``rationales``, ``rationale``). With ``sft_output_dir`` it then
-fine-tunes the model on the kept responses (one round of expert iteration; see
+``--reward judge:generative --judge_model M``, its reply on each: ``rationales``,
+``rationale``). With ``sft_output_dir`` it then fine-tunes the model on the kept responses (one round of expert iteration; see
 ``posttrain/recipes/expert_iteration.py`` for several), through ``posttrain.recipes.sft``.
 """
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posttrain.data.collate import pad, rows_as_groups
+from posttrain.data.collate import rows_as_groups
 from posttrain.models import forward_logprobs, load_policy, logprobs
 from posttrain.models import segment_attention as sa
+from posttrain.rollout.backend import rollout_from_tokens
 from tests.unit.test_segment_attention import norm_in_float64  # noqa: F401 (a fixture)
 
 
@@ -29,18 +30,14 @@ def rollout_rows(prompts: list[int], responses: list[list[int]], order: list[int
     prompt_ids = [tok(n) for n in prompts]
     samples = [(prompt_ids[g], tok(n)) for g, lengths in enumerate(responses) for n in lengths]
     samples = [samples[i] for i in order]
-    left = pad([p for p, _ in samples], 0, side="left")
-    right = pad([r for _, r in samples], 0)
-    ids = torch.cat([left, right], 1)
-    attend = torch.cat(
-        [
-            pad([[1] * len(p) for p, _ in samples], 0, side="left"),
-            pad([[1] * len(r) for _, r in samples], 0),
-        ],
-        1,
+    r = rollout_from_tokens(
+        [p for p, _ in samples],
+        [s for _, s in samples],
+        [[0.0] * len(s) for _, s in samples],
+        pad_id=0,
+        finished=[True] * len(samples),
     )
-    respond = torch.cat([torch.zeros_like(left), pad([[1] * len(r) for _, r in samples], 0)], 1)
-    return ids, attend, respond
+    return r.input_ids, r.attention_mask, r.response_mask
 
 
 PROMPTS = [7, 3, 12]
