@@ -27,7 +27,11 @@ Variants (``--variants``, comma-separated):
 - ``bf16-lora-new-ga2``: in 2 micro-batches (the demo's);
 - ``bf16-lora-unshared-ga2``: the same with every row's prompt computed for itself
   (``posttrain.models.logprobs.SHARE_PREFIX = False``: the padded rows, as before prompts were
-  shared between a prompt's samples).
+  shared between a prompt's samples);
+- ``bf16-lora-multinomial-ga2``: ``bf16-lora-new-ga2`` with the sampler of before: each token
+  drawn by ``torch.multinomial`` (an exponential draw per vocabulary entry) instead of by one
+  uniform per row (``sample_tokens``), and every row's prompt prefilled, a prompt's samples too
+  (``posttrain.rollout.generate.PREFILL_ONCE = False``).
 
 "old" undoes, in the child process, the levers of issue 20 that are on by default now: it sets
 ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` (``forward_logprobs`` computes every
@@ -54,6 +58,12 @@ import sys
 if sys.argv[1] == "unshared":  # each row's prompt computed for itself
     import posttrain.models.logprobs as logprobs
     logprobs.SHARE_PREFIX = False
+if sys.argv[1] == "multinomial":  # the sampler before inverse-CDF draws and one prefill
+    import torch
+    import posttrain.rollout.generate
+    generate_module = sys.modules["posttrain.rollout.generate"]
+    generate_module.PREFILL_ONCE = False
+    generate_module.sample_tokens = lambda p, g=None: torch.multinomial(p, 1, generator=g)[:, 0]
 if sys.argv[1] == "old":  # the code path before issue 20's levers
     import posttrain.models.chunked as chunked
     import posttrain.recipes._online as online
@@ -91,6 +101,7 @@ VARIANTS = {
     "bf16-lora-new-ga4": ("new", BF16_LORA + GA4),
     "bf16-lora-new-ga2": ("new", BF16_LORA + GA2),
     "bf16-lora-unshared-ga2": ("unshared", BF16_LORA + GA2),
+    "bf16-lora-multinomial-ga2": ("multinomial", BF16_LORA + GA2),
 }
 # prompts, samples per prompt, new tokens, epochs
 SIZES = {"full": (64, 1, 48, 4), "reduced": (16, 1, 24, 4), "demo": (8, 4, 32, 2)}

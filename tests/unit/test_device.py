@@ -150,10 +150,69 @@ def test_inverse_cdf_sampling_by_hand_and_in_distribution():
     )
     freq = torch.bincount(draws, minlength=4).double() / 40000
     assert (freq - probs[0]).abs().max() < 0.01 and freq[1] == 0
-    # on the generator's own device: torch.multinomial, the random stream of before
+    # every device, the generator's own too: one float64 uniform per row from the generator
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     p = torch.softmax(torch.randn(5, 7), -1)
-    assert torch.equal(sample_tokens(p, g1), torch.multinomial(p, 1, generator=g2).squeeze(-1))
+    u = torch.rand(5, generator=g2, dtype=torch.float64)
+    assert torch.equal(sample_tokens(p, g1), inverse_cdf_tokens(p, u))
+    assert torch.equal(g1.get_state(), g2.get_state())  # 5 numbers drawn, no more
+
+
+@pytest.mark.parametrize("block", [2, 3, 4, 256])
+def test_inverse_cdf_in_blocks_by_hand(monkeypatch, block):
+    """The two-level search (block sums, then the chosen block's entries) gives the one-level
+    answers above, for blocks that split the row (2), pad it (3: 4 entries in blocks of 3) or hold
+    it whole; a target on a block boundary goes past a zero-probability block's end."""
+    import sys
+
+    import posttrain.rollout.generate
+
+    g = sys.modules["posttrain.rollout.generate"]  # the module (the package exports the function)
+    monkeypatch.setattr(g, "INVERSE_CDF_BLOCK", block)
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]], dtype=torch.float64).expand(4, 4)
+    u = torch.tensor([0.0, 0.1, 0.2, 0.75], dtype=torch.float64)
+    assert g.inverse_cdf_tokens(probs, u).tolist() == [0, 0, 2, 3]
+    # blocks of 2: [0.3, 0], [0, 0], [0.7, 0]: u = 0.3 skips the empty block to token 4
+    probs = torch.tensor([[0.3, 0.0, 0.0, 0.0, 0.7, 0.0]], dtype=torch.float64).expand(3, 6)
+    u = torch.tensor([0.29, 0.3, 0.999], dtype=torch.float64)
+    assert g.inverse_cdf_tokens(probs, u).tolist() == [0, 4, 4]
+
+
+def test_inverse_cdf_rounding_between_the_levels_never_draws_a_zero():
+    """A block's sum can exceed its entries' running sum by rounding (1 + 254 x 1e-17 is
+    1 + 2.7e-15 summed pairwise, 1 added one by one): a target between the two lies in the block
+    by its sum but past its running sum; the draw is then the block's last entry of probability
+    > 0 (254), not the next block's first (256, probability 0) nor the block's zero end (255)."""
+    from posttrain.rollout.generate import INVERSE_CDF_BLOCK, inverse_cdf_tokens
+
+    probs = torch.zeros(1, 3 * INVERSE_CDF_BLOCK, dtype=torch.float64)
+    probs[0, 0], probs[0, 1:255], probs[0, 2 * INVERSE_CDF_BLOCK] = 1.0, 1e-17, 1.0
+    first = probs[0, :INVERSE_CDF_BLOCK]
+    assert float(first.sum()) > float(first.cumsum(0)[-1]) == 1.0  # the premise
+    u = torch.tensor([(1.0 + 1e-15) / float(probs.sum())], dtype=torch.float64)
+    assert inverse_cdf_tokens(probs, u).tolist() == [254]
+
+
+def test_inverse_cdf_in_blocks_equals_one_cumulative_sum():
+    """On SmolLM2-sized rows (49,152 entries, 192 blocks) and on a vocabulary that is no multiple
+    of the block (833, tiny-llama's), with top-k zeros and in float32 and float64, every draw is
+    the first index whose float64 cumulative sum over the whole row exceeds the target."""
+    from posttrain.rollout.generate import filter_logits, inverse_cdf_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    for v, top_k, dtype in [
+        (49152, 0, torch.float32),
+        (833, 0, torch.float64),
+        (833, 40, torch.float32),
+    ]:
+        logits = 3 * torch.randn(256, v, generator=gen, dtype=dtype)
+        probs = torch.softmax(filter_logits(logits, top_k=top_k), -1)
+        u = torch.rand(256, generator=gen, dtype=torch.float64)
+        cdf = probs.double().cumsum(-1)
+        expected = (cdf <= (u * cdf[:, -1])[:, None]).sum(-1)
+        got = inverse_cdf_tokens(probs, u)
+        assert torch.equal(got, expected), (v, top_k, dtype)
+        assert bool((probs.gather(1, got[:, None]) > 0).all())
 
 
 def test_demo_experiments_refuse_an_accelerator_until_they_use_one(tmp_path, monkeypatch, capsys):

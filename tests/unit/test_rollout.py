@@ -116,7 +116,7 @@ def test_stop_strings_end_a_row_and_cut_the_text(tok):
     n = max(len(ids), len(other))
     r = generate(
         model,
-        [[ids[0]], [ids[0]]],
+        [[ids[0]], [other[0]]],
         pad_id=pad,
         eos_id=eos,
         max_new_tokens=n,
@@ -201,6 +201,50 @@ def test_sampling_logprobs_match_the_training_forward(dtype, atol):
     hot = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, temperature=1.0)
     assert (hot.logps[mask] - r.sample_logps[mask]).abs().max() > 1e-3
     assert not math.isnan(float(out.logps.detach().sum()))
+
+
+def test_a_repeated_prompt_is_prefilled_once_with_the_same_samples(monkeypatch):
+    """Rows repeating the row before's prompt (a prompt's n samples) share one prefill: the
+    prefill forward gets the 3 distinct prompts of 6 rows, and the tokens and sampling log-probs
+    (float64, temperature 0.8, mixed-length prompts, the same generator) equal those of every
+    row prefilled. A prompt that comes back after another one is prefilled again."""
+    import sys
+
+    from posttrain.data import encode_prompt
+    from posttrain.models import load_policy
+
+    gen_module = sys.modules["posttrain.rollout.generate"]
+    model, tok = load_policy("tiny-llama", dtype="float64")
+    a, b = (encode_prompt(tok, p) for p in ("The movie was long and the music", "Hi"))
+    prompts = [a, a, a, b, b, a]
+    widths = []
+    model.register_forward_pre_hook(
+        lambda m, args, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+
+    def sample(once: bool):
+        monkeypatch.setattr(gen_module, "PREFILL_ONCE", once)
+        widths.clear()
+        r = generate(
+            model,
+            prompts,
+            pad_id=tok.pad_token_id,
+            eos_id=tok.eos_token_id,
+            max_new_tokens=10,
+            temperature=0.8,
+            generator=torch.Generator().manual_seed(5),
+        )
+        return r, widths[0]
+
+    shared, prefill = sample(True)
+    assert prefill == (3, len(a))  # a, b, a
+    every, prefill = sample(False)
+    assert prefill == (6, len(a))
+    assert torch.equal(shared.input_ids, every.input_ids)
+    assert torch.equal(shared.attention_mask, every.attention_mask)
+    torch.testing.assert_close(shared.sample_logps, every.sample_logps, atol=1e-12, rtol=0)
+    # the samples of one prompt differ (each row draws its own tokens)
+    assert len({tuple(row) for row in shared.response_ids[:3].tolist()}) > 1
 
 
 def test_the_kv_cache_goes_by_the_keyword_the_model_takes():
