@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_rm.py vs-trl --trl_python /tmp/trlvenv-sft/bin/python
     .venv/bin/python benchmarks/bench_rm.py throughput          # smollm2-135m-instruct, sequences/s
+    .venv/bin/python benchmarks/bench_rm.py demo [--steps 10]   # the SmolLM2 demo's rm, padded or not
 
 ``vs-trl``: the same tiny-llama HF directory, the same synthetic preference pairs and settings
 (batch, lr, max_length, linear schedule, no warm-up, grad clip 1.0, float32) through ``posttrain
@@ -11,6 +12,13 @@ final training-batch accuracy so a fast-but-broken run would show.
 
 ``throughput``: ``RewardModel.score`` (text in, tokenized with the RM's own tokenizer, batched,
 right-padded, no grad) on SmolLM2-135M-Instruct; sequences/s after one warm-up batch.
+
+``demo``: ``posttrain rm`` as the SmolLM2 demo runs it (LoRA r 16, bfloat16, batch 16 pairs in
+micro-batches of 4, max_length 128) on pairs like the demo's: the user turn ``Continue this movie
+review: {opening}`` in SmolLM2's chat template, replies of 3-25 words; with ``--padding_free
+false`` (2B padded rows, the recipe before) and ``true`` (each prompt once, then both replies:
+the default), each in a fresh process, alternately, ``--repeats`` rounds. Reported: the training
+steps' seconds (16 pairs over ``train/pairs_per_s``, summed, from the recipe's log) and the whole process's wall time.
 """
 
 from __future__ import annotations
@@ -127,6 +135,53 @@ def cmd_vs_trl(args) -> None:
     )
 
 
+def cmd_demo(args) -> None:
+    import random
+
+    from posttrain.metrics import TRAIN_PAIRS_PER_S as PAIRS_PER_S
+    from posttrain.recipes.demo_chat import chat_prompts
+    from posttrain.tasks import get_task
+    from tests.helpers_pref import BAD, GOOD
+
+    rng = random.Random(0)
+    work = Path(tempfile.mkdtemp(prefix="bench_rm_demo_"))
+    prompts = chat_prompts(get_task("sentiment").prompts(16 * args.steps, seed=3))
+
+    def reply(words: list[str]) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(3, 25))) + "."
+
+    rows = [{"prompt": p, "chosen": reply(GOOD), "rejected": reply(BAD)} for p in prompts]
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = [
+        sys.executable, "-m", "posttrain.cli", "rm", "--model", "smollm2-135m-instruct",
+        "--train_data", str(data), "--max_steps", str(args.steps), "--batch_size", "16",
+        "--gradient_accumulation_steps", "4", "--learning_rate", "1e-3", "--max_length", "128",
+        "--dtype", "bfloat16", "--lora.enabled", "true", "--lora.r", "16", "--lora.alpha", "32",
+        "--logging_steps", "1", "--save_steps", "0", "--progress", "false",
+    ]  # fmt: skip
+    results: dict[str, list[tuple[float, float]]] = {"false": [], "true": []}
+    for rep in range(args.repeats):
+        for flag in results:
+            out = work / f"run-{flag}-{rep}"
+            t0 = time.perf_counter()
+            cmd = [*base, "--padding_free", flag, "--output_dir", str(out)]
+            subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+            wall = time.perf_counter() - t0
+            metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            steps = sum(16 / m[PAIRS_PER_S] for m in metrics if PAIRS_PER_S in m)
+            results[flag].append((steps, wall))
+            print(f"padding_free {flag} round {rep}: steps {steps:.1f} s, wall {wall:.1f} s")
+    print(
+        f"\nposttrain rm, SmolLM2 demo settings, {args.steps} steps x 16 pairs, best of "
+        f"{args.repeats}:\n| padding_free | training steps | whole process |\n|---|---|---|"
+    )
+    for flag, values in results.items():
+        print(f"| {flag} | {min(v[0] for v in values):.1f} s | {min(v[1] for v in values):.1f} s |")
+    ratio = min(v[0] for v in results["false"]) / min(v[0] for v in results["true"])
+    print(f"\npadded / padding-free (training steps): {ratio:.2f}x")
+
+
 def cmd_throughput(args) -> None:
     from posttrain.models import load_model, load_tokenizer
     from posttrain.models.reward import RewardModel
@@ -160,6 +215,9 @@ def main() -> None:
     v.add_argument("--batch", type=int, default=8)
     v.add_argument("--lr", default="1e-3")
     v.add_argument("--repeats", type=int, default=2)
+    d = sub.add_parser("demo")
+    d.add_argument("--steps", type=int, default=10)
+    d.add_argument("--repeats", type=int, default=2)
     t = sub.add_parser("throughput")
     t.add_argument("--model", default="smollm2-135m-instruct")
     t.add_argument("--dtype", default="float32")
@@ -169,7 +227,7 @@ def main() -> None:
         "--repeat_text", type=int, default=4, help="repeat each completion to lengthen it"
     )
     args = p.parse_args()
-    {"vs-trl": cmd_vs_trl, "throughput": cmd_throughput}[args.cmd](args)
+    {"vs-trl": cmd_vs_trl, "throughput": cmd_throughput, "demo": cmd_demo}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -272,23 +272,13 @@ def forward_packed_logprobs(
     old for it, logits come at every position. Eligible models (``chunked.can_chunk``) skip the
     model's own output layer and compute those positions' log-probs in chunks instead."""
     batch = to_device(batch, module_device(model))
-    ids, positions, label_from = batch["input_ids"], batch["position_ids"], batch["label_from"]
+    label_from = batch["label_from"]
     assert bool((label_from[1:] > label_from[:-1]).all()), "label_from must be strictly increasing"
+    inputs, attention, flat_index = packed_inputs(model, batch)
+    label_from = flat_index(label_from)
     tokens = batch.get("segment_tokens")  # (n, L) each sequence's tokens among the rows'
-    if tokens is not None and segment_attention.ENABLED and segment_attention.applies(model):
-        # the rows' tokens end to end (no padding), attention only within each sequence
-        token_index = batch["token_index"]
-        ids = ids.flatten().index_select(0, token_index)[None]
-        positions = positions.flatten().index_select(0, token_index)[None]
-        label_from = torch.searchsorted(token_index, label_from)  # its place among the tokens
-        inputs = {"segments": segment_attention.build(batch)}
-        attention = segment_attention.segments_used(model)
-    else:  # the rows with their 4-D mask
-        if tokens is not None:
-            tokens = batch["token_index"][tokens]  # flat indices in the rows
-        inputs = {"attention_mask": additive_mask(model, batch["attention_mask"])}
-        attention = contextlib.nullcontext()
-    inputs.update(input_ids=ids, position_ids=positions, use_cache=False)
+    if tokens is not None:
+        tokens = flat_index(batch["token_index"][tokens])
     if chunked.DEFAULT_CHUNK_SIZE > 0 and chunked.can_chunk(model):  # output layer in chunks
         with chunked.lm_head_skipped(model) as (head, box), attention:
             model(**inputs)
@@ -319,6 +309,7 @@ def forward_packed_logprobs(
     if with_entropy or with_hidden or temperature != 1.0:
         raise ValueError("entropy, hidden states and temperature need a chunk-eligible model")
     if _keeps_by_mask():
+        ids = inputs["input_ids"]
         keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
         keep[label_from] = True
         inputs["logits_to_keep"] = keep.view(ids.shape)
@@ -333,6 +324,36 @@ def forward_packed_logprobs(
     mask = batch["label_mask"].to(values.dtype)
     logps = values.new_zeros(mask.numel()).index_put((batch["label_to"],), values)
     return TokenLogprobs(logps=logps.view(mask.shape), mask=mask)
+
+
+def packed_inputs(model, batch: dict[str, torch.Tensor]):
+    """How ``model`` runs a ``collate_shared_prefix`` batch (on the model's device):
+    ``(inputs, attention, flat_index)``, to be called as ``with attention: model(**inputs)``;
+    ``flat_index`` maps flat indices in the (R, T) rows to the positions of the output's
+    flattened hidden states. With segment attention (eligible models, when the batch has
+    ``segment_tokens``) the rows' tokens run end to end as one row, attention only within each
+    sequence; else the rows run with their 4-D mask."""
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    if "segment_tokens" in batch and segment_attention.ENABLED and segment_attention.applies(model):
+        token_index = batch["token_index"]  # (N,) the real tokens' flat indices, increasing
+        inputs = {
+            "input_ids": ids.flatten().index_select(0, token_index)[None],
+            "position_ids": positions.flatten().index_select(0, token_index)[None],
+            "segments": segment_attention.build(batch),
+            "use_cache": False,
+        }
+        return (
+            inputs,
+            segment_attention.segments_used(model),
+            lambda flat: torch.searchsorted(token_index, flat),  # its place among the tokens
+        )
+    inputs = {
+        "input_ids": ids,
+        "position_ids": positions,
+        "attention_mask": additive_mask(model, batch["attention_mask"]),
+        "use_cache": False,
+    }
+    return inputs, contextlib.nullcontext(), lambda flat: flat
 
 
 def additive_mask(model, mask: torch.Tensor) -> torch.Tensor:

@@ -90,20 +90,42 @@ class RewardModel(nn.Module):
     def config(self):
         return self.trunk.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, n_heads), read at each row's last attended token.
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        packed: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, T) -> (B, n_heads), read at each row's last attended token; or, given ``packed``
+        (a ``collate_shared_prefix`` batch: a pair's prompt once, then both responses), one row
+        per sequence, (n, n_heads), each read at its sequence's last token (the same numbers, to
+        float rounding, as the sequences padded).
 
         Runs the trunk's decoder only (no LM head: (B, T, vocab) logits would cost time and
         memory for nothing); its ``last_hidden_state`` is the final-norm output. Inputs go to
         the model's device."""
-        input_ids, attention_mask = to_device((input_ids, attention_mask), module_device(self))
-        out = _decoder(self.trunk)(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
-        r = self.head(gather_last(out.last_hidden_state, attention_mask))  # (B, n_heads)
+        decoder = _decoder(self.trunk)
+        if packed is not None:
+            from posttrain.models.logprobs import packed_inputs
+
+            packed = to_device(packed, module_device(self))
+            inputs, attention, flat_index = packed_inputs(decoder, packed)
+            with attention:
+                hidden = decoder(**inputs).last_hidden_state.flatten(0, 1)  # (tokens, H)
+            n = packed["segment_lengths"].shape[0]
+            last = packed["segment_tokens"][torch.arange(n), packed["segment_lengths"] - 1]
+            last = flat_index(packed["token_index"][last])  # (n,) among the hidden states
+            r = self.head(hidden.index_select(0, last))
+        else:
+            input_ids, attention_mask = to_device((input_ids, attention_mask), module_device(self))
+            out = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
+            r = self.head(gather_last(out.last_hidden_state, attention_mask))  # (B, n_heads)
         return r.to(torch.promote_types(r.dtype, torch.float32))  # bfloat16 -> float32
 
     def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Reward model training: learn r(x, y) from comparisons with the Bradley–Terry loss.
 
 setup -> pairs (validated before anything is written) -> trunk + head -> resume -> for each
-step: ONE forward of chosen and rejected together, -log sigmoid(r_c - r_r - margin) (plus the
-optional reward-centering term), clipped AdamW step -> log -> checkpoint -> final/ with the
-training-set reward mean/std saved for whitening.
+step: ONE forward of chosen and rejected together (padding-free by default: a pair's prompt
+once, then both responses), -log sigmoid(r_c - r_r - margin) (plus the optional reward-centering
+term), clipped AdamW step -> log -> checkpoint -> final/ with the training-set reward mean/std
+saved for whitening.
 
 Data: preference pairs (optional ``margin``); ranked records give every implied pair (ties none);
 scored multi-aspect records give pairs through ``aspect_weights``. Every pair is one training
@@ -71,6 +72,11 @@ class Config(TrainConfig):
     center_rewards_coef: float = 0.0
     """Reward-centering regulariser coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023, eq. 2;
     0.01 is usual); 0 = off."""
+    padding_free: bool = True
+    """Lay each pair out once as its prompt followed by both responses (each response sees the
+    prompt and itself), pairs packed end to end, instead of 2B rows each padded to the longest:
+    the same rewards (to float rounding) without computing the prompt twice or the padding;
+    false pads."""
 
     def validate(self) -> None:
         super().validate()
@@ -145,21 +151,33 @@ def build_reward_model(cfg: Config, tokenizer, device=None) -> RewardModel:
 
 
 def pair_rewards(rm, batch, head_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_chosen (B,), r_rejected (B,)) of each pair's own head, from one (2B, T) forward."""
-    rewards = rm(batch["input_ids"], batch["attention_mask"])  # (2B, H)
+    """(r_chosen (B,), r_rejected (B,)) of each pair's own head, from one forward of the pairs:
+    (2B, T) padded rows, or a padding-free batch (``collate_pairs(padding_free=True)``)."""
+    if "segment_tokens" in batch:
+        rewards = rm(packed=batch)  # (2B, H): chosen sequences, then rejected
+    else:
+        rewards = rm(batch["input_ids"], batch["attention_mask"])  # (2B, H)
     b = rewards.shape[0] // 2
     rows, head_idx = torch.arange(b, device=rewards.device), head_idx.to(rewards.device)
     return rewards[:b][rows, head_idx], rewards[b:][rows, head_idx]
 
 
 @torch.no_grad()
-def accuracy(rm: RewardModel, pairs, heads: torch.Tensor, pad_id: int, batch_size: int) -> float:
+def accuracy(
+    rm: RewardModel,
+    pairs,
+    heads: torch.Tensor,
+    pad_id: int,
+    batch_size: int,
+    padding_free: bool = False,
+) -> float:
     """Share of pairs whose chosen response gets the higher reward (ties count half)."""
     was = rm.training
     rm.eval()
     won = []
     for i in range(0, len(pairs), batch_size):
-        batch = to_device(collate_pairs(pairs[i : i + batch_size], pad_id), module_device(rm))
+        batch = collate_pairs(pairs[i : i + batch_size], pad_id, padding_free=padding_free)
+        batch = to_device(batch, module_device(rm))
         won.append(reward_accuracy(*pair_rewards(rm, batch, heads[i : i + batch_size])))
     rm.train(was)
     return float(torch.cat(won).mean())
@@ -217,7 +235,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     if run_.start_step == 0:
         start = {M.TRAIN_TRUNCATED: n_trunc, M.TRAIN_TIES: n_ties}
         if held:
-            start[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
+            start[M.EVAL_ACCURACY] = accuracy(
+                rm, held[0], held[1], pad, cfg.batch_size, cfg.padding_free
+            )
         run_.log(0, start)
 
     micro = run_.micro_batch_size
@@ -228,7 +248,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         with distributed.accumulate(model):
             for k in range(0, len(mine), micro):
                 part = mine[k : k + micro]
-                batch = to_device(collate_pairs([train[i] for i in part], pad), run_.device)
+                pairs = [train[i] for i in part]
+                batch = collate_pairs(pairs, pad, padding_free=cfg.padding_free)
+                batch = to_device(batch, run_.device)
                 with distributed.autocast(cfg.bf16_autocast):
                     rc, rr = pair_rewards(model, batch, train_heads[part])  # (b,) each
                 has_margin = any(train[i].margin is not None for i in part)
@@ -263,7 +285,9 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
             }
             if held and run_.should_eval(step):
-                values[M.EVAL_ACCURACY] = accuracy(rm, held[0], held[1], pad, cfg.batch_size)
+                values[M.EVAL_ACCURACY] = accuracy(
+                    rm, held[0], held[1], pad, cfg.batch_size, cfg.padding_free
+                )
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
     rm.mean, rm.std = reward_stats(rm, train, pad, cfg.batch_size)

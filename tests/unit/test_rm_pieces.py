@@ -107,6 +107,48 @@ def test_weighted_sum_and_per_head_pair_rewards_by_hand(tok):
     torch.testing.assert_close(rr, torch.stack([per_head[1, 0], per_head[0, 1]]))
 
 
+@pytest.mark.parametrize("segments", [True, False])
+def test_padding_free_pair_rewards_equal_the_padded_ones_with_gradients(tok, monkeypatch, segments):
+    """``pair_rewards`` of a padding-free batch (each prompt once, then both responses; pairs of
+    different prompt and response lengths packed together) equals the padded batch's, rewards and
+    the gradients of the trunk and the head, to rounding (rewards 1e-10; gradients 1e-7 of their
+    largest, as transformers' RMSNorm computes in float32): through segment attention and through
+    the rows' 4-D mask. Reading the token before the last (the response's EOS) fails."""
+    import posttrain.models.segment_attention as sa
+    from posttrain.data.formats import Example
+    from posttrain.data.preference import collate_pairs, encode_pairs
+
+    monkeypatch.setattr(sa, "ENABLED", segments)
+    torch.manual_seed(0)
+    trunk = load_model("tiny-llama", tokenizer=tok, dtype="float64")
+    rm = RewardModel(trunk, tok, ["help", "harm"])
+    torch.nn.init.normal_(rm.head.linear.weight, std=1.0)
+    exs = [
+        Example("preference", "t:1", "Q:", chosen=" good", rejected=" a bad long answer here"),
+        Example(
+            "preference", "t:2", "A longer prompt for this pair:", chosen=" ok", rejected=" no"
+        ),
+        Example("preference", "t:3", "Hi", chosen=" fine, thanks", rejected=" go away"),
+    ]
+    pairs, _ = encode_pairs(tok, exs, 64)
+    heads = torch.tensor([0, 1, 0])
+    results = []
+    for padding_free in (False, True):
+        rm.zero_grad()
+        batch = collate_pairs(pairs, tok.pad_token_id, padding_free=padding_free)
+        assert ("segment_tokens" in batch) == padding_free
+        rc, rr = pair_rewards(rm, batch, heads)
+        (rc - 2 * rr).sum().backward()
+        grads = [p.grad.clone() for p in rm.parameters() if p.grad is not None]
+        results.append((torch.cat([rc, rr]).detach(), grads))
+    (padded, g_padded), (packed, g_packed) = results
+    assert padded.abs().min() > 1e-3  # rewards to compare
+    torch.testing.assert_close(packed, padded, atol=1e-10, rtol=0)
+    assert len(g_packed) == len(g_padded) > 2
+    for a, b in zip(g_packed, g_padded):  # transformers' RMSNorm rounds through float32
+        torch.testing.assert_close(a, b, atol=1e-7 * float(b.abs().max()), rtol=1e-6)
+
+
 def _ids(rm, prompts, texts):
     from posttrain.data import collate, encode_example
 
