@@ -128,9 +128,15 @@ class RewardModel(nn.Module):
             r = self.head(gather_last(out.last_hidden_state, attention_mask))  # (B, n_heads)
         return r.to(torch.promote_types(r.dtype, torch.float32))  # bfloat16 -> float32
 
-    def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) served reward: the heads' weighted sum."""
-        r = self(input_ids, attention_mask)
+    def reward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        packed: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B,) served reward: the heads' weighted sum (inputs as ``forward``'s)."""
+        r = self(input_ids, attention_mask, packed=packed)
         return r @ self.weights.to(r.dtype)
 
     @property

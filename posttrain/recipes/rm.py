@@ -185,22 +185,48 @@ def accuracy(
 
 @torch.no_grad()
 def reward_stats(
-    rm: RewardModel, pairs: list[EncodedPair], pad_id: int, batch_size: int
+    rm: RewardModel,
+    pairs: list[EncodedPair],
+    pad_id: int,
+    batch_size: int,
+    padding_free: bool = False,
 ) -> tuple[float, float]:
     """Mean and std (correction 1) of the served reward over the distinct responses of the
-    training pairs (a response in several pairs counts once). Each process scores its share."""
+    training pairs (a response in several pairs counts once). Each process scores its share.
+    ``padding_free``: the pairs as they trained (each prompt once, then both responses; a
+    response counted at its first pair), else the distinct sequences padded, by length."""
     from posttrain.data import collate
 
     rm.eval()
-    seqs = {tuple(e.input_ids): e for p in pairs for e in (p.chosen, p.rejected)}
-    mine = distributed.shard(sorted(seqs.values(), key=lambda e: len(e.input_ids)))
-    total = total_sq = 0.0
-    for i in range(0, len(mine), batch_size):
-        b = collate(mine[i : i + batch_size], pad_id)
-        r = rm.reward(b["input_ids"], b["attention_mask"]).double()  # (b,)
-        total, total_sq = total + float(r.sum()), total_sq + float((r * r).sum())
-    n = len(seqs)
-    total, total_sq = distributed.all_sum(total), distributed.all_sum(total_sq)
+    values: list[torch.Tensor] = []
+    if padding_free:
+        seen: set[tuple[int, ...]] = set()
+        first = []  # per pair: whether its chosen / rejected is a response's first appearance
+        for pair in pairs:
+            flags = []
+            for seq in (pair.chosen, pair.rejected):
+                key = tuple(seq.input_ids)
+                flags.append(key not in seen)
+                seen.add(key)
+            first.append(flags)
+        n = len(seen)
+        mine = distributed.shard(list(range(len(pairs))))
+        for i in range(0, len(mine), batch_size):
+            part = mine[i : i + batch_size]
+            batch = collate_pairs([pairs[j] for j in part], pad_id, padding_free=True)
+            r = rm.reward(packed=batch)  # (2b,): chosen, then rejected
+            keep = torch.tensor([first[j][0] for j in part] + [first[j][1] for j in part])
+            values.append(r.double()[keep.to(r.device)])
+    else:
+        seqs = {tuple(e.input_ids): e for p in pairs for e in (p.chosen, p.rejected)}
+        n = len(seqs)
+        mine = distributed.shard(sorted(seqs.values(), key=lambda e: len(e.input_ids)))
+        for i in range(0, len(mine), batch_size):
+            b = collate(mine[i : i + batch_size], pad_id)
+            values.append(rm.reward(b["input_ids"], b["attention_mask"]).double())  # (b,)
+    r = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    total = distributed.all_sum(float(r.sum()))
+    total_sq = distributed.all_sum(float((r * r).sum()))
     mean = total / n
     var = (total_sq - n * mean * mean) / (n - 1) if n > 1 else 1.0
     return mean, max(var, 0.0) ** 0.5
@@ -290,7 +316,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 )
             run_.log(step, values)
         run_.step_done(step, **train_state.checkpoint())
-    rm.mean, rm.std = reward_stats(rm, train, pad, cfg.batch_size)
+    rm.mean, rm.std = reward_stats(rm, train, pad, cfg.batch_size, cfg.padding_free)
     run_.finish(
         model,
         save=rm.save,
