@@ -61,6 +61,10 @@ class Config:
     ppo_kl_coef: float | None = None
     """PPO's KL penalty coefficient (towards the reference policy); default 0.05, and 0.1 with
     ``--model smollm2-135m-instruct`` (there 0.05 let the KL pass 6 nats within 10 steps)."""
+    ppo_kl_target: float | None = None
+    """With --model: PPO's KL coefficient adapts (Ziegler et al. 2019) to hold the training KL near
+    this many nats per reply, starting from --ppo_kl_coef and moving by up to 20% a step (horizon:
+    one step's replies); None: the coefficient stays fixed."""
     dpo_beta: float = 0.1
     """DPO's beta."""
     device: str = "auto"
@@ -89,6 +93,12 @@ class Config:
             "ppo_kl_coef",
             "must be >= 0",
             self.ppo_kl_coef,
+        )
+        check(
+            self.ppo_kl_target is None or (self.ppo_kl_target > 0 and self.model is not None),
+            "ppo_kl_target",
+            "must be > 0, with --model",
+            self.ppo_kl_target,
         )
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
         check(

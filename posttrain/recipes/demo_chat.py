@@ -25,8 +25,8 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 
 ``D/ppo/final`` and ``D/dpo/final`` (and ``D/rloo/final``) are merged Hugging Face model
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
-``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``, ``--dpo_beta``,
-``--rloo``).
+``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
+``--ppo_kl_target``, ``--dpo_beta``, ``--rloo``).
 """
 
 from __future__ import annotations
@@ -333,6 +333,8 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
             learning_rate=PPO_LR,
             whiten_rewards=True,
+            kl_target=cfg.ppo_kl_target,
+            kl_horizon=b.ppo_prompts * b.ppo_samples,  # up to 20% a step (with kl_target)
             **online,
         )
         clock.done()

@@ -73,3 +73,15 @@ def test_eval_reruns_when_it_lacks_a_system_and_rloo_needs_model(tmp_path):
     out = tmp_path / "d"
     assert main(["demo", "--rloo", "true", "--output_dir", str(out)]) == 2
     assert not out.exists()
+
+
+def test_ppo_kl_target_needs_the_chat_model_and_a_positive_value(tmp_path, capsys):
+    out = tmp_path / "d"
+    for argv in (
+        ["--ppo_kl_target", "4"],
+        ["--model", "smollm2-135m-instruct", "--ppo_kl_target", "0"],
+    ):
+        assert main(["demo", *argv, "--output_dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--ppo_kl_target" in err, err
+        assert not out.exists()
