@@ -63,8 +63,8 @@ class Config:
     ``--model smollm2-135m-instruct`` (there 0.05 let the KL pass 6 nats within 10 steps)."""
     ppo_kl_target: float | None = None
     """With --model: PPO's KL coefficient adapts (Ziegler et al. 2019) to hold the training KL near
-    this many nats per reply, starting from --ppo_kl_coef and moving by up to 20% a step (horizon:
-    one step's replies); None: the coefficient stays fixed."""
+    this many nats per reply, starting from --ppo_kl_coef and moving by up to 5% a step (horizon:
+    four steps' replies); None: the coefficient stays fixed."""
     dpo_beta: float = 0.1
     """DPO's beta."""
     device: str = "auto"

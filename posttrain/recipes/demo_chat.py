@@ -334,7 +334,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             learning_rate=PPO_LR,
             whiten_rewards=True,
             kl_target=cfg.ppo_kl_target,
-            kl_horizon=b.ppo_prompts * b.ppo_samples,  # up to 20% a step (with kl_target)
+            kl_horizon=4 * b.ppo_prompts * b.ppo_samples,  # up to 5% a step (with kl_target)
             **online,
         )
         clock.done()

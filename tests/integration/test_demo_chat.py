@@ -26,9 +26,9 @@ def test_chat_demo_quick_end_to_end(tmp_path):
     argv = ["demo", "--model", "smollm2-135m-instruct", "--quick", "true"]
     rc = main([*argv, "--ppo_kl_target", "3", "--output_dir", str(out)])
     assert rc in (0, None)
-    # the adaptive KL controller: target and a one-step horizon (4 prompts x 2 replies)
+    # the adaptive KL controller: target and a four-step horizon (4 x 4 prompts x 2 replies)
     ppo_config = (out / "ppo" / "config.yaml").read_text()
-    assert "kl_target: 3.0" in ppo_config and "kl_horizon: 8" in ppo_config, ppo_config
+    assert "kl_target: 3.0" in ppo_config and "kl_horizon: 32" in ppo_config, ppo_config
     for name in ("report.html", "report.md", "facts.json", "eval/eval.json"):
         assert (out / name).is_file(), name
     facts = json.loads((out / "facts.json").read_text())
