@@ -52,6 +52,10 @@ class OnlineConfig(TrainConfig, GenerationConfig):
     """Subtracted from the score of a response cut at max_new_tokens (no EOS, no stop string)."""
     length_penalty: float = 0.0
     """Subtracted from the score per response token."""
+    reward_clip: float | None = None
+    """Clip the reward source's scores (after --normalize_reward) to [-reward_clip, reward_clip],
+    before the penalties: a bounded reward, so that a response the reward model overrates far
+    beyond the ones it was trained on earns no more than a good ordinary one."""
     samples_every: int = 0
     """Append a table of sample completions to samples.jsonl every this many steps (0: never)."""
     samples_count: int = 4
@@ -82,6 +86,12 @@ class OnlineConfig(TrainConfig, GenerationConfig):
             self.max_new_tokens,
         )
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0", self.kl_coef)
+        check(
+            self.reward_clip is None or self.reward_clip > 0,
+            "reward_clip",
+            "must be > 0",
+            self.reward_clip,
+        )
         check(self.samples_every >= 0, "samples_every", "must be >= 0", self.samples_every)
 
     def reward_spec(self) -> str:
@@ -104,6 +114,7 @@ class OnlineConfig(TrainConfig, GenerationConfig):
             "max_prompt_tokens": self.max_length - self.max_new_tokens,
             "missing_eos_penalty": self.missing_eos_penalty,
             "length_penalty": self.length_penalty,
+            "reward_clip": self.reward_clip,
         }
 
 

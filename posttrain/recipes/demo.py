@@ -65,6 +65,11 @@ class Config:
     """With --model: PPO's KL coefficient adapts (Ziegler et al. 2019) to hold the training KL near
     this many nats per reply, starting from --ppo_kl_coef and moving by up to 5% a step (horizon:
     four steps' replies); None: the coefficient stays fixed."""
+    ppo_reward_clip: float | None = None
+    """With --model: clip the reward model's scores, in standard deviations of its training set
+    from their mean, to [-C, C] before PPO (and RLOO) see them: a bounded reward, so that a
+    reply the reward model overrates (far outside the replies it was trained on) earns no more
+    than a good ordinary one; None: unclipped."""
     dpo_beta: float = 0.1
     """DPO's beta."""
     device: str = "auto"
@@ -99,6 +104,12 @@ class Config:
             "ppo_kl_target",
             "must be > 0, with --model",
             self.ppo_kl_target,
+        )
+        check(
+            self.ppo_reward_clip is None or (self.ppo_reward_clip > 0 and self.model is not None),
+            "ppo_reward_clip",
+            "must be > 0, with --model",
+            self.ppo_reward_clip,
         )
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
         check(

@@ -26,7 +26,7 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 ``D/ppo/final`` and ``D/dpo/final`` (and ``D/rloo/final``) are merged Hugging Face model
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
 ``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
-``--ppo_kl_target``, ``--dpo_beta``, ``--rloo``).
+``--ppo_kl_target``, ``--ppo_reward_clip``, ``--dpo_beta``, ``--rloo``).
 """
 
 from __future__ import annotations
@@ -312,6 +312,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         num_samples=b.ppo_samples,
         ppo_epochs=b.ppo_epochs,
         kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
+        reward_clip=cfg.ppo_reward_clip,
         missing_eos_penalty=0.0,
         max_new_tokens=b.max_new_tokens,
         logging_steps=1,

@@ -97,8 +97,6 @@ class Config(OnlineConfig):
     """Adaptive KL horizon, in samples (Ziegler et al. 2019)."""
     kl_clip_zero: bool = False
     """Clip the per-token KL penalty at 0 (no bonus for tokens the reference likes more)."""
-    reward_clip: float | None = None
-    """Clip scores to [-reward_clip, reward_clip]."""
     whiten_rewards: bool = False
     """Rescale the shaped per-token rewards to unit variance over the batch (mean kept)."""
     max_approx_kl: float | None = None
@@ -141,7 +139,6 @@ class Config(OnlineConfig):
             self.kl_target is None or self.kl_target > 0, "kl_target", "must be > 0", self.kl_target
         )
         check(self.kl_horizon >= 1, "kl_horizon", "must be >= 1", self.kl_horizon)
-        check(self.reward_clip is None or self.reward_clip > 0, "reward_clip", "must be > 0", None)
         check(
             self.ptx_coef == 0 or self.ptx_data is not None,
             "ptx_data",
@@ -164,11 +161,8 @@ class Config(OnlineConfig):
 
 def advantages_and_returns(exp: Experience, values: torch.Tensor, kl_coef: float, cfg: Config):
     """Shaped rewards -> GAE -> whitened advantages; values (N, T-1) -> (advantages, returns)."""
-    scores = exp.scores
-    if cfg.reward_clip is not None:
-        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
     rewards = kl_shaped_rewards(
-        scores,
+        exp.scores,
         exp.logps,
         exp.ref_logps,
         exp.mask,

@@ -92,8 +92,12 @@ def penalized_scores(
     *,
     missing_eos_penalty: float = 0.0,
     length_penalty: float = 0.0,
+    reward_clip: float | None = None,
 ) -> torch.Tensor:
-    """(N,) ``raw - missing_eos_penalty * [cut at max_new_tokens] - length_penalty * length``."""
+    """(N,) ``clip(raw) - missing_eos_penalty * [cut at max_new_tokens] - length_penalty *
+    length``, ``clip`` to [-reward_clip, reward_clip] (None: none)."""
+    if reward_clip is not None:
+        raw = raw.clamp(-reward_clip, reward_clip)
     truncated = rollout.truncated.to(raw.dtype)
     return (
         raw
@@ -150,6 +154,7 @@ def collect(
     generator: torch.Generator | None = None,
     missing_eos_penalty: float = 0.0,
     length_penalty: float = 0.0,
+    reward_clip: float | None = None,
     with_reference: bool = True,
     with_policy: bool = True,
     with_hidden: bool = False,
@@ -174,7 +179,11 @@ def collect(
             reward_fn(rows, texts), dtype=torch.float32, device=rollout.input_ids.device
         )
     scores = penalized_scores(
-        raw, rollout, missing_eos_penalty=missing_eos_penalty, length_penalty=length_penalty
+        raw,
+        rollout,
+        missing_eos_penalty=missing_eos_penalty,
+        length_penalty=length_penalty,
+        reward_clip=reward_clip,
     )
     exp = Experience(rollout, rows, texts, raw, scores)
     with timed(timings, "logprobs"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from posttrain.cli import main
 from posttrain.recipes.demo_chat import (
     _evaluated,
@@ -75,13 +77,11 @@ def test_eval_reruns_when_it_lacks_a_system_and_rloo_needs_model(tmp_path):
     assert not out.exists()
 
 
-def test_ppo_kl_target_needs_the_chat_model_and_a_positive_value(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--ppo_kl_target", "--ppo_reward_clip"])
+def test_ppo_options_need_the_chat_model_and_a_positive_value(tmp_path, capsys, flag):
     out = tmp_path / "d"
-    for argv in (
-        ["--ppo_kl_target", "4"],
-        ["--model", "smollm2-135m-instruct", "--ppo_kl_target", "0"],
-    ):
+    for argv in ([flag, "4"], ["--model", "smollm2-135m-instruct", flag, "0"]):
         assert main(["demo", *argv, "--output_dir", str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--ppo_kl_target" in err, err
+        assert err.count("\n") == 1 and flag in err, err
         assert not out.exists()

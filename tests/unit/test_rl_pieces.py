@@ -55,6 +55,16 @@ def test_penalties_by_hand():
     torch.testing.assert_close(out, torch.tensor([0.8, 0.2]))
 
 
+def test_reward_clip_bounds_the_source_score_before_the_penalties():
+    raw = torch.tensor([3.0, -5.0])
+    # clipped to [-1.5, 1.5] first: 1.5 - 0.1*2 = 1.3; -1.5 - 0.5 - 0.1*3 = -2.3 (the penalties
+    # still apply below the clip)
+    out = penalized_scores(
+        raw, _rollout(), missing_eos_penalty=0.5, length_penalty=0.1, reward_clip=1.5
+    )
+    torch.testing.assert_close(out, torch.tensor([1.3, -2.3]))
+
+
 def test_rollout_metrics_by_hand(tmp_path):
     r = _rollout()
     logps = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, -1.0, -1.0, -1.0]])
