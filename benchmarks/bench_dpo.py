@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_dpo.py vs-trl --trl_python /tmp/trlvenv/bin/python \
         [--size tiny|small|smollm2] [--data short|varied|dialogue] [--steps 200]
     .venv/bin/python benchmarks/bench_dpo.py smollm2 [--padded]
+    .venv/bin/python benchmarks/bench_dpo.py keep-logits [--rounds 4]
     .venv/bin/python benchmarks/bench_dpo.py logps [--dtype bfloat16] [--responses short] \
         [--against /tmp/segment_attention_before.py]
 
@@ -28,6 +29,10 @@ libraries offline (``HF_HUB_OFFLINE``: no waiting on connection attempts); print
 tokens per side: forward of policy and reference, backward, AdamW) on SmolLM2-135M-Instruct in
 float32 and bfloat16, with and without LoRA, each in a fresh subprocess; seconds/step (median)
 and the process's peak RSS; in the recipe's default padding-free layout, or ``--padded``.
+
+``keep-logits``: the output layer's logits kept for the backward (the default when they are
+small, ``posttrain.models.chunked.KEEP_LOGITS_MAX``) against recomputed under checkpointing, on
+the small llama: CPU time of the policy's forward + backward, alternated in one process.
 
 ``logps``: segment attention against the 4-D mask path (and other versions of
 ``segment_attention.py``): the CPU time of SmolLM2's policy forward + backward (``pair_logps``) on 4
@@ -410,6 +415,54 @@ def cmd_smollm2(args) -> None:
             )
 
 
+def cmd_keep_logits(args) -> None:
+    """The output layer's logits kept for the backward vs recomputed under checkpointing
+    (``posttrain.models.chunked.KEEP_LOGITS_MAX``): CPU seconds of the small llama's
+    ``pair_logps`` forward + backward over 20 batches of 8 varied pairs, one thread, the two
+    alternating in one process, best of ``--rounds``."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from posttrain.data import load_examples
+    from posttrain.data.preference import collate_pairs, encode_pairs
+    from posttrain.models import chunked, load_tokenizer
+    from posttrain.models.logprobs import pair_logps
+    from posttrain.models.tiny import build_tiny_llama
+
+    torch.set_num_threads(1)
+    tok = load_tokenizer("tiny-llama")
+    model = build_tiny_llama(tok, **SIZES["small"]).float().train()
+    data = Path(tempfile.mkdtemp(prefix="bench_keep_")) / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in varied_rows(160)))
+    enc, _ = encode_pairs(tok, load_examples(str(data), ["preference"]), 256)
+    batches = [
+        collate_pairs(enc[i : i + 8], tok.pad_token_id, padding_free=True)
+        for i in range(0, len(enc), 8)
+    ]
+
+    def one_pass() -> float:
+        t = time.process_time()
+        for b in batches:
+            out = pair_logps(model, b)
+            (out.chosen.sum() - out.rejected.sum()).backward()
+        model.zero_grad(set_to_none=True)
+        return time.process_time() - t
+
+    one_pass()  # warm-up
+    default = chunked.KEEP_LOGITS_MAX
+    times: dict[str, list[float]] = {"recomputed (checkpointed)": [], "kept (default)": []}
+    for _ in range(args.rounds):
+        for name, keep in (("recomputed (checkpointed)", 0), ("kept (default)", default)):
+            chunked.KEEP_LOGITS_MAX = keep
+            times[name].append(one_pass())
+    chunked.KEEP_LOGITS_MAX = default
+    print(f"| logits | CPU s (best of {args.rounds}) |\n|---|---|")
+    for name, v in times.items():
+        print(f"| {name} | {min(v):.2f} |")
+    ratio = min(times["recomputed (checkpointed)"]) / min(times["kept (default)"])
+    print(f"\nrecomputed / kept: {ratio:.3f}x")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one-logps":
         one_logps(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
@@ -462,8 +515,12 @@ def main() -> None:
         default=[],
         help="other segment_attention.py files to time too (e.g. git show HEAD:... > /tmp/x.py)",
     )
+    k = sub.add_parser("keep-logits", help="small llama: logits kept vs recomputed in backward")
+    k.add_argument("--rounds", type=int, default=4)
     args = p.parse_args()
-    {"vs-trl": cmd_vs_trl, "smollm2": cmd_smollm2, "logps": cmd_logps}[args.cmd](args)
+    commands = {"vs-trl": cmd_vs_trl, "smollm2": cmd_smollm2, "logps": cmd_logps}
+    commands["keep-logits"] = cmd_keep_logits
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from posttrain.data import collate, encode_example
 from posttrain.losses.common import entropy_from_logits
-from posttrain.models import gather_logprobs, load_policy
+from posttrain.models import chunked, gather_logprobs, load_policy
 from posttrain.models.chunked import can_chunk, chunked_token_logprobs, lm_head_skipped
 from posttrain.models.logprobs import position_ids_from_mask
 
@@ -63,7 +63,11 @@ def _chunked(model, b, temperature, chunk_size):
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 4096])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_equals_whole_logits_values_and_gradients(tiny, chunk_size, temperature):
+@pytest.mark.parametrize("keep_max", [0, chunked.KEEP_LOGITS_MAX], ids=["checkpointed", "kept"])
+def test_chunked_equals_whole_logits_values_and_gradients(
+    tiny, chunk_size, temperature, keep_max, monkeypatch
+):
+    monkeypatch.setattr(chunked, "KEEP_LOGITS_MAX", keep_max)
     model, tok = tiny
     assert can_chunk(model)
     b = _batch(tok)
@@ -84,6 +88,27 @@ def test_chunked_equals_whole_logits_values_and_gradients(tiny, chunk_size, temp
     for g, rg in zip(grads, ref_grads):
         torch.testing.assert_close(g, rg, atol=1e-6, rtol=0)
     assert any(float(g.abs().max()) > 1e-3 for g in grads)  # the gradients are not all zero
+
+
+@pytest.mark.parametrize("keep_max, backward_calls", [(0, 1), (1 << 22, 0)])
+def test_small_logits_are_kept_not_recomputed(tiny, monkeypatch, keep_max, backward_calls):
+    """Checkpointed, the backward runs the output layer again; logits up to KEEP_LOGITS_MAX
+    (here ~30 positions x 833) are kept, and the output layer runs in the forward only."""
+    monkeypatch.setattr(chunked, "KEEP_LOGITS_MAX", keep_max)
+    model, tok = tiny
+    calls = []  # positions of each call of the output layer that made logits
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda m, a, out: calls.append(out.shape[-2]) if out.shape[-2] else None
+    )
+    try:
+        logps, _ = _chunked(model, _batch(tok), 1.0, 4096)
+        forward_calls = len(calls)
+        logps.sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    assert forward_calls == 1  # one chunk
+    assert len(calls) - forward_calls == backward_calls, calls
 
 
 def test_no_grad_chunks_and_empty_mask(tiny):
