@@ -163,11 +163,10 @@ def test_inverse_cdf_in_blocks_by_hand(monkeypatch, block):
     """The two-level search (block sums, then the chosen block's entries) gives the one-level
     answers above, for blocks that split the row (2), pad it (3: 4 entries in blocks of 3) or hold
     it whole; a target on a block boundary goes past a zero-probability block's end."""
-    import sys
+    import importlib
 
-    import posttrain.rollout.generate
-
-    g = sys.modules["posttrain.rollout.generate"]  # the module (the package exports the function)
+    # the module (the package exports a function of the same name)
+    g = importlib.import_module("posttrain.rollout.generate")
     monkeypatch.setattr(g, "INVERSE_CDF_BLOCK", block)
     probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]], dtype=torch.float64).expand(4, 4)
     u = torch.tensor([0.0, 0.1, 0.2, 0.75], dtype=torch.float64)
