@@ -49,7 +49,9 @@ class OnlineConfig(TrainConfig, GenerationConfig):
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator in the reward (Schulman's k1, k2, k3)."""
     missing_eos_penalty: float = 0.0
-    """Subtracted from the score of a response cut at max_new_tokens (no EOS, no stop string)."""
+    """Subtracted from the score of a response cut at max_new_tokens (no EOS, no stop string).
+    Negative: a bonus for running to the limit, which keeps responses as long as those of a reward
+    model trained only on responses cut there (it rates short ones at random)."""
     length_penalty: float = 0.0
     """Subtracted from the score per response token."""
     reward_clip: float | None = None

@@ -69,7 +69,12 @@ class Config:
     """With --model: clip the reward model's scores, in standard deviations of its training set
     from their mean, to [-C, C] before PPO (and RLOO) see them: a bounded reward, so that a
     reply the reward model overrates (far outside the replies it was trained on) earns no more
-    than a good ordinary one; None: unclipped."""
+    than a good ordinary one; default 1.0 (a large value turns it off)."""
+    ppo_missing_eos_penalty: float | None = None
+    """With --model: subtracted from the reward model's (normalised, clipped) score of a PPO (and
+    RLOO) reply cut at the token limit; negative, a bonus for not stopping early. The pairs'
+    replies all run to the limit, so the reward model never saw a short one and rates short
+    ones high; without the bonus PPO learns to stop early (docs/demo.md). Default -1.0."""
     dpo_beta: float = 0.1
     """DPO's beta."""
     device: str = "auto"
@@ -110,6 +115,12 @@ class Config:
             "ppo_reward_clip",
             "must be > 0, with --model",
             self.ppo_reward_clip,
+        )
+        check(
+            self.ppo_missing_eos_penalty is None or self.model is not None,
+            "ppo_missing_eos_penalty",
+            "needs --model",
+            self.ppo_missing_eos_penalty,
         )
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
         check(

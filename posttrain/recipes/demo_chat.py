@@ -26,7 +26,7 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 ``D/ppo/final`` and ``D/dpo/final`` (and ``D/rloo/final``) are merged Hugging Face model
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
 ``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
-``--ppo_kl_target``, ``--ppo_reward_clip``, ``--dpo_beta``, ``--rloo``).
+``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--dpo_beta``, ``--rloo``).
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 2.25e-4
 # 5.0 (+0.49), both losing 2 factual answers (docs/demo.md)
 RLOO_LR = 2e-4
 PPO_KL_COEF = 0.1  # --ppo_kl_coef's default here
+# PPO's score: the reward model's normalised score clipped to [-1, 1] (--ppo_reward_clip), so a
+# canned reply it overrates (run 8: 3.1 sd) pays no more than a good ordinary one, and a bonus of
+# 1 for a reply that runs to the token limit (--ppo_missing_eos_penalty -1), as all the reward
+# model's replies did: it rates short replies high, and PPO learned to stop early (docs/demo.md)
+PPO_REWARD_CLIP, PPO_MISSING_EOS_PENALTY = 1.0, -1.0
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
 # legs"), and 16 new tokens cut answers off before the fact ("designated by the IAU ...").
@@ -312,8 +317,10 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         num_samples=b.ppo_samples,
         ppo_epochs=b.ppo_epochs,
         kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
-        reward_clip=cfg.ppo_reward_clip,
-        missing_eos_penalty=0.0,
+        reward_clip=PPO_REWARD_CLIP if cfg.ppo_reward_clip is None else cfg.ppo_reward_clip,
+        missing_eos_penalty=PPO_MISSING_EOS_PENALTY
+        if cfg.ppo_missing_eos_penalty is None
+        else cfg.ppo_missing_eos_penalty,
         max_new_tokens=b.max_new_tokens,
         logging_steps=1,
         samples_every=max(1, b.ppo_steps // 4),

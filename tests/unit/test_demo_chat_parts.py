@@ -85,3 +85,11 @@ def test_ppo_options_need_the_chat_model_and_a_positive_value(tmp_path, capsys, 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and flag in err, err
         assert not out.exists()
+
+
+def test_ppo_missing_eos_penalty_needs_the_chat_model(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["demo", "--ppo_missing_eos_penalty", "-1", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ppo_missing_eos_penalty" in err, err
+    assert not out.exists()
