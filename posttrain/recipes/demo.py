@@ -229,17 +229,22 @@ class Progress:
         )
 
 
+# the stages DPO reads in both demos (the policy and the labelled pairs; not the reward model)
+BEFORE_PPO = ("build", "pretrain", "sft", "sample", "label")
+
+
 class Stages:
     """``--resume`` over a pipeline of stages: a stage whose output is complete (its marker file
-    exists) is not run again; once one stage runs, every later stage runs too (its inputs
-    changed)."""
+    exists) is not run again; once one stage runs, every later stage that reads it runs too
+    (its inputs changed). A stage reads every earlier one unless ``after`` names those it reads."""
 
     def __init__(self, out: Path, prog: Progress, resume: bool):
         self.out, self.prog, self.resume = out, prog, resume
         self.reran: list[str] = []
 
-    def done_already(self, name: str, marker: Path) -> bool:
-        if self.resume and not self.reran and marker.exists():
+    def done_already(self, name: str, marker: Path, after: tuple[str, ...] | None = None) -> bool:
+        stale = self.reran if after is None else [s for s in self.reran if s in after]
+        if self.resume and not stale and marker.exists():
             self.prog.start(name, f"already done ({marker.relative_to(self.out)} exists, --resume)")
             self.prog.done()
             return True
@@ -363,7 +368,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
         stage_rm(cfg, b, out, sft_dir, data, prog, facts)
     if not done_already("ppo", out / "ppo" / "final" / "config.json"):
         stage_ppo(cfg, b, out, sft_dir, data, prog, facts)
-    if not done_already("dpo", out / "dpo" / "final" / "config.json"):
+    if not done_already("dpo", out / "dpo" / "final" / "config.json", after=BEFORE_PPO):
         stage_dpo(cfg, b, out, sft_dir, data, prog, facts)
     # 9. evaluation of every checkpoint against the SFT policy
     stage_eval(cfg, b, out, sft_dir, prog, facts)

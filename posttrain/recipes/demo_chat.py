@@ -221,7 +221,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     Returns the facts the report shows."""
     from posttrain.models import check_model_name, load_policy
     from posttrain.recipes import dpo, ppo, rloo, rm
-    from posttrain.recipes.demo import Progress, Stages, _run_recipe, label_pairs
+    from posttrain.recipes.demo import BEFORE_PPO, Progress, Stages, _run_recipe, label_pairs
     from posttrain.rollout.sampler import sample_texts
     from posttrain.tasks import get_task
 
@@ -348,7 +348,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         clock.done()
 
     # 5. DPO on the same pairs
-    if not done_already("dpo", out / "dpo" / "final"):
+    if not done_already("dpo", out / "dpo" / "final", after=BEFORE_PPO):
         clock.start("dpo", f"{b.dpo_steps} DPO steps (beta {cfg.dpo_beta}) on the same pairs")
         _run_recipe(
             dpo,
@@ -367,7 +367,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
 
     # 5b. RLOO against the same reward model (--rloo)
     systems = ["ppo", "dpo"] + (["rloo"] if cfg.rloo else [])
-    if cfg.rloo and not done_already("rloo", out / "rloo" / "final"):
+    if cfg.rloo and not done_already("rloo", out / "rloo" / "final", after=(*BEFORE_PPO, "rm")):
         clock.start(
             "rloo", f"{b.ppo_steps} RLOO steps, {b.ppo_prompts} x {b.ppo_samples} replies each"
         )
