@@ -518,8 +518,12 @@ def main() -> None:
     k = sub.add_parser("keep-logits", help="small llama: logits kept vs recomputed in backward")
     k.add_argument("--rounds", type=int, default=4)
     args = p.parse_args()
-    commands = {"vs-trl": cmd_vs_trl, "smollm2": cmd_smollm2, "logps": cmd_logps}
-    commands["keep-logits"] = cmd_keep_logits
+    commands = {
+        "vs-trl": cmd_vs_trl,
+        "smollm2": cmd_smollm2,
+        "logps": cmd_logps,
+        "keep-logits": cmd_keep_logits,
+    }
     commands[args.cmd](args)
 
 

@@ -229,6 +229,11 @@ class Progress:
         )
 
 
+def or_default(value, default):
+    """An option left unset (``None``) takes the demo's own default."""
+    return default if value is None else value
+
+
 # the stages DPO reads in both demos (the policy and the labelled pairs; not the reward model)
 BEFORE_PPO = ("build", "pretrain", "sft", "sample", "label")
 
@@ -521,7 +526,7 @@ def stage_rm(cfg, b, out, sft_dir, data, prog, facts):
 def stage_ppo(cfg, b, out, sft_dir, data, prog, facts):
     from posttrain.recipes import ppo
 
-    kl_coef = 0.05 if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef
+    kl_coef = or_default(cfg.ppo_kl_coef, 0.05)
     prog.start("ppo", f"{b.ppo_steps} PPO steps against the reward model (KL coef {kl_coef})")
     _run_recipe(
         ppo,

@@ -26,7 +26,8 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 ``D/ppo/final`` and ``D/dpo/final`` (and ``D/rloo/final``) are merged Hugging Face model
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
 ``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
-``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--dpo_beta``, ``--rloo``).
+``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--dpo_beta``,
+``--rloo``).
 """
 
 from __future__ import annotations
@@ -221,7 +222,14 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
     Returns the facts the report shows."""
     from posttrain.models import check_model_name, load_policy
     from posttrain.recipes import dpo, ppo, rloo, rm
-    from posttrain.recipes.demo import BEFORE_PPO, Progress, Stages, _run_recipe, label_pairs
+    from posttrain.recipes.demo import (
+        BEFORE_PPO,
+        Progress,
+        Stages,
+        _run_recipe,
+        label_pairs,
+        or_default,
+    )
     from posttrain.rollout.sampler import sample_texts
     from posttrain.tasks import get_task
 
@@ -316,11 +324,9 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         batch_size=b.ppo_prompts,
         num_samples=b.ppo_samples,
         ppo_epochs=b.ppo_epochs,
-        kl_coef=PPO_KL_COEF if cfg.ppo_kl_coef is None else cfg.ppo_kl_coef,
-        reward_clip=PPO_REWARD_CLIP if cfg.ppo_reward_clip is None else cfg.ppo_reward_clip,
-        missing_eos_penalty=PPO_MISSING_EOS_PENALTY
-        if cfg.ppo_missing_eos_penalty is None
-        else cfg.ppo_missing_eos_penalty,
+        kl_coef=or_default(cfg.ppo_kl_coef, PPO_KL_COEF),
+        reward_clip=or_default(cfg.ppo_reward_clip, PPO_REWARD_CLIP),
+        missing_eos_penalty=or_default(cfg.ppo_missing_eos_penalty, PPO_MISSING_EOS_PENALTY),
         max_new_tokens=b.max_new_tokens,
         logging_steps=1,
         samples_every=max(1, b.ppo_steps // 4),
