@@ -69,6 +69,10 @@ PPO_KL_COEF = 0.1  # --ppo_kl_coef's default here
 # 1 for a reply that runs to the token limit (--ppo_missing_eos_penalty -1), as all the reward
 # model's replies did: it rates short replies high, and PPO learned to stop early (docs/demo.md)
 PPO_REWARD_CLIP, PPO_MISSING_EOS_PENALTY = 1.0, -1.0
+# The value head reads the policy's hidden states detached (--value_trunk_grad false): on run 8's
+# draw, with the value loss's gradients in the LoRA trunk PPO reached +0.22 gold at KL 3.2, +0.27
+# at 5.0 (coef 0.08, 2 answers lost); detached, +0.32 at KL 2.6, none lost (docs/demo.md)
+PPO_VALUE_TRUNK_GRAD = False
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
 # legs"), and 16 new tokens cut answers off before the fact ("designated by the IAU ...").
@@ -347,6 +351,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             gradient_accumulation_steps=_micro(b.ppo_prompts * b.ppo_samples // 2, 8),
             learning_rate=PPO_LR,
             whiten_rewards=True,
+            value_trunk_grad=PPO_VALUE_TRUNK_GRAD,
             kl_target=cfg.ppo_kl_target,
             kl_horizon=4 * b.ppo_prompts * b.ppo_samples,  # up to 5% a step (with kl_target)
             **online,

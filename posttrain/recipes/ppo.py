@@ -15,7 +15,8 @@ Each iteration:
 6. log, samples table, checkpoint (sampling RNG, KL controller, optimizer, data positions, value
    model: ``--resume`` continues exactly).
 
-The value head shares the policy's trunk by default (``posttrain.models.value``); with
+The value head shares the policy's trunk by default (``posttrain.models.value``; with
+``value_trunk_grad`` False it reads the trunk's states detached); with
 ``separate_critic`` it gets its own trunk, saved at the end to ``critic/`` as a transformers
 sequence-classification directory. With LoRA the reference is the policy with adapters off.
 Math: ``posttrain.losses`` (kl_shaped_rewards, gae, masked_whiten, ppo_policy_loss,
@@ -103,6 +104,10 @@ class Config(OnlineConfig):
     """Stop the epoch loop once an epoch's mean approx KL to the sampling policy exceeds this."""
     separate_critic: bool = False
     """Give the value head its own trunk (a copy of the starting policy, or critic_model)."""
+    value_trunk_grad: bool = True
+    """With the shared trunk: the value loss's gradients reach the trunk (the policy's weights).
+    False: the head learns on the policy's hidden states detached, so fitting values cannot move
+    the policy."""
     critic_model: str | None = None
     """With separate_critic: the critic's starting model (a model name, HF directory, or a reward
     model's directory: its trunk)."""
@@ -152,6 +157,12 @@ class Config(OnlineConfig):
             self.ptx_batch_size,
         )
         check(
+            self.value_trunk_grad or not self.separate_critic,
+            "value_trunk_grad",
+            "is for the shared trunk; a separate critic's trunk is the value model's own",
+            self.value_trunk_grad,
+        )
+        check(
             self.critic_model is None or self.separate_critic,
             "critic_model",
             "needs --separate_critic",
@@ -191,7 +202,8 @@ def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns
         with_hidden=distributed.unwrap(value).shares_trunk,
         share_prefix=True,  # a prompt's samples in the minibatch: the prompt once
     )
-    values = value(r.input_ids[mb], r.attention_mask[mb], out.hidden)
+    hidden = out.hidden if out.hidden is None or cfg.value_trunk_grad else out.hidden.detach()
+    values = value(r.input_ids[mb], r.attention_mask[mb], hidden)
     pg_loss, clipfrac = ppo_policy_loss(
         out.logps, exp.logps[mb], advantages[mb], m, clip_eps=cfg.clip_eps
     )

@@ -103,6 +103,10 @@ def test_ppo_options_run_and_leave_their_traces(cli, jsonl, tmp_path):
     [
         (["--reward", "judge:nonsense"], "--reward: must be one of"),
         (["--critic_model", "tiny-llama"], "--critic_model: needs --separate_critic"),
+        (
+            ["--separate_critic", "true", "--value_trunk_grad", "false"],
+            "--value_trunk_grad: is for the shared trunk",
+        ),
         (["--num_minibatches", "3"], "--num_minibatches: must divide"),
         (["--ptx_coef", "0.1"], "--ptx_data: is required with ptx_coef"),
         (["--kl_target", "0"], "--kl_target: must be > 0"),

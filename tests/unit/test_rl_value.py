@@ -35,3 +35,41 @@ def test_shared_and_separate_value_models_read_the_same_positions():
     separate(ids, attn).sum().backward()
     assert any(p.grad is not None for p in separate.critic.parameters())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_value_trunk_grad_false_keeps_the_value_loss_out_of_the_policy():
+    """PPO's shared trunk: by default the value loss's gradients reach the policy's weights;
+    with value_trunk_grad False only the head learns from it (advantages 0: no policy gradient)."""
+    from posttrain.recipes.ppo import Config, ppo_terms
+    from posttrain.rollout.backend import rollout_from_tokens
+    from posttrain.rollout.online import Experience
+
+    model, tok = load_policy("tiny-llama")
+    r = rollout_from_tokens(
+        [[5, 6, 7], [8, 9]],
+        [[10, 11], [12, 13, 14]],
+        [[-1.0, -1.0], [-1.0, -1.0, -1.0]],
+        pad_id=tok.pad_token_id,
+        finished=[True, True],
+    )
+    exp = Experience(rollout=r, prompts=["a", "b"], texts=["", ""], raw_scores=None, scores=None)
+    with torch.no_grad():
+        exp.logps = forward_logprobs(model, r.input_ids, r.attention_mask, r.response_mask).logps
+    zeros, returns = torch.zeros_like(exp.logps), torch.ones_like(exp.logps)  # values 0 -> 1
+    rows = torch.arange(2)
+    trunk_grads = {}
+    for flag in (True, False):
+        value = build_value_model(model)
+        torch.nn.init.normal_(value.head.linear.weight, std=0.1)
+        model.zero_grad(set_to_none=True)
+        cfg = Config(
+            model="tiny-llama", train_data="x", output_dir="x", vf_coef=1.0, value_trunk_grad=flag
+        )
+        loss, parts = ppo_terms(model, value, exp, rows, zeros, zeros, returns, cfg)
+        assert parts["vf"] > 0
+        loss.backward()
+        assert value.head.linear.weight.grad.abs().sum() > 0
+        trunk_grads[flag] = sum(
+            float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None
+        )
+    assert trunk_grads[True] > 0 and trunk_grads[False] == 0
