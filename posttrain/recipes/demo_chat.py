@@ -69,9 +69,10 @@ PPO_KL_COEF = 0.1  # --ppo_kl_coef's default here
 # 1 for a reply that runs to the token limit (--ppo_missing_eos_penalty -1), as all the reward
 # model's replies did: it rates short replies high, and PPO learned to stop early (docs/demo.md)
 PPO_REWARD_CLIP, PPO_MISSING_EOS_PENALTY = 1.0, -1.0
-# The value head reads the policy's hidden states detached (--value_trunk_grad false): on run 8's
-# draw, with the value loss's gradients in the LoRA trunk PPO reached +0.22 gold at KL 3.2, +0.27
-# at 5.0 (coef 0.08, 2 answers lost); detached, +0.32 at KL 2.6, none lost (docs/demo.md)
+# The value head reads the policy's hidden states detached (value_trunk_grad false): on run 8's
+# draw, with the value loss's gradients in the LoRA trunk PPO reached +0.22 gold at KL 3.2 (no
+# factual answer lost), +0.27 at 5.0 (coef 0.08, 2 lost), +0.34 at 4.9 (0.07, 3 lost); detached,
+# +0.32 and +0.18 at KL 2.5 (none lost), +0.28 at 5.0 (0.07, 1 lost) (docs/demo.md)
 PPO_VALUE_TRUNK_GRAD = False
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
@@ -81,8 +82,9 @@ CAPABILITY_DTYPE, CAPABILITY_TOKENS = "float32", 48
 
 @dataclass(frozen=True)
 class ChatBudget:
-    """Sizes of every stage. ``FULL`` took 28.7 minutes on 2 idle CPU cores running at under half
-    their usual speed (run 8, docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s of
+    """Sizes of every stage. ``FULL`` took 28.7 minutes (run 8, PPO's replies collapsed to ~10
+    tokens) and 32.2 (run 9, ~31 tokens) on 2 idle CPU cores running at under half their usual
+    speed (docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s of
     sampling and lifted the reward model's held-out accuracy from 0.68 to 0.77 (docs/demo.md)."""
 
     pair_prompts: int  # prompts whose replies make the preference pairs

@@ -29,8 +29,10 @@ def test_chat_demo_quick_end_to_end(tmp_path):
     # the adaptive KL controller: target and a four-step horizon (4 x 4 prompts x 2 replies)
     ppo_config = (out / "ppo" / "config.yaml").read_text()
     assert "kl_target: 3.0" in ppo_config and "kl_horizon: 32" in ppo_config, ppo_config
-    # the bounded score and the bonus for running to the token limit (the defaults here)
+    # the bounded score, the bonus for running to the token limit and the value head on detached
+    # hidden states (the defaults here)
     assert "reward_clip: 1.0" in ppo_config and "missing_eos_penalty: -1.0" in ppo_config
+    assert "value_trunk_grad: false" in ppo_config
     for name in ("report.html", "report.md", "facts.json", "eval/eval.json"):
         assert (out / name).is_file(), name
     facts = json.loads((out / "facts.json").read_text())
