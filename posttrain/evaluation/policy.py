@@ -189,7 +189,10 @@ def load_sources(
 ) -> Sources:
     """The gold reward of ``task``, the proxy ``reward_model``, and the judge of the win rate:
     ``judge`` (with ``judge_model`` for an LLM judge), else the gold reward, else the proxy.
-    ``swap``: pairwise judges (llm, generative, a pairwise ``module:function``) judge both orders."""
+    ``swap``: pairwise judges (llm, generative, a pairwise ``module:function``) judge both orders.
+    ``dtype``: what the judge model and the reward models compute in (the policies' precision, as
+    the online recipes score theirs: a SmolLM2-sized reward model in bfloat16 is ~4x faster on a
+    CPU than in float32)."""
     src = Sources()
     gold_task = task or (judge[5:] if judge and judge.startswith("task:") else None)
     if gold_task:
@@ -199,7 +202,7 @@ def load_sources(
     if reward_model:
         from posttrain.models.reward import load_reward_model
 
-        src.proxy = load_reward_model(reward_model, device=device).score
+        src.proxy = load_reward_model(reward_model, dtype=dtype, device=device).score
     if judge in ("llm", "generative"):
         from posttrain.judges.factory import build_judge
 
@@ -215,7 +218,7 @@ def load_sources(
         from posttrain.judges.pairwise import FunctionJudge, is_pairwise_function
         from posttrain.judges.sources import load_reward_source
 
-        src.judge, src.judge_name = load_reward_source(judge, device=device), judge
+        src.judge, src.judge_name = load_reward_source(judge, dtype=dtype, device=device), judge
         if not Path(judge).is_dir() and is_pairwise_function(src.judge.fn):
             src.judge = FunctionJudge(judge, src.judge.fn, swap=swap)
     elif src.gold is not None:

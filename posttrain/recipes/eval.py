@@ -127,7 +127,8 @@ class Config:
     seed: int = 0
     """Sampling seed (every model samples with the same seed)."""
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
-    """Precision of the models."""
+    """Precision of the models: the policies, the reference, the proxy reward model and a
+    judge model."""
     device: str = "auto"
     """Where the models run: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps."""
     title: str = "posttrain eval"

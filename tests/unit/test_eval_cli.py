@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from posttrain.models import save_pretrained
 from posttrain.models.tiny import build_tiny_llama, build_tokenizer
@@ -124,3 +125,26 @@ def test_bad_choice_data(cli, jsonl, tmp_path):
         "--choice_data", bad, "--output_dir", out,
     )  # fmt: skip
     assert code == 2 and "c.jsonl:2:" in err and not out.exists()
+
+
+def test_proxy_reward_model_computes_in_the_eval_dtype(tmp_path):
+    """The proxy reward model (and a reward model named as the judge) load in --dtype, as the
+    online recipes score theirs; in bfloat16 its scores stay within bfloat16 rounding."""
+    from posttrain.evaluation.policy import load_sources
+    from posttrain.models.load import load_model
+    from posttrain.models.reward import RewardModel
+
+    tok = build_tokenizer()
+    rm = RewardModel(load_model("tiny-llama", tokenizer=tok), tok)
+    torch.nn.init.normal_(rm.head.linear.weight, generator=torch.Generator().manual_seed(0))
+    rm.save(tmp_path / "rm")  # a head that is not zero: scores that differ by precision
+    rm_dir = str(tmp_path / "rm")
+    prompts, texts = ["The film was"] * 3, [" good", " bad and long", " fine"]
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        src = load_sources(None, rm_dir, None, rm_dir, seed=0, dtype=dtype)
+        assert next(src.proxy.__self__.parameters()).dtype == getattr(torch, dtype)
+        scores[dtype] = src.proxy(prompts, texts)
+        assert src.judge(prompts, texts) == scores[dtype]
+    assert scores["bfloat16"] != scores["float32"]
+    assert scores["bfloat16"] == pytest.approx(scores["float32"], rel=0.1)
