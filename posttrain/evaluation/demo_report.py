@@ -34,7 +34,7 @@ def headline(ref: dict, finals: dict[str, dict]) -> list[str]:
     for name, p in finals.items():
         lines.append(
             f"{name.upper()}: gold reward {p['gold_reward']:.3f} ± {p['gold_reward_se']:.3f} "
-            f"({p['gold_reward'] - ref['gold_reward']:+.3f} over SFT) at KL(policy ‖ SFT) = "
+            f"({ev.gain_text(p, ref, 'SFT')}) at KL(policy ‖ SFT) = "
             f"{p['kl_k3']:.2f} ± {p['kl_k3_se']:.2f} nats per sequence (k3; k1 {p['kl_k1']:.2f}); "
             f"win rate against SFT under the gold judge {p['win_rate']:.3f} "
             f"[{p['win_rate_ci'][0]:.3f}, {p['win_rate_ci'][1]:.3f}], length-controlled "

@@ -318,17 +318,27 @@ def capability_metrics(model, tok, heldout, items, batch_size) -> dict[str, floa
     return out
 
 
-def score_side(src: Sources, prompts, texts) -> dict[str, Any]:
-    gold, gold_se = _mean_se(src.gold(prompts, texts) if src.gold else None)
+def score_side(
+    src: Sources, prompts, texts, ref_gold: list[float] | None = None
+) -> tuple[dict[str, Any], list[float] | None]:
+    """Gold and proxy reward (mean and standard error) and diversity of ``texts``, and the gold
+    reward of each (None without a gold reward). ``ref_gold``: the reference's gold rewards on the
+    same prompts; adds ``gold_gain`` and ``gold_gain_se``, the mean of the per-prompt differences
+    and its standard error (a paired comparison)."""
+    golds = [float(v) for v in src.gold(prompts, texts)] if src.gold else None
+    gold, gold_se = _mean_se(golds)
     proxy, proxy_se = _mean_se(src.proxy(prompts, texts) if src.proxy else None)
-    d = diversity(texts)
-    return {
+    row = {
         "gold_reward": gold,
         "gold_reward_se": gold_se,
         "proxy_reward": proxy,
         "proxy_reward_se": proxy_se,
-        **d,
+        **diversity(texts),
     }
+    if golds is not None and ref_gold is not None:
+        gain, gain_se = mean_and_se([a - b for a, b in zip(golds, ref_gold, strict=True)])
+        row.update(gold_gain=gain, gold_gain_se=gain_se)
+    return row, golds
 
 
 def compare(src: Sources, prompts, texts, opp_texts) -> dict[str, Any]:
@@ -420,11 +430,13 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
     reference = ref_tok = None
     ref_row: dict[str, Any] = {}
     ref_texts: list[str] | None = None
+    ref_gold: list[float] | None = None
     if cfg.reference:
         reference, ref_tok = load_any(cfg.reference, cfg.dtype, device)
         ref_texts, _ = sample(reference, ref_tok, prompts, **kw)
         ref_row = {"name": "reference", "model": cfg.reference}
-        ref_row.update(score_side(src, prompts, ref_texts))
+        scores, ref_gold = score_side(src, prompts, ref_texts)
+        ref_row.update(scores)
         ref_row.update({"kl_k1": 0.0, "kl_k3": 0.0, "kl_k1_se": 0.0, "kl_k3_se": 0.0})
         if cfg.capability:
             ref_row.update(capability_metrics(reference, ref_tok, heldout, items, cfg.batch_size))
@@ -437,7 +449,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
     opp_row = ref_row
     if cfg.opponent:
         opp_row = {"name": "opponent", "model": cfg.opponent}
-        opp_row.update(score_side(src, prompts, opp_texts))
+        opp_row.update(score_side(src, prompts, opp_texts)[0])
     log(f"eval: reference/opponent sampled on {len(prompts)} prompts ({time.time() - t0:.0f}s)")
 
     points: list[dict[str, Any]] = []
@@ -447,7 +459,7 @@ def evaluate_models(cfg: Any, entries: list[tuple[str, str, int | None]]) -> dic
         policy, tok = load_any(path, cfg.dtype, device)
         texts, batches = sample(policy, tok, prompts, **kw)
         row: dict[str, Any] = {"name": name, "model": str(path), "step": step}
-        row.update(score_side(src, prompts, texts))
+        row.update(score_side(src, prompts, texts, ref_gold)[0])
         row.update(compare(src, prompts, texts, opp_texts))
         if reference is not None:
             if len(tok) != len(ref_tok) or tok.get_vocab() != ref_tok.get_vocab():

@@ -17,6 +17,7 @@ from posttrain.evaluation.report import Report, Samples, Table
 
 POLICY_KEYS = [
     ("gold_reward", "gold reward"),
+    ("gold_gain", "gold gain"),
     ("proxy_reward", "proxy (RM)"),
     ("kl_k3", "KL k3"),
     ("kl_k1", "KL k1"),
@@ -45,6 +46,8 @@ def _row(name: str, m: dict, keys) -> list:
             v = f"{v:.2f} ± {m[k + '_se']:.2f}"
         elif k == "gold_reward" and v is not None and m.get("gold_reward_se"):
             v = f"{v:.3f} ± {m['gold_reward_se']:.3f}"
+        elif k == "gold_gain" and v is not None:
+            v = f"{v:+.3f} ± {m['gold_gain_se']:.3f}"
         out.append(v)
     return out
 
@@ -155,10 +158,21 @@ OPPONENT_KEYS = (
 )
 
 
+def gain_text(p: dict, ref: dict, over: str) -> str:
+    """``+0.183 ± 0.056 over base``: a point's gold gain over the reference and its paired
+    standard error (``gold_gain``), or only the difference of the two means for an evaluation
+    written before ``gold_gain`` existed."""
+    if p.get("gold_gain") is not None:
+        return f"{p['gold_gain']:+.3f} ± {p['gold_gain_se']:.3f} over {over}"
+    return f"{p['gold_reward'] - ref['gold_reward']:+.3f} over {over}"
+
+
 def _headline(p: dict, model: str, reference: str | None) -> str:
     bits = [f"policy {model}"]
     if p.get("gold_reward") is not None:
         bits.append(f"gold reward {p['gold_reward']:.3f}")
+        if p.get("gold_gain") is not None:
+            bits[-1] += f" ({gain_text(p, {}, 'the reference')})"
     if p.get("kl_k3") is not None:
         bits.append(f"at KL {p['kl_k3']:.2f} ± {p['kl_k3_se']:.2f} nats from {reference}")
     bits.append(

@@ -45,6 +45,7 @@ from posttrain import metrics as M
 from posttrain.config import LoraConfig
 from posttrain.data import write_jsonl
 from posttrain.errors import UserError
+from posttrain.evaluation.tables import gain_text
 from posttrain.training.run import prepare_output_dir, read_metrics
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -496,7 +497,7 @@ def headline(
         lost = sum(a and not b for a, b in zip(cap["base"]["correct"], c["correct"])) if c else None
         lines.append(
             f"{name.upper()}: gold {p['gold_reward']:.3f} ± {p['gold_reward_se']:.3f} "
-            f"({p['gold_reward'] - ref['gold_reward']:+.3f} over base; target +0.3) at KL "
+            f"({gain_text(p, ref, 'base')}; target +0.3) at KL "
             f"{p['kl_k3']:.2f} nats/sequence (k3; target <= 6); distinct-2 "
             f"{p.get('distinct_2', float('nan')):.3f} (base x "
             f"{p.get('distinct_2', float('nan')) / max(ref.get('distinct_2', 1e-9), 1e-9):.2f}; "

@@ -56,7 +56,9 @@ def test_headline_counts_empty_replies_and_lost_answers(tmp_path):
     }
     base_line, ppo_line = headline(ref, {"ppo": point}, cap, {**empty, "ppo": (0, 3)})
     assert "empty replies 1/3" in base_line and "right 2/3" in base_line
-    assert "+0.400 over base" in ppo_line and "base x 0.90" in ppo_line
+    assert "(+0.400 over base;" in ppo_line and "base x 0.90" in ppo_line  # an older eval.json
+    paired = {**point, "gold_gain": 0.41, "gold_gain_se": 0.05}  # the paired gain, when stored
+    assert "(+0.410 ± 0.050 over base;" in headline(ref, {"ppo": paired}, cap, empty)[1]
     assert "empty replies 0/3 (target 0)" in ppo_line and "answers lost 1 " in ppo_line
 
 

@@ -35,6 +35,9 @@ def test_policy_mode_writes_eval_json_and_report(cli, jsonl, tmp_path, two_model
                 "reference_gold_reward"):  # fmt: skip
         assert key in res, key
     assert res["proxy_reward"] is None
+    # the same prompts: the mean of the paired differences is the difference of the means
+    assert res["gold_gain"] == pytest.approx(res["gold_reward"] - res["reference_gold_reward"])
+    assert res["gold_gain_se"] > 0
     assert (
         0 <= res["win_rate"] <= 1
         and res["win_rate_ci"][0] <= res["win_rate"] <= res["win_rate_ci"][1]

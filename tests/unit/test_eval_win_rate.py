@@ -136,3 +136,18 @@ def test_bad_preferences_rejected():
         win_rate([1.2, 0.0])
     with pytest.raises(ValueError):
         win_rate([])
+
+
+def test_gold_gain_is_the_mean_of_paired_differences_with_its_standard_error():
+    """Gold rewards 1, 2, 3 against the reference's 0, 2, 1 on the same prompts: differences
+    1, 0, 2, mean 1, sample sd 1, standard error 1 / sqrt(3)."""
+    from posttrain.evaluation.policy import Sources, score_side
+
+    src = Sources(gold=lambda prompts, texts: [float(len(t)) for t in texts])
+    row, golds = score_side(src, ["p"] * 3, ["a", "bb", "ccc"], ref_gold=[0.0, 2.0, 1.0])
+    assert golds == [1.0, 2.0, 3.0]
+    assert row["gold_reward"] == pytest.approx(2.0)
+    assert row["gold_gain"] == pytest.approx(1.0)
+    assert row["gold_gain_se"] == pytest.approx(1 / math.sqrt(3))
+    row, _ = score_side(src, ["p"] * 3, ["a", "bb", "ccc"])  # no reference: no gain
+    assert "gold_gain" not in row
