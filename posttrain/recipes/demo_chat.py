@@ -84,9 +84,10 @@ CAPABILITY_DTYPE, CAPABILITY_TOKENS = "float32", 48
 @dataclass(frozen=True)
 class ChatBudget:
     """Sizes of every stage. ``FULL`` took 28.7 minutes (run 8, PPO's replies collapsed to ~10
-    tokens) and 32.2 (run 9, ~31 tokens) on 2 idle CPU cores running at under half their usual
-    speed (docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s of
-    sampling and lifted the reward model's held-out accuracy from 0.68 to 0.77 (docs/demo.md)."""
+    tokens), 32.2 (run 9, ~31 tokens) and 28.3 (run 10, the same computation at another hour) on
+    2 idle CPU cores running at under half their usual speed (docs/demo.md; budget: 30); 512
+    prompts rather than 256 cost ~75 s of sampling and lifted the reward model's held-out
+    accuracy from 0.68 to 0.77 (docs/demo.md)."""
 
     pair_prompts: int  # prompts whose replies make the preference pairs
     pair_samples: int  # replies per prompt; the pair is the best and worst by gold of them
