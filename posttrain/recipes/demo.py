@@ -75,6 +75,14 @@ class Config:
     RLOO) reply cut at the token limit; negative, a bonus for not stopping early. The pairs'
     replies all run to the limit, so the reward model never saw a short one and rates short
     ones high; without the bonus PPO learns to stop early (docs/demo.md). Default -1.0."""
+    ppo_ptx_coef: float | None = None
+    """With --model: PPO-ptx's weight: the NLL per token of the model's own sampled replies to
+    ordinary chat requests (``posttrain/assets/chat_prompts.jsonl``, none of them a question of
+    the factual check) is mixed into PPO's loss, against the review style leaking into factual
+    answers (docs/demo.md: 1 kept them, at ~250 s more PPO); default 0, off."""
+    ppo_lam: float | None = None
+    """With --model: PPO's GAE lambda; default 0.95 (docs/demo.md: at 1 PPO went further along
+    the same reward-KL frontier in 30 steps)."""
     dpo_beta: float = 0.1
     """DPO's beta."""
     device: str = "auto"
@@ -121,6 +129,18 @@ class Config:
             "ppo_missing_eos_penalty",
             "needs --model",
             self.ppo_missing_eos_penalty,
+        )
+        check(
+            self.ppo_ptx_coef is None or (self.ppo_ptx_coef >= 0 and self.model is not None),
+            "ppo_ptx_coef",
+            "must be >= 0, with --model",
+            self.ppo_ptx_coef,
+        )
+        check(
+            self.ppo_lam is None or (0 <= self.ppo_lam <= 1 and self.model is not None),
+            "ppo_lam",
+            "must be in [0, 1], with --model",
+            self.ppo_lam,
         )
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
         check(

@@ -26,8 +26,8 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 ``D/ppo/final`` and ``D/dpo/final`` (and ``D/rloo/final``) are merged Hugging Face model
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
 ``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
-``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--dpo_beta``,
-``--rloo``).
+``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--ppo_ptx_coef``,
+``--ppo_lam``, ``--dpo_beta``, ``--rloo``).
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ PPO_REWARD_CLIP, PPO_MISSING_EOS_PENALTY = 1.0, -1.0
 # factual answer lost), +0.27 at 5.0 (coef 0.08, 2 lost), +0.34 at 4.9 (0.07, 3 lost); detached,
 # +0.32 and +0.18 at KL 2.5 (none lost), +0.28 at 5.0 (0.07, 1 lost) (docs/demo.md)
 PPO_VALUE_TRUNK_GRAD = False
+# PPO-ptx (--ppo_ptx_coef, off by default): the NLL per token of SmolLM2's own replies to the
+# shipped ordinary chat requests (base_chat_replies), PTX_BATCH of them per optimizer step, is
+# mixed into PPO's loss. Without it every PPO or RLOO run that gained more than +0.35 gold lost
+# two or three factual answers to the review style ("The sky on a clear day is a beautiful
+# sight"), which the KL, measured on review openings only, does not see; with it (coef 1, GAE
+# lambda 1) PPO lost one and gained four, but its stage took ~250 s longer (docs/demo.md)
+PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 0.0, 4, 4, 64
+PPO_LAM = 0.95  # GAE's lambda (--ppo_lam)
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
 # legs"), and 16 new tokens cut answers off before the fact ("designated by the IAU ...").
@@ -101,6 +109,7 @@ class ChatBudget:
     dpo_steps: int
     dpo_batch: int
     eval_prompts: int
+    ptx_prompts: int  # PPO-ptx: the first this many of assets/chat_prompts.jsonl
     batch_size: int  # generation batch
     lora_r: int
 
@@ -118,6 +127,7 @@ FULL = ChatBudget(
     dpo_steps=54,
     dpo_batch=8,
     eval_prompts=128,
+    ptx_prompts=64,
     batch_size=64,
     lora_r=16,
 )
@@ -134,6 +144,7 @@ QUICK = ChatBudget(
     dpo_steps=2,
     dpo_batch=2,
     eval_prompts=4,
+    ptx_prompts=4,
     batch_size=8,
     lora_r=4,
 )
@@ -176,6 +187,42 @@ def answer_correct(answer: str, accepted: list[str]) -> bool:
     "100 degrees" accepts "100", "1000" does not."""
     text = answer.lower()
     return any(re.search(rf"(?<![\w]){re.escape(a.lower())}(?![\w])", text) for a in accepted)
+
+
+def base_chat_replies(model_name: str, n: int, seed: int, batch_size: int) -> list[dict]:
+    """PPO-ptx's data: ``{"prompt", "completion"}`` rows, ``model_name``'s own replies sampled
+    at temperature 1 (PTX_SAMPLES to each of the first ``n`` shipped ordinary chat requests),
+    those that ended within PTX_TOKENS only: a cut reply would teach the model to stop there.
+    Samples, not greedy replies: the NLL of the base model's samples is lowest at the base model
+    itself (its cross-entropy; the excess is the KL from the base), so the term pulls the policy
+    back towards the base on these requests without sharpening it (greedy replies did: PPO's
+    entropy fell from 3.3 to 2.0 in six steps). Keeping the replies that ended favours short
+    ones: 103 of 256 in the full demo."""
+    from posttrain.models import load_policy
+    from posttrain.rollout.generate import SamplingParams, decode_responses
+    from posttrain.rollout.sampler import sample_rollouts
+
+    path = ASSETS / "chat_prompts.jsonl"
+    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line][:n]
+    model, tok = load_policy(model_name, dtype=DTYPE)
+    params = SamplingParams(max_new_tokens=PTX_TOKENS, temperature=1.0)
+    rows = []
+    rollouts = sample_rollouts(
+        model,
+        tok,
+        prompts,
+        params,
+        n=PTX_SAMPLES,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    asked = iter(p for p in prompts for _ in range(PTX_SAMPLES))
+    for rollout in rollouts:
+        for text, ended in zip(decode_responses(tok, rollout), rollout.ended_with_eos.tolist()):
+            prompt = next(asked)
+            if ended and text.strip():
+                rows.append({"prompt": prompt, "completion": text})
+    return rows
 
 
 def heldout_texts(path: Path = ASSETS / "heldout_text.txt") -> list[str]:
@@ -348,6 +395,14 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         clock.start(
             "ppo", f"{b.ppo_steps} PPO steps, {b.ppo_prompts} x {b.ppo_samples} replies each"
         )
+        ptx, ptx_coef, rows = {}, or_default(cfg.ppo_ptx_coef, PPO_PTX_COEF), []
+        if ptx_coef:
+            rows = base_chat_replies(cfg.model, b.ptx_prompts, cfg.seed + 4, b.batch_size)
+        if rows:  # (none that ended: only with tiny budgets)
+            write_jsonl(data / "ptx.jsonl", rows)
+            ptx = dict(
+                ptx_data=str(data / "ptx.jsonl"), ptx_coef=ptx_coef, ptx_batch_size=PTX_BATCH
+            )
         _run_recipe(
             ppo,
             output_dir=str(out / "ppo"),
@@ -358,9 +413,11 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             value_trunk_grad=PPO_VALUE_TRUNK_GRAD,
             kl_target=cfg.ppo_kl_target,
             kl_horizon=4 * b.ppo_prompts * b.ppo_samples,  # up to 5% a step (with kl_target)
+            lam=or_default(cfg.ppo_lam, PPO_LAM),
+            **ptx,
             **online,
         )
-        clock.done()
+        clock.done(f"PPO-ptx {ptx_coef:g} on {len(rows)} of its own chat replies" if rows else "")
 
     # 5. DPO on the same pairs
     if not done_already("dpo", out / "dpo" / "final", after=BEFORE_PPO):

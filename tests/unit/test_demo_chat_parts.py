@@ -10,6 +10,8 @@ import pytest
 
 from posttrain.cli import main
 from posttrain.recipes.demo_chat import (
+    ASSETS,
+    FULL,
     _evaluated,
     answer_correct,
     chat_prompts,
@@ -28,6 +30,14 @@ def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
     qa = load_factual_qa()
     assert len(qa) >= 20 and all(q["question"].endswith("?") and q["answers"] for q in qa)
     assert chat_prompts(["The film"]) == ["Continue this movie review: The film"]
+
+
+def test_ptx_chat_requests_are_distinct_and_never_a_factual_check():
+    path = ASSETS / "chat_prompts.jsonl"
+    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+    assert len(prompts) >= FULL.ptx_prompts and len(set(prompts)) == len(prompts)
+    questions = {q["question"].lower() for q in load_factual_qa()}
+    assert not questions & {p.lower() for p in prompts}
 
 
 def test_extreme_pairs_take_the_best_and_worst_reply_by_gold():
@@ -79,10 +89,18 @@ def test_eval_reruns_when_it_lacks_a_system_and_rloo_needs_model(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flag", ["--ppo_kl_target", "--ppo_reward_clip"])
-def test_ppo_options_need_the_chat_model_and_a_positive_value(tmp_path, capsys, flag):
+@pytest.mark.parametrize(
+    ("flag", "bad"),
+    [
+        ("--ppo_kl_target", "0"),
+        ("--ppo_reward_clip", "0"),
+        ("--ppo_ptx_coef", "-1"),
+        ("--ppo_lam", "1.5"),
+    ],
+)
+def test_ppo_options_need_the_chat_model_and_a_valid_value(tmp_path, capsys, flag, bad):
     out = tmp_path / "d"
-    for argv in ([flag, "4"], ["--model", "smollm2-135m-instruct", flag, "0"]):
+    for argv in ([flag, "4"], ["--model", "smollm2-135m-instruct", flag, bad]):
         assert main(["demo", *argv, "--output_dir", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and flag in err, err
