@@ -80,7 +80,7 @@ PPO_VALUE_TRUNK_GRAD = False
 # mixed into PPO's loss. Without it every PPO or RLOO run that gained more than +0.35 gold lost
 # two or three factual answers to the review style ("The sky on a clear day is a beautiful
 # sight"), which the KL, measured on review openings only, does not see; with it (coef 1, GAE
-# lambda 1) PPO lost one and gained four, but its stage took ~250 s longer (docs/demo.md)
+# lambda 1) PPO lost one, but its stage took ~250 s longer (docs/demo.md)
 PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 0.0, 4, 4, 64
 PPO_LAM = 0.95  # GAE's lambda (--ppo_lam)
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
@@ -184,9 +184,12 @@ def load_factual_qa(path: Path = ASSETS / "factual_qa.jsonl") -> list[dict]:
 
 def answer_correct(answer: str, accepted: list[str]) -> bool:
     """Whether ``answer`` contains one of ``accepted`` as a whole word/number (case-insensitive):
-    "100 degrees" accepts "100", "1000" does not."""
+    "100 degrees" accepts "100"; "1000", "7,200" and "2.5" do not accept "100", "7" and "2"."""
     text = answer.lower()
-    return any(re.search(rf"(?<![\w]){re.escape(a.lower())}(?![\w])", text) for a in accepted)
+    return any(
+        re.search(rf"(?<!\w)(?<!\d[.,]){re.escape(a.lower())}(?!\w)(?![.,]\d)", text)
+        for a in accepted
+    )
 
 
 def base_chat_replies(model_name: str, n: int, seed: int, batch_size: int) -> list[dict]:

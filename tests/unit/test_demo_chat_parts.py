@@ -26,6 +26,9 @@ def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
     assert answer_correct("The capital of France is Paris.", ["paris"])
     assert answer_correct("Water boils at 100 °C.", ["100"])
     assert not answer_correct("It boils at 1000 degrees.", ["100"])
+    assert not answer_correct("There are 7,982,304 of them.", ["7"])  # a PPO answer, seen
+    assert not answer_correct("About 2.5 of them, or 1,7.", ["2", "7"])
+    assert answer_correct("There are 7, or seven.", ["7"]) and answer_correct("Yes: 7.", ["7"])
     assert not answer_correct("Comparison is hard.", ["paris"])
     qa = load_factual_qa()
     assert len(qa) >= 20 and all(q["question"].endswith("?") and q["answers"] for q in qa)
