@@ -201,31 +201,28 @@ def base_chat_replies(model_name: str, n: int, seed: int, batch_size: int) -> li
     back towards the base on these requests without sharpening it (greedy replies did: PPO's
     entropy fell from 3.3 to 2.0 in six steps). Keeping the replies that ended favours short
     ones: 103 of 256 in the full demo."""
+    from posttrain.data import read_records
     from posttrain.models import load_policy
     from posttrain.rollout.generate import SamplingParams, decode_responses
     from posttrain.rollout.sampler import sample_rollouts
 
-    path = ASSETS / "chat_prompts.jsonl"
-    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line][:n]
+    prompts = [r.data["prompt"] for r in read_records(ASSETS / "chat_prompts.jsonl")][:n]
     model, tok = load_policy(model_name, dtype=DTYPE)
-    params = SamplingParams(max_new_tokens=PTX_TOKENS, temperature=1.0)
-    rows = []
     rollouts = sample_rollouts(
         model,
         tok,
         prompts,
-        params,
+        SamplingParams(max_new_tokens=PTX_TOKENS, temperature=1.0),
         n=PTX_SAMPLES,
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(seed),
     )
-    asked = iter(p for p in prompts for _ in range(PTX_SAMPLES))
-    for rollout in rollouts:
-        for text, ended in zip(decode_responses(tok, rollout), rollout.ended_with_eos.tolist()):
-            prompt = next(asked)
-            if ended and text.strip():
-                rows.append({"prompt": prompt, "completion": text})
-    return rows
+    texts = [t for r in rollouts for t in decode_responses(tok, r)]
+    ended = [e for r in rollouts for e in r.ended_with_eos.tolist()]
+    asked = [p for p in prompts for _ in range(PTX_SAMPLES)]  # rows grouped by prompt
+    return [
+        {"prompt": p, "completion": t} for p, t, e in zip(asked, texts, ended) if e and t.strip()
+    ]
 
 
 def heldout_texts(path: Path = ASSETS / "heldout_text.txt") -> list[str]:

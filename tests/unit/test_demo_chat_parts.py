@@ -9,6 +9,7 @@ import json
 import pytest
 
 from posttrain.cli import main
+from posttrain.data import read_records
 from posttrain.recipes.demo_chat import (
     ASSETS,
     FULL,
@@ -36,8 +37,7 @@ def test_factual_answers_are_whole_words_and_shipped_set_is_sane():
 
 
 def test_ptx_chat_requests_are_distinct_and_never_a_factual_check():
-    path = ASSETS / "chat_prompts.jsonl"
-    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+    prompts = [r.data["prompt"] for r in read_records(ASSETS / "chat_prompts.jsonl")]
     assert len(prompts) >= FULL.ptx_prompts and len(set(prompts)) == len(prompts)
     questions = {q["question"].lower() for q in load_factual_qa()}
     assert not questions & {p.lower() for p in prompts}
