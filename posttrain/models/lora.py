@@ -23,7 +23,46 @@ def apply_lora(model, lora):
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return compute_in_input_dtype(get_peft_model(model, config))
+
+
+class InputDtypeLinear(torch.nn.Linear):
+    """A LoRA ``A`` or ``B`` matrix that computes in its input's dtype: in a bfloat16 model the
+    (tokens x r) and (tokens x out) products are bfloat16, with the weight cast on the way in;
+    the weight stays float32 and its gradient arrives in float32 through the cast (mixed
+    precision, as ``torch.autocast`` does). peft otherwise casts each adapted layer's input to
+    float32 and adds a float32 (tokens x out) product to the bfloat16 output: on SmolLM2 that
+    was ~10% of a LoRA training step (``benchmarks/bench_ppo_smollm2.py``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
+        return torch.nn.functional.linear(x, weight, bias)
+
+
+COMPUTE_IN_INPUT_DTYPE = True
+"""Off: peft's own float32 adapter products (``benchmarks/bench_ppo_smollm2.py``'s old path)."""
+
+
+def compute_in_input_dtype(model):
+    """Make every LoRA layer of the peft ``model`` keep its input's dtype (no cast to the
+    adapter's float32) and its ``A`` / ``B`` matrices compute in it (:class:`InputDtypeLinear`).
+    A float32 model computes exactly as before. Returns ``model``."""
+    if not COMPUTE_IN_INPUT_DTYPE:
+        return model
+    from peft.tuners.lora.layer import LoraLayer
+
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        module.cast_input_dtype_enabled = False  # peft >= 0.15; older peft casts (still right)
+        for layers in (module.lora_A, module.lora_B):
+            for linear in layers.values():
+                if type(linear) is torch.nn.Linear:
+                    linear.__class__ = InputDtypeLinear
+    return model
 
 
 def is_lora(model) -> bool:
