@@ -36,7 +36,9 @@ Variants (``--variants``, comma-separated):
 "old" undoes, in the child process, the levers of issue 20 that are on by default now: it sets
 ``posttrain.models.chunked.DEFAULT_CHUNK_SIZE = 0`` (``forward_logprobs`` computes every
 position's logits at once), samples from the LoRA model itself instead of a merged copy
-(``MergedLoraBackend``), and backpropagates through the entropy although ``entropy_coef`` is 0.
+(``MergedLoraBackend``), backpropagates through the entropy although ``entropy_coef`` is 0, and
+lets peft compute the LoRA products in float32 (``posttrain.models.lora.COMPUTE_IN_INPUT_DTYPE``)
+and SDPA's fused kernel every attention (``segment_attention.MATMUL_ATTENTION``).
 "new" is the code as it is.
 """
 
@@ -70,6 +72,10 @@ if sys.argv[1] == "old":  # the code path before issue 20's levers
     import posttrain.recipes.ppo as ppo
     from posttrain.rollout.generate import EngineBackend
     chunked.DEFAULT_CHUNK_SIZE = 0  # every position's logits at once
+    import posttrain.models.lora as lora
+    lora.COMPUTE_IN_INPUT_DTYPE = False  # peft's float32 adapter products
+    import posttrain.models.segment_attention as segment_attention
+    segment_attention.MATMUL_ATTENTION = False  # SDPA's fused attention on short rows too
     online.MergedLoraBackend = EngineBackend  # sample with the adapters unmerged
     def with_entropy_grad(*args, _f=ppo.forward_logprobs, **kwargs):
         return _f(*args, **{**kwargs, "entropy_grad": True})

@@ -68,7 +68,10 @@ def load_model(
     name: str, *, dtype: str = "float32", tokenizer=None, value_head: bool = False, device=None
 ):
     """A causal LM in ``dtype``, in train mode off (call ``.train()`` yourself), on ``device``
-    (a ``torch.device`` from ``posttrain.training.device``; None: the CPU)."""
+    (a ``torch.device`` from ``posttrain.training.device``; None: the CPU), with posttrain's
+    attention function where it applies (``posttrain.models.segment_attention.use_attention``)."""
+    from posttrain.models.segment_attention import use_attention
+
     dt = torch_dtype(dtype)
     if name in TINY_NAMES:
         from posttrain.models.tiny import build_tiny_llama
@@ -81,6 +84,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(str(model_dir(name)), dtype=dt)
     model.config.use_cache = False
     model.eval()
+    use_attention(model)  # short rows on CPU in half precision: explicit matmuls, not SDPA's
     return model if device is None else model.to(device)
 
 

@@ -214,3 +214,87 @@ def test_segment_attention_under_lora(monkeypatch):
     old = forward_packed_logprobs(model, packed)
     torch.testing.assert_close(new.logps, old.logps, atol=1e-10, rtol=0)
     assert model.config._attn_implementation == before
+
+
+def _reference_attention(q, k, v, allowed):
+    """float64 softmax(q k^T / sqrt(d)) v over allowed keys: (B, h, Lq, d) -> (B, Lq, h, d)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(groups, 1), v.double().repeat_interleave(groups, 1)
+    scores = q.double() @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return (weights @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "case", ["causal", "one_query_cached", "queries_after_cache", "padded_bool", "padded_float"]
+)
+def test_attention_forward_short_rows_in_bfloat16(case):
+    """``attention_forward`` in bfloat16 on CPU (the explicit-matmul path) against float64
+    attention, for each mask transformers hands it (None: causal, bottom-right aligned to a
+    cache; SDPA's boolean padding mask; an additive one), within bfloat16 rounding."""
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(0)
+    n_q, n_k = {"one_query_cached": (1, 9), "queries_after_cache": (3, 9)}.get(case, (7, 7))
+    q = torch.randn(2, 4, n_q, 8, generator=gen).bfloat16()
+    k, v = (torch.randn(2, 2, n_k, 8, generator=gen).bfloat16() for _ in range(2))
+    allowed = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q).expand(2, 1, n_q, n_k)
+    mask = None
+    if case.startswith("padded"):  # the second row left-padded by 3
+        allowed = allowed.clone()
+        allowed[1, :, :, :3] = False
+        allowed[1, :, :3, 0] = True  # a padding query sees something (SDPA's masks do too)
+        mask = allowed
+        if case == "padded_float":
+            mask = torch.zeros(allowed.shape).masked_fill(~allowed, -1e30).bfloat16()
+    module = SimpleNamespace(is_causal=True)
+    out, _ = sa.attention_forward(module, q, k, v, mask, scaling=8**-0.5)
+    want = _reference_attention(q, k, v, allowed)
+    assert out.dtype == torch.bfloat16 and out.shape == want.shape
+    torch.testing.assert_close(out.double(), want, atol=3e-2, rtol=3e-2)
+
+
+def test_attention_forward_elsewhere_is_transformers_sdpa():
+    """float32 (or more than MATMUL_KEYS keys) goes to transformers' SDPA attention unchanged."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    gen = torch.Generator().manual_seed(1)
+    module = SimpleNamespace(is_causal=True, num_key_value_groups=2, training=False)
+    for dtype, n in ((torch.float32, 7), (torch.bfloat16, sa.MATMUL_KEYS + 1)):
+        q = torch.randn(1, 4, n, 8, generator=gen).to(dtype)
+        k, v = (torch.randn(1, 2, n, 8, generator=gen).to(dtype) for _ in range(2))
+        got, _ = sa.attention_forward(module, q, k, v, None)
+        want, _ = sdpa_attention_forward(module, q, k, v, None)
+        assert torch.equal(got, want)
+
+
+def test_load_model_uses_it_and_generates_as_eager_attention():
+    """A bfloat16 tiny-llama from ``load_policy`` runs ``posttrain_attention``; its padded
+    log-probs and its greedy generation with a KV cache (prefill, then one query a step) are
+    those of transformers' eager attention (the same matmuls and softmax), and the saved config
+    does not name it."""
+    import json
+    import tempfile
+
+    from posttrain.rollout.generate import generate
+
+    model, tok = load_policy("tiny-llama", dtype="bfloat16")
+    assert model.config._attn_implementation == sa.ATTENTION
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    runs = {}
+    for impl in (sa.ATTENTION, "eager"):
+        model.set_attn_implementation(impl)
+        roll = generate(
+            model, prompts, pad_id=tok.pad_token_id, eos_id=-1, max_new_tokens=6, temperature=0
+        )
+        with torch.no_grad():
+            out = forward_logprobs(model, roll.input_ids, roll.attention_mask, roll.response_mask)
+        runs[impl] = (roll.input_ids, out.logps)
+    assert torch.equal(runs[sa.ATTENTION][0], runs["eager"][0])
+    assert torch.equal(runs[sa.ATTENTION][1], runs["eager"][1])
+    with tempfile.TemporaryDirectory() as d:
+        model.set_attn_implementation(sa.ATTENTION)
+        model.save_pretrained(d)
+        assert sa.ATTENTION not in json.dumps(json.load(open(f"{d}/config.json")))
