@@ -33,6 +33,8 @@ __all__ = [
     "shape_of_config",
     "model_shape",
     "lora_params",
+    "attention_kind",
+    "SCORES_KEPT",
     "adapted_params",
     "layer_blocks",
     "layer_activation_elements",
@@ -255,6 +257,20 @@ def adapted_params(shape: Shape, lora: LoraConfig) -> int:
 # ----------------------------------------------------------------------------- the formulas
 
 
+SCORES_KEPT = {"eager": 2, "matmul": 1}
+"""(T, T) score tensors a layer saves for backward, by attention: eager its scores and weights,
+posttrain's explicit-matmul attention its softmax weights, SDPA's fused kernels none."""
+
+
+def attention_kind(cfg, keys: int) -> str:
+    """The attention that runs: ``sdpa`` in bfloat16 on CPU over at most ``MATMUL_KEYS`` keys is
+    posttrain's explicit matmuls (``posttrain.models.segment_attention.attention_forward``)."""
+    from posttrain.models.segment_attention import MATMUL_KEYS
+
+    short = cfg.device == "cpu" and cfg.dtype == "bfloat16" and keys <= MATMUL_KEYS
+    return "matmul" if cfg.attention == "sdpa" and short else cfg.attention
+
+
 def layer_blocks(
     shape: Shape, seq_len: int, attention: str = "sdpa", *, frozen_norms: bool = False
 ) -> dict[int, int]:
@@ -266,7 +282,7 @@ def layer_blocks(
         (shape.q, 3),  # input for its gradient
         (shape.kv, 3),
         (shape.intermediate, 4),
-        (shape.heads * seq_len, 2 if attention == "eager" else 0),
+        (shape.heads * seq_len, SCORES_KEPT.get(attention, 0)),
     ):
         blocks[width] = blocks.get(width, 0) + count
     return blocks
@@ -432,7 +448,8 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
     minibatches = cfg.num_minibatches or default_minibatches(cfg.recipe)
     micro = max(1, rows // minibatches // cfg.gradient_accumulation_steps)
     t = micro * T
-    trunk = dict(checkpointing=cfg.gradient_checkpointing, attention=cfg.attention)
+    attention = attention_kind(cfg, T)
+    trunk = dict(checkpointing=cfg.gradient_checkpointing, attention=attention)
     acts = activation_bytes(shape, t, T, w, frozen_norms=lora, **trunk)
     # what a CPU's heap slack scales with: the saved tensors below glibc's largest mmap threshold
     # (with checkpointing also the layer backward recomputes); larger ones are mapped and
@@ -441,9 +458,9 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
     if critic:  # the critic trunk's own forward with gradients (hidden states only)
         acts += activation_bytes(shape, t, T, w, **trunk)
         heap += activation_bytes(shape, t, T, w, below=HEAP_BLOCK_MAX, **trunk)
-    layer = t * w * layer_activation_elements(shape, T, cfg.attention)
+    layer = t * w * layer_activation_elements(shape, T, attention)
     if cfg.gradient_checkpointing:
-        heap += tensor_bytes(layer_blocks(shape, T, cfg.attention), t * w, HEAP_BLOCK_MAX)
+        heap += tensor_bytes(layer_blocks(shape, T, attention), t * w, HEAP_BLOCK_MAX)
 
     def saved(block: int, total: int) -> int:
         nonlocal heap
@@ -492,7 +509,7 @@ def estimate(cfg: Config, shape: Shape, *, nproc: int = 1, fsdp: bool = False) -
         parts["kv_cache"] = kv_cache_bytes(shape, n, T, w)
         prefill = n * prompt * w * (shape.vocab + layer_activation_elements(shape, prompt))
         scoring = nograd_logits_bytes(shape, n * T, w, entropy=True) + n * T * w * (
-            layer_activation_elements(shape, T, cfg.attention)
+            layer_activation_elements(shape, T, attention)
         )  # old log-probs and entropy / reference over the whole rollout
         phases["rollout"] = max(parts["kv_cache"] + prefill, scoring)
 

@@ -38,6 +38,24 @@ def test_layer_activations_sdpa_and_eager():
     assert plan.layer_activation_elements(SHAPE, 5, "sdpa") == 132
     assert plan.layer_activation_elements(SHAPE, 5, "eager") == 152
     assert plan.layer_activation_elements(SHAPE, 5, "sdpa", frozen_norms=True) == 116
+    # posttrain's explicit-matmul attention keeps the softmax weights only: 132 + 2 x 5 = 142
+    assert plan.layer_activation_elements(SHAPE, 5, "matmul") == 142
+
+
+def test_bfloat16_on_cpu_short_rows_count_the_matmul_attention():
+    """In bfloat16 on CPU, rows of at most MATMUL_KEYS tokens run posttrain's explicit-matmul
+    attention (their softmax weights saved); on CUDA, in float32 or longer rows, SDPA's."""
+    from posttrain.models.segment_attention import MATMUL_KEYS
+
+    short = cfg(dtype="bfloat16", device="cpu")
+    assert plan.attention_kind(short, 5) == "matmul"
+    assert plan.attention_kind(short, MATMUL_KEYS + 1) == "sdpa"
+    assert plan.attention_kind(cfg(dtype="bfloat16", device="cuda"), 5) == "sdpa"
+    assert plan.attention_kind(cfg(device="cpu"), 5) == "sdpa"
+    assert plan.attention_kind(cfg(dtype="bfloat16", attention="eager"), 5) == "eager"
+    # t = 4 rows x 5 tokens x 2 layers x 2 bytes x (2 heads x 5) weights more than on CUDA
+    cpu, cuda = (plan.estimate(replace(short, device=d), SHAPE) for d in ("cpu", "cuda"))
+    assert cpu.parts["activations"] - cuda.parts["activations"] == 20 * 2 * 2 * 10
 
 
 def test_saved_activations_with_and_without_checkpointing():
