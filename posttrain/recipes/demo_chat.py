@@ -75,13 +75,14 @@ PPO_REWARD_CLIP, PPO_MISSING_EOS_PENALTY = 1.0, -1.0
 # factual answer lost), +0.27 at 5.0 (coef 0.08, 2 lost), +0.34 at 4.9 (0.07, 3 lost); detached,
 # +0.32 and +0.18 at KL 2.5 (none lost), +0.28 at 5.0 (0.07, 1 lost) (docs/demo.md)
 PPO_VALUE_TRUNK_GRAD = False
-# PPO-ptx (--ppo_ptx_coef, off by default): the NLL per token of SmolLM2's own replies to the
-# shipped ordinary chat requests (base_chat_replies), PTX_BATCH of them per optimizer step, is
-# mixed into PPO's loss. Without it every PPO or RLOO run that gained more than +0.35 gold lost
-# two or three factual answers to the review style ("The sky on a clear day is a beautiful
-# sight"), which the KL, measured on review openings only, does not see; with it (coef 1, GAE
-# lambda 1) PPO lost one, but its stage took ~250 s longer (docs/demo.md)
-PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 0.0, 4, 4, 64
+# PPO-ptx (--ppo_ptx_coef, 1 by default; 0 turns it off): the NLL per token of SmolLM2's own
+# replies to the shipped ordinary chat requests (base_chat_replies), PTX_BATCH of them per
+# optimizer step, is mixed into PPO's loss. Without it every PPO or RLOO run that gained more
+# than +0.35 gold lost two or three factual answers to the review style ("The sky on a clear
+# day is a beautiful sight"), which the KL, measured on review openings only, does not see.
+# Run 11 (docs/demo.md): with it +0.292 gold at KL 3.48, none lost, 28.0 minutes in all; the
+# same draw without it +0.205 at KL 2.00, ~5 minutes faster
+PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 1.0, 4, 4, 64
 PPO_LAM = 0.95  # GAE's lambda (--ppo_lam)
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
@@ -93,7 +94,8 @@ CAPABILITY_DTYPE, CAPABILITY_TOKENS = "float32", 48
 class ChatBudget:
     """Sizes of every stage. ``FULL`` took 28.7 minutes (run 8, PPO's replies collapsed to ~10
     tokens), 32.2 (run 9, ~31 tokens) and 28.3 (run 10, the same computation at another hour) on
-    2 idle CPU cores running at under half their usual speed (docs/demo.md; budget: 30); 512
+    2 idle CPU cores running at under half their usual speed, and 28.0 with PPO-ptx after the
+    LoRA and attention speed-ups (run 11; without PPO-ptx ~23) (docs/demo.md; budget: 30); 512
     prompts rather than 256 cost ~75 s of sampling and lifted the reward model's held-out
     accuracy from 0.68 to 0.77 (docs/demo.md)."""
 
