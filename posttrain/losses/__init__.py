@@ -14,7 +14,7 @@ from posttrain.losses.common import (
     masked_var,
     masked_whiten,
 )
-from posttrain.losses.kl import KL_KINDS, kl_estimate
+from posttrain.losses.kl import KL_KINDS, kl_estimate, kl_to_reference
 from posttrain.losses.ppo import ppo_policy_loss, ppo_value_loss
 from posttrain.losses.preference import (
     DPO_LOSS_TYPES,
@@ -60,6 +60,7 @@ __all__ = [
     "grpo_advantages",
     "kl_estimate",
     "kl_shaped_rewards",
+    "kl_to_reference",
     "kto_kl_reference_point",
     "kto_loss",
     "log1mexp",

@@ -31,3 +31,18 @@ def kl_estimate(
     if kind == "abs":
         return log_ratio.abs()
     raise ValueError(f"unknown KL estimator kind {kind!r}; expected one of {KL_KINDS}")
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Exact KL(ref || policy) per position, summed over the vocabulary:
+    ``sum_v q_v (log q_v - log p_v)`` with ``q = softmax(ref_logits)``, ``p = softmax(logits)``.
+
+    The expected NLL of the reference's own tokens at a position is the reference's entropy plus
+    this KL, so minimising it is the NLL of infinitely many reference samples there: it is zero
+    at the reference exactly and cannot fall below by fitting particular tokens, as the NLL of a
+    fixed set of samples can. Shapes: logits and ref_logits (..., V) -> (...). Mask and reduce
+    with ``masked_sum`` / ``masked_mean``.
+    """
+    ref_logp = torch.log_softmax(ref_logits, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)

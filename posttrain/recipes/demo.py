@@ -81,6 +81,10 @@ class Config:
     the factual check) is mixed into PPO's loss, against the review style leaking into factual
     answers (docs/demo.md, run 11: +0.292 gold against +0.205 without it, ~300 s more PPO);
     default 1.0, 0 turns it off."""
+    ppo_ptx_loss: Literal["nll", "kl"] | None = None
+    """With --model: PPO-ptx's term (the ppo recipe's --ptx_loss): ``nll``, the NLL of those
+    replies (default), or ``kl``, the exact KL from the model at their tokens, which fitting
+    the replies cannot lower (docs/demo.md)."""
     ppo_lam: float | None = None
     """With --model: PPO's GAE lambda; default 0.95 (docs/demo.md: at 1 PPO went further along
     the same reward-KL frontier in 30 steps)."""
@@ -136,6 +140,12 @@ class Config:
             "ppo_ptx_coef",
             "must be >= 0, with --model",
             self.ppo_ptx_coef,
+        )
+        check(
+            self.ppo_ptx_loss is None or self.model is not None,
+            "ppo_ptx_loss",
+            "needs --model",
+            self.ppo_ptx_loss,
         )
         check(
             self.ppo_lam is None or (0 <= self.ppo_lam <= 1 and self.model is not None),

@@ -27,7 +27,7 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
 ``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
 ``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--ppo_ptx_coef``,
-``--ppo_lam``, ``--dpo_beta``, ``--rloo``).
+``--ppo_ptx_loss``, ``--ppo_lam``, ``--dpo_beta``, ``--rloo``).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ PPO_VALUE_TRUNK_GRAD = False
 # Run 11 (docs/demo.md): with it +0.292 gold at KL 3.48, none lost, 28.0 minutes in all; the
 # same draw without it +0.205 at KL 2.00, ~5 minutes faster
 PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 1.0, 4, 4, 64
+PPO_PTX_LOSS = "nll"  # --ppo_ptx_loss
 PPO_LAM = 0.95  # GAE's lambda (--ppo_lam)
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
@@ -403,7 +404,10 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         if rows:  # (none that ended: only with tiny budgets)
             write_jsonl(data / "ptx.jsonl", rows)
             ptx = dict(
-                ptx_data=str(data / "ptx.jsonl"), ptx_coef=ptx_coef, ptx_batch_size=PTX_BATCH
+                ptx_data=str(data / "ptx.jsonl"),
+                ptx_coef=ptx_coef,
+                ptx_loss=or_default(cfg.ppo_ptx_loss, PPO_PTX_LOSS),
+                ptx_batch_size=PTX_BATCH,
             )
         _run_recipe(
             ppo,

@@ -9,7 +9,8 @@ Each iteration:
 3. GAE (``gamma``, ``lam``) over the value model's values -> returns; advantages whitened;
 4. ``ppo_epochs`` passes over shuffled minibatches (``num_minibatches`` optimizer steps each):
    clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy
-   (+ PPO-ptx: ``ptx_coef`` * NLL of ``ptx_data``, raw text or SFT records); the epoch loop stops early once the mean
+   (+ PPO-ptx: ``ptx_coef`` * NLL of ``ptx_data``, raw text or SFT records, or with ``ptx_loss``
+   ``kl`` the exact KL from the reference at those tokens); the epoch loop stops early once the mean
    approximate KL to the sampling policy passes ``max_approx_kl``;
 5. the KL controller updates beta (fixed, or adaptive toward ``kl_target``, Ziegler et al. 2019);
 6. log, samples table, checkpoint (sampling RNG, KL controller, optimizer, data positions, value
@@ -50,6 +51,7 @@ from posttrain.losses import (
     gae,
     kl_estimate,
     kl_shaped_rewards,
+    kl_to_reference,
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
@@ -69,9 +71,11 @@ from posttrain.training import (
     make_scheduler,
     optimizer_step,
 )
+from posttrain.training.device import at_least_float32
 from posttrain.training.timing import peak_rss_mb, timed
 
 SUMMARY = "PPO with a value head, KL-shaped reward, GAE, adaptive KL, PPO-ptx; exact resume."
+PTX_LOSSES = ("nll", "kl")
 
 
 @dataclass(kw_only=True)
@@ -115,7 +119,12 @@ class Config(OnlineConfig):
     """PPO-ptx: data whose log-likelihood is mixed into the loss: raw pretraining text
     (`{"text": ...}`, loss on every token, as InstructGPT) or SFT records (loss on the response)."""
     ptx_coef: float = 0.0
-    """PPO-ptx gamma: weight of the NLL per token of ptx_data."""
+    """PPO-ptx gamma: weight of the ptx term per token of ptx_data."""
+    ptx_loss: str = "nll"
+    """PPO-ptx's term: ``nll``, the NLL of ptx_data's tokens (InstructGPT); ``kl``, the exact
+    KL(reference || policy) of the next-token distributions at those tokens (the whole
+    vocabulary: the NLL of endless reference samples there, less their entropy), which is zero at
+    the reference and, unlike the NLL of a fixed set of texts, is not lowered by fitting them."""
     ptx_batch_size: int = 8
     """PPO-ptx examples per optimizer step."""
 
@@ -149,6 +158,12 @@ class Config(OnlineConfig):
             "ptx_data",
             "is required with ptx_coef",
             None,
+        )
+        check(
+            self.ptx_loss in PTX_LOSSES,
+            "ptx_loss",
+            f"must be {' or '.join(PTX_LOSSES)}",
+            self.ptx_loss,
         )
         check(
             self.ptx_batch_size % distributed.world_size() == 0,
@@ -224,12 +239,30 @@ def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def ptx_term(model, batch: list, pad_id: int) -> torch.Tensor:
-    """PPO-ptx: this process's slice of ``batch`` (SFT examples), its summed NLL divided by the
-    response tokens of the whole batch (so the processes' terms add up to the NLL per token)."""
-    mine = distributed.shard(batch)
-    nll, count = nll_sum(model, collate(mine, pad_id))
-    return nll / max(distributed.all_sum(float(count)), 1.0)
+def ptx_term(model, reference, batch: list, pad_id: int, kind: str = "nll") -> torch.Tensor:
+    """PPO-ptx: this process's slice of ``batch`` (SFT examples), its summed NLL (``kind``
+    ``nll``) or KL from the reference (``kl``, :func:`kl_sum`) divided by the response tokens of
+    the whole batch (so the processes' terms add up to the term per token)."""
+    mine = collate(distributed.shard(batch), pad_id)
+    total, count = nll_sum(model, mine) if kind == "nll" else kl_sum(model, reference, mine)
+    return total / max(distributed.all_sum(float(count)), 1.0)
+
+
+def kl_sum(model, reference, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed exact KL(reference || policy) over the positions that predict a response token of
+    ``batch`` (``losses.kl_to_reference``: whole-vocabulary logits of those positions, float32 at
+    least; the reference's without gradients), and their count."""
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    predicts = batch["response_mask"][:, 1:].bool()  # position t predicts token t + 1
+    keep = torch.cat([predicts, torch.zeros_like(predicts[:, :1])], dim=1).to(ids.device)
+
+    def logits(m):
+        out = m(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        return at_least_float32(out[keep])  # (K, V)
+
+    with torch.no_grad(), reference() as ref_model:
+        ref_logits = logits(ref_model)
+    return kl_to_reference(logits(model), ref_logits).sum(), keep.sum()
 
 
 def run(cfg: Config, flags: dict[str, bool]) -> None:
@@ -319,9 +352,11 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                             loss = loss * mask[mb].sum() / mb_tokens  # token share of minibatch
                             if cfg.ptx_coef and lo == 0:  # PPO-ptx, once per optimizer step
                                 batch = [ptx[i] for i in ptx_order.next(cfg.ptx_batch_size)]
-                                ptx_nll = ptx_term(model, batch, tokenizer.pad_token_id)
-                                loss = loss + cfg.ptx_coef * ptx_nll
-                                stats["ptx"].append(distributed.all_sum(float(ptx_nll.detach())))
+                                ptx_loss = ptx_term(
+                                    model, reference, batch, tokenizer.pad_token_id, cfg.ptx_loss
+                                )
+                                loss = loss + cfg.ptx_coef * ptx_loss
+                                stats["ptx"].append(distributed.all_sum(float(ptx_loss.detach())))
                             loss.backward()
                             epoch_kl.append(parts["akl"])
                             for key, v in parts.items():

@@ -98,6 +98,24 @@ def test_ppo_options_run_and_leave_their_traces(cli, jsonl, tmp_path):
     assert critic["id2label"] == {"0": "value"}
 
 
+def test_ptx_kl_is_zero_until_the_policy_leaves_the_reference(cli, jsonl, tmp_path):
+    """``--ptx_loss kl`` under LoRA: the first optimizer step's ptx term is computed before any
+    update, at the reference (the adapters start at zero), so it is 0; once PPO has moved the
+    policy it is positive (``--ptx_loss nll`` would be the texts' NLL, ~6.7, from the start)."""
+    ptx = jsonl("ptx.jsonl", [{"text": "the cat sat on the mat"}, {"text": "a dog ran"}] * 2)
+    out = tmp_path / "kl"
+    code, _, err = cli(
+        "ppo", *COMMON, "--batch_size", "4", "--num_samples", "2", "--max_steps", "3",
+        "--ppo_epochs", "1", "--num_minibatches", "1", "--lora.enabled", "true",
+        "--learning_rate", "1e-2", "--ptx_data", ptx, "--ptx_coef", "0.5", "--ptx_loss", "kl",
+        "--ptx_batch_size", "4", "--output_dir", out,
+    )  # fmt: skip
+    assert code == 0, err
+    ptx_terms = [r["loss/ptx"] for r in read_metrics(out / "metrics.jsonl")]
+    assert ptx_terms[0] == pytest.approx(0.0, abs=1e-6)
+    assert all(v > 1e-4 for v in ptx_terms[1:]), ptx_terms
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -109,6 +127,7 @@ def test_ppo_options_run_and_leave_their_traces(cli, jsonl, tmp_path):
         ),
         (["--num_minibatches", "3"], "--num_minibatches: must divide"),
         (["--ptx_coef", "0.1"], "--ptx_data: is required with ptx_coef"),
+        (["--ptx_loss", "mse"], "--ptx_loss: must be nll or kl"),
         (["--kl_target", "0"], "--kl_target: must be > 0"),
     ],
 )

@@ -110,6 +110,18 @@ def test_ppo_options_need_the_chat_model_and_a_valid_value(tmp_path, capsys, fla
         assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["--ppo_ptx_loss", "kl"], ["--ppo_ptx_loss", "mse", "--model", "smollm2-135m-instruct"]],
+)
+def test_ppo_ptx_loss_needs_the_chat_model_and_a_known_term(tmp_path, capsys, argv):
+    out = tmp_path / "d"
+    assert main(["demo", *argv, "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ppo_ptx_loss" in err, err
+    assert not out.exists()
+
+
 def test_ppo_missing_eos_penalty_needs_the_chat_model(tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["demo", "--ppo_missing_eos_penalty", "-1", "--output_dir", str(out)]) == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from posttrain.losses import kl_estimate
+from posttrain.losses import kl_estimate, kl_to_reference
 
 TOL = {"atol": 1e-9, "rtol": 1e-9}
 LN2 = math.log(2.0)
@@ -74,3 +74,30 @@ def test_k2_is_biased_here():
     expected = 0.5 * (0.5 * math.log(2.5) ** 2 + 0.2 * math.log(0.4) ** 2)
     assert_close((P * per_outcome).sum(), torch.tensor(expected, dtype=torch.float64), **TOL)
     assert abs(expected - EXACT_KL) > 0.01
+
+
+def test_kl_to_reference_by_hand():
+    """q = (1/2, 1/2) against p = (1/4, 3/4): 1/2 ln(1/2 / 1/4) + 1/2 ln(1/2 / 3/4) = 1/2 ln(4/3);
+    its gradient in the policy's logits is p - q = (-1/4, 1/4); zero where p = q, whatever the
+    logits' offset."""
+    ref = torch.tensor([[0.5, 0.5]], dtype=torch.float64).log()
+    logits = (torch.tensor([[0.25, 0.75]], dtype=torch.float64).log() + 3.0).requires_grad_()
+    kl = kl_to_reference(logits, ref)
+    assert kl.shape == (1,)
+    assert_close(kl, torch.tensor([0.5 * math.log(4 / 3)], dtype=torch.float64), **TOL)
+    kl.sum().backward()
+    assert_close(logits.grad, torch.tensor([[-0.25, 0.25]], dtype=torch.float64), **TOL)
+    assert_close(kl_to_reference(ref - 7.0, ref), torch.zeros(1, dtype=torch.float64), **TOL)
+
+
+def test_kl_to_reference_is_the_nll_of_reference_samples_less_their_entropy():
+    """E_{y ~ q}[-log p(y)] - H(q) = KL(q || p), by sampling (5 vocabulary entries, 200,000
+    draws: standard error ~0.003)."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(5, generator=g, dtype=torch.float64)
+    logits = torch.randn(5, generator=g, dtype=torch.float64)
+    q, logp = torch.softmax(ref, -1), torch.log_softmax(logits, -1)
+    draws = torch.multinomial(q, 200_000, replacement=True, generator=g)
+    entropy = -(q * q.log()).sum()
+    estimate = -logp[draws].mean() - entropy
+    assert abs(float(estimate - kl_to_reference(logits, ref))) < 0.015
