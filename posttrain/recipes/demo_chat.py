@@ -75,15 +75,19 @@ PPO_REWARD_CLIP, PPO_MISSING_EOS_PENALTY = 1.0, -1.0
 # factual answer lost), +0.27 at 5.0 (coef 0.08, 2 lost), +0.34 at 4.9 (0.07, 3 lost); detached,
 # +0.32 and +0.18 at KL 2.5 (none lost), +0.28 at 5.0 (0.07, 1 lost) (docs/demo.md)
 PPO_VALUE_TRUNK_GRAD = False
-# PPO-ptx (--ppo_ptx_coef, 1 by default; 0 turns it off): the NLL per token of SmolLM2's own
+# PPO-ptx (--ppo_ptx_coef, 1 by default; 0 turns it off): a term per token of SmolLM2's own
 # replies to the shipped ordinary chat requests (base_chat_replies), PTX_BATCH of them per
 # optimizer step, is mixed into PPO's loss. Without it every PPO or RLOO run that gained more
 # than +0.35 gold lost two or three factual answers to the review style ("The sky on a clear
 # day is a beautiful sight"), which the KL, measured on review openings only, does not see.
-# Run 11 (docs/demo.md): with it +0.292 gold at KL 3.48, none lost, 28.0 minutes in all; the
-# same draw without it +0.205 at KL 2.00, ~5 minutes faster
+# Run 11 (docs/demo.md; their NLL): with it +0.292 gold at KL 3.48, none lost, 28.0 minutes in
+# all; the same draw without it +0.205 at KL 2.00, ~5 minutes faster
 PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 1.0, 4, 4, 64
-PPO_PTX_LOSS = "nll"  # --ppo_ptx_loss
+# Its term (--ppo_ptx_loss): the exact KL from the reference at those replies' tokens, not their
+# NLL: on run 12's draw (seed 1) the NLL of the 110 replies fell from 2.33 to 1.40 over PPO (they
+# were being fitted), and PPO gained +0.269 at KL 5.01 with 3 factual answers lost and text NLL
+# 3.956; with the KL term +0.269 at KL 1.63, none lost, text NLL 3.856 (base 3.855)
+PPO_PTX_LOSS = "kl"
 PPO_LAM = 0.95  # GAE's lambda (--ppo_lam)
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
