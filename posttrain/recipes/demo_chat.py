@@ -86,7 +86,8 @@ PPO_PTX_COEF, PTX_BATCH, PTX_SAMPLES, PTX_TOKENS = 1.0, 4, 4, 64
 # Its term (--ppo_ptx_loss): the exact KL from the reference at those replies' tokens, not their
 # NLL: on run 12's draw (seed 1) the NLL of the 110 replies fell from 2.33 to 1.40 over PPO (they
 # were being fitted), and PPO gained +0.269 at KL 5.01 with 3 factual answers lost and text NLL
-# 3.956; with the KL term +0.269 at KL 1.63, none lost, text NLL 3.856 (base 3.855)
+# 3.956; with the KL term +0.269 at KL 1.63, none lost, text NLL 3.856 (base 3.855). Run 13
+# (seed 0): +0.248 at KL 1.74, one lost, NLL 3.863, against run 11's NLL term +0.292 at 3.48, 3.989
 PPO_PTX_LOSS = "kl"
 PPO_LAM = 0.95  # GAE's lambda (--ppo_lam)
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
@@ -100,7 +101,8 @@ class ChatBudget:
     """Sizes of every stage. ``FULL`` took 28.7 minutes (run 8, PPO's replies collapsed to ~10
     tokens), 32.2 (run 9, ~31 tokens) and 28.3 (run 10, the same computation at another hour) on
     2 idle CPU cores running at under half their usual speed, and 28.0 with PPO-ptx after the
-    LoRA and attention speed-ups (run 11; without PPO-ptx ~23) (docs/demo.md; budget: 30); 512
+    LoRA and attention speed-ups (run 11; without PPO-ptx ~23), 25.6 (run 12, seed 1) and 26.9
+    with PPO-ptx's KL term (run 13) (docs/demo.md; budget: 30); 512
     prompts rather than 256 cost ~75 s of sampling and lifted the reward model's held-out
     accuracy from 0.68 to 0.77 (docs/demo.md)."""
 
