@@ -24,7 +24,7 @@ def test_chat_demo_quick_end_to_end(tmp_path):
 
     out = tmp_path / "demo"
     argv = ["demo", "--model", "smollm2-135m-instruct", "--quick", "true"]
-    ppo_argv = ["--ppo_kl_target", "3", "--ppo_lam", "1"]
+    ppo_argv = ["--ppo_kl_target", "3"]
     rc = main([*argv, *ppo_argv, "--output_dir", str(out)])
     assert rc in (0, None)
     # the adaptive KL controller: target and a four-step horizon (4 x 4 prompts x 2 replies)
@@ -35,7 +35,7 @@ def test_chat_demo_quick_end_to_end(tmp_path):
     assert "reward_clip: 1.0" in ppo_config and "missing_eos_penalty: -1.0" in ppo_config
     assert "value_trunk_grad: false" in ppo_config
     # PPO-ptx (on by default) on SmolLM2's own sampled replies (those that ended) to the shipped
-    # chat requests, and GAE's lambda
+    # chat requests, and GAE's lambda (1 by default)
     assert "ptx_coef: 1.0" in ppo_config and "lam: 1.0" in ppo_config, ppo_config
     ptx = [json.loads(line) for line in (out / "data" / "ptx.jsonl").read_text().splitlines()]
     assert 1 <= len(ptx) <= 4 * 4 and all(r["completion"].strip() for r in ptx)
