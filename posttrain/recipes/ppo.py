@@ -43,15 +43,12 @@ import torch
 
 from posttrain import metrics as M
 from posttrain.config import check
-from posttrain.data import collate, encode_example, load_examples
-from posttrain.data.chat import encode_text
 from posttrain.losses import (
     KLController,
     explained_variance,
     gae,
     kl_estimate,
     kl_shaped_rewards,
-    kl_to_reference,
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
@@ -61,7 +58,7 @@ from posttrain.models import check_model_name, forward_logprobs, load_model
 from posttrain.models.modes import disable_dropout
 from posttrain.models.value import build_value_model, load_critic
 from posttrain.recipes._online import OnlineConfig, load_inputs, load_trainable_policy
-from posttrain.recipes.sft import nll_sum
+from posttrain.recipes._ptx import PtxConfig, load_ptx, ptx_term
 from posttrain.rollout.online import Experience, collect, rollout_metrics, write_samples
 from posttrain.training import (
     DataOrder,
@@ -71,15 +68,13 @@ from posttrain.training import (
     make_scheduler,
     optimizer_step,
 )
-from posttrain.training.device import at_least_float32
 from posttrain.training.timing import peak_rss_mb, timed
 
 SUMMARY = "PPO with a value head, KL-shaped reward, GAE, adaptive KL, PPO-ptx; exact resume."
-PTX_LOSSES = ("nll", "kl")
 
 
 @dataclass(kw_only=True)
-class Config(OnlineConfig):
+class Config(OnlineConfig, PtxConfig):
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
     num_minibatches: int = 2
@@ -115,18 +110,6 @@ class Config(OnlineConfig):
     critic_model: str | None = None
     """With separate_critic: the critic's starting model (a model name, HF directory, or a reward
     model's directory: its trunk)."""
-    ptx_data: str | None = None
-    """PPO-ptx: data whose log-likelihood is mixed into the loss: raw pretraining text
-    (`{"text": ...}`, loss on every token, as InstructGPT) or SFT records (loss on the response)."""
-    ptx_coef: float = 0.0
-    """PPO-ptx gamma: weight of the ptx term per token of ptx_data."""
-    ptx_loss: str = "nll"
-    """PPO-ptx's term: ``nll``, the NLL of ptx_data's tokens (InstructGPT); ``kl``, the exact
-    KL(reference || policy) of the next-token distributions at those tokens (the whole
-    vocabulary: the NLL of endless reference samples there, less their entropy), which is zero at
-    the reference and, unlike the NLL of a fixed set of texts, is not lowered by fitting them."""
-    ptx_batch_size: int = 8
-    """PPO-ptx examples per optimizer step."""
 
     def validate(self) -> None:
         super().validate()
@@ -153,24 +136,7 @@ class Config(OnlineConfig):
             self.kl_target is None or self.kl_target > 0, "kl_target", "must be > 0", self.kl_target
         )
         check(self.kl_horizon >= 1, "kl_horizon", "must be >= 1", self.kl_horizon)
-        check(
-            self.ptx_coef == 0 or self.ptx_data is not None,
-            "ptx_data",
-            "is required with ptx_coef",
-            None,
-        )
-        check(
-            self.ptx_loss in PTX_LOSSES,
-            "ptx_loss",
-            f"must be {' or '.join(PTX_LOSSES)}",
-            self.ptx_loss,
-        )
-        check(
-            self.ptx_batch_size % distributed.world_size() == 0,
-            "ptx_batch_size",
-            f"must be divisible by the number of processes ({distributed.world_size()})",
-            self.ptx_batch_size,
-        )
+        self.check_ptx()
         check(
             self.value_trunk_grad or not self.separate_critic,
             "value_trunk_grad",
@@ -239,44 +205,11 @@ def ppo_terms(model, value, exp: Experience, mb, old_values, advantages, returns
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def ptx_term(model, reference, batch: list, pad_id: int, kind: str = "nll") -> torch.Tensor:
-    """PPO-ptx: this process's slice of ``batch`` (SFT examples), its summed NLL (``kind``
-    ``nll``) or KL from the reference (``kl``, :func:`kl_sum`) divided by the response tokens of
-    the whole batch (so the processes' terms add up to the term per token)."""
-    mine = collate(distributed.shard(batch), pad_id)
-    total, count = nll_sum(model, mine) if kind == "nll" else kl_sum(model, reference, mine)
-    return total / max(distributed.all_sum(float(count)), 1.0)
-
-
-def kl_sum(model, reference, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed exact KL(reference || policy) over the positions that predict a response token of
-    ``batch`` (``losses.kl_to_reference``: whole-vocabulary logits of those positions, float32 at
-    least; the reference's without gradients), and their count."""
-    ids, attention = batch["input_ids"], batch["attention_mask"]
-    predicts = batch["response_mask"][:, 1:].bool()  # position t predicts token t + 1
-    keep = torch.cat([predicts, torch.zeros_like(predicts[:, :1])], dim=1).to(ids.device)
-
-    def logits(m):
-        out = m(input_ids=ids, attention_mask=attention, use_cache=False).logits
-        return at_least_float32(out[keep])  # (K, V)
-
-    with torch.no_grad(), reference() as ref_model:
-        ref_logits = logits(ref_model)
-    return kl_to_reference(logits(model), ref_logits).sum(), keep.sum()
-
-
 def run(cfg: Config, flags: dict[str, bool]) -> None:
     tokenizer, prompts, reward_fn = load_inputs(cfg)  # bad input fails before output_dir
     if cfg.critic_model:
         check_model_name(cfg.critic_model)
-    ptx = []
-    if cfg.ptx_data:
-        ptx = [  # raw text: every token; SFT records: the response
-            encode_text(tokenizer, ex.response, cfg.max_length)
-            if ex.kind == "text"
-            else encode_example(tokenizer, ex.prompt, ex.response, cfg.max_length)
-            for ex in load_examples(cfg.ptx_data, ["text", "sft"], what="--ptx_data")
-        ]
+    ptx = load_ptx(cfg, tokenizer)
     run_ = Run(cfg, flags, "ppo")
 
     torch.manual_seed(cfg.seed)

@@ -14,7 +14,7 @@ from posttrain.data import collate
 from posttrain.data.chat import encode_text
 from posttrain.models import load_policy
 from posttrain.models.lora import apply_lora
-from posttrain.recipes.ppo import kl_sum, ptx_term
+from posttrain.recipes._ptx import kl_sum, ptx_term
 from posttrain.recipes.sft import nll_sum
 from posttrain.training.reference import policy_reference
 
