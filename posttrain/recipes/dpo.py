@@ -3,7 +3,10 @@
 setup -> pairs (validated before anything is written) -> policy, reference -> resume ->
 for each step: ONE forward of chosen and rejected together (padding-free: each prompt once, both
 responses after it; or 2B padded rows), the loss of ``loss_type``, clipped AdamW step -> log ->
-checkpoint -> final/.
+checkpoint -> final/. With ``ptx_coef`` > 0 each step also adds the ptx term of ``ptx_data``
+(``recipes._ptx``, PPO-ptx's): the NLL of ``ptx_batch_size`` of its examples per token, or with
+``ptx_loss kl`` the exact KL from the reference at their tokens, which holds the policy near the
+reference on other text while it learns the preference.
 
 Objectives (all pure functions in ``posttrain.losses``):
 - ``sigmoid`` DPO (Rafailov et al. 2023, eq. 7); with ``label_smoothing`` > 0 conservative DPO;
@@ -23,7 +26,8 @@ The reference policy, ``reference``:
   ``output_dir/reference_logps.pt`` (written atomically, keyed by the tokenised data and the
   reference model; rows not computed are NaN) and reused on ``--resume``;
 - ``auto`` (default): ``lora`` when LoRA is on; ``model`` under ``--distributed fsdp`` (its copy
-  is sharded, while ``precomputed`` computes with a whole copy on every process); else
+  is sharded, while ``precomputed`` computes with a whole copy on every process) or with
+  ``ptx_loss kl`` (the term runs the reference model); else
   ``precomputed``, which gives the same log-probs (to float rounding) for less time and memory:
   a forward per pair instead of per pair per epoch, in length-sorted batches, and no second model
   during training; ``none``: reference-free.
@@ -57,6 +61,7 @@ from posttrain.losses import (
 from posttrain.models import PairLogps, check_model_name, load_model, load_tokenizer, pair_logps
 from posttrain.models.lora import apply_lora
 from posttrain.models.modes import eval_mode
+from posttrain.recipes._ptx import PtxConfig, load_ptx, ptx_term
 from posttrain.training import DataOrder, Run, distributed
 from posttrain.training.device import module_device, to_device
 from posttrain.training.reference import (
@@ -74,7 +79,7 @@ REFERENCE_CACHE = "reference_logps.pt"
 
 
 @dataclass(kw_only=True)
-class Config(TrainConfig):
+class Config(TrainConfig, PtxConfig):
     learning_rate: float = 5e-6
     """Peak learning rate of AdamW (DPO wants a small one on real models)."""
     beta: float | None = None
@@ -129,6 +134,14 @@ class Config(TrainConfig):
             self.label_smoothing,
         )
         check(self.rpo_alpha >= 0, "rpo_alpha", "must be >= 0", self.rpo_alpha)
+        self.check_ptx()
+        check(
+            not self.uses_ptx_reference() or self.reference_kind() in ("model", "lora"),
+            "ptx_loss",
+            "kl runs the reference model: not with reference "
+            f"{self.reference_kind()} (use --reference model or lora)",
+            self.ptx_loss,
+        )
         check(
             self.reference != "lora" or self.lora.enabled,
             "reference",
@@ -167,7 +180,9 @@ class Config(TrainConfig):
         if self.reference == "auto":
             if self.lora.enabled:
                 return "lora"
-            return "model" if self.distributed == "fsdp" else "precomputed"
+            # ptx's KL term runs the reference model at its own tokens: a cache cannot serve it
+            model = self.distributed == "fsdp" or self.uses_ptx_reference()
+            return "model" if model else "precomputed"
         return self.reference
 
 
@@ -235,6 +250,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     tokenizer = load_tokenizer(cfg.model)
     train, n_trunc, n_ties = load_pairs(cfg.train_data, tokenizer, cfg, "--train_data")
     held_out = load_pairs(cfg.eval_data, tokenizer, cfg, "--eval_data")[0] if cfg.eval_data else []
+    ptx = load_ptx(cfg, tokenizer)
     run_ = Run(cfg, flags, "dpo")
     if n_trunc:
         print(f"note: {n_trunc} of {len(train)} pairs truncated to max_length={cfg.max_length}")
@@ -293,6 +309,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
 
     train_state = run_.start_training(model, len(train))
     order, scheduler = train_state.order, train_state.scheduler
+    ptx_order = DataOrder(max(len(ptx), 1), cfg.seed + 1)
+    ptx_order.next(run_.start_step * cfg.ptx_batch_size)  # a function of the step: resume skips
     if run_.start_step == 0:
         start = {M.TRAIN_TRUNCATED: n_trunc, M.TRAIN_TIES: n_ties}
         if held_out:
@@ -303,7 +321,7 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
     for step in run_.steps():
         t0 = time.time()
         indices = distributed.shard(order.next(cfg.batch_size))  # this process's pairs
-        sums = {k: 0.0 for k in ("loss", "rc", "rr", "acc", "lc", "lr")}
+        sums = {k: 0.0 for k in ("loss", "rc", "rr", "acc", "lc", "lr", "ptx")}
         with distributed.accumulate(model):
             for k in range(0, len(indices), micro):
                 idx = indices[k : k + micro]
@@ -326,6 +344,12 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                     ("lr", policy.rejected.detach()),
                 ):
                     sums[key] += float(value.sum())
+            if cfg.ptx_coef:  # ptx: once per optimizer step, its own forward and backward
+                examples = [ptx[i] for i in ptx_order.next(cfg.ptx_batch_size)]
+                with distributed.autocast(cfg.bf16_autocast):
+                    term = ptx_term(model, ref, examples, pad, cfg.ptx_loss)
+                (cfg.ptx_coef * term).backward()
+                sums["ptx"] += float(term.detach()) * cfg.batch_size  # (the logs divide by it)
         sums = {k: distributed.all_sum(v) for k, v in sums.items()}
         grad_norm = train_state.step(cfg.max_grad_norm)
         if run_.should_log(step):
@@ -343,6 +367,8 @@ def run(cfg: Config, flags: dict[str, bool]) -> None:
                 M.TRAIN_EPOCH: order.epochs_done,
                 M.TRAIN_PAIRS_PER_S: n / (time.time() - t0),
             }
+            if cfg.ptx_coef:
+                values[M.LOSS_PTX] = sums["ptx"] / n
             if held_out and run_.should_eval(step):
                 values.update(evaluate(model, ref, held_out, pad, **eval_args))
             run_.log(step, values)
