@@ -91,6 +91,10 @@ class Config:
     same reward-KL frontier in 30 steps than at 0.95, with no factual answer lost)."""
     dpo_beta: float = 0.1
     """DPO's beta."""
+    dpo_ptx_coef: float | None = None
+    """With --model: DPO's ptx weight: the exact KL from the model at its own chat replies (the
+    data and term of PPO-ptx's KL) per token, added to DPO's loss against the review style
+    leaking into factual answers; default 1.0 (docs/demo.md, run 15), 0 turns it off."""
     device: str = "auto"
     """Where every stage runs: auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps. The
     --model and --experiment overoptimization runs use the CPU (auto means cpu there)."""
@@ -155,6 +159,12 @@ class Config:
             self.ppo_lam,
         )
         check(self.dpo_beta > 0, "dpo_beta", "must be > 0", self.dpo_beta)
+        check(
+            self.dpo_ptx_coef is None or (self.dpo_ptx_coef >= 0 and self.model is not None),
+            "dpo_ptx_coef",
+            "must be >= 0, with --model",
+            self.dpo_ptx_coef,
+        )
         check(
             self.model is None or self.experiment == "pipeline",
             "model",

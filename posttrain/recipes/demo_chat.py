@@ -27,7 +27,7 @@ the reply. The instruction-tuned model itself is the reference policy (no SFT st
 directories (LoRA folded in). Called from ``posttrain.recipes.demo`` with its Config (``--model``,
 ``--output_dir``, ``--quick``, ``--seed``, ``--label_noise``, ``--ppo_kl_coef``,
 ``--ppo_kl_target``, ``--ppo_reward_clip``, ``--ppo_missing_eos_penalty``, ``--ppo_ptx_coef``,
-``--ppo_ptx_loss``, ``--ppo_lam``, ``--dpo_beta``, ``--rloo``).
+``--ppo_ptx_loss``, ``--ppo_lam``, ``--dpo_beta``, ``--dpo_ptx_coef``, ``--rloo``).
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ DTYPE = "bfloat16"
 # 24 steps; DPO on best-vs-worst pairs at 4e-4 ended at KL 10.6 (+0.54 gold); on 459 pairs
 # (512 prompts) at 2.5e-4 KL 4.7 (+0.52) with 2 factual answers lost, at 2e-4 KL 3.2 (+0.40),
 # none lost, at 1.5e-4 KL 1.9 (+0.25); on another draw of 461 pairs at 2e-4 KL 2.7 (+0.24), at
-# 2.25e-4 KL 3.6 (+0.32), at 2.5e-4 KL 4.2 (+0.35), at 3e-4 KL 5.1 (+0.42) with 2 lost. Draws
-# that lost answers were at KL >= 4.7; 2.25e-4 aims between.
-RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 2.25e-4
+# 2.25e-4 KL 3.6 (+0.32), at 2.5e-4 KL 4.2 (+0.35), at 3e-4 KL 5.1 (+0.42) with 2 lost. With
+# DPO's ptx term (below) 3e-4: runs 13 and 12 at 2.25e-4 without it gave +0.255 at KL 2.67 and
+# +0.225 at 1.95 (0 and 3 lost); at 3e-4 with it +0.288 at 2.17 and +0.307 at 2.16 (2 and 0 lost)
+RM_LR, PPO_LR, DPO_LR = 1e-3, 4e-4, 3e-4
 # RLOO (--rloo): PPO's sizes and KL coefficient, ppo_epochs passes of one update over the batch.
 # At 5e-4 its training KL passed 7 by step 8; 2e-4 ended at KL 4.5 (+0.42 gold), 1.5e-4 at KL
 # 5.0 (+0.49), both losing 2 factual answers (docs/demo.md)
@@ -93,6 +94,12 @@ PPO_PTX_LOSS = "kl"
 # KL term, on seeds 1 and 0, +0.482 gold at KL 4.26 and +0.357 at 2.93, none lost, no tax, against
 # +0.269 at 1.63 and +0.248 at 1.74 at 0.95, and PPO's stage no slower (792-828 s against 858-903)
 PPO_LAM = 1.0
+# DPO's ptx term (--dpo_ptx_coef, 1; 0 turns it off): PPO-ptx's KL term on the same replies,
+# four per DPO step, ~60 s more DPO. On seeds 0 / 1 at 3e-4: coef 1 +0.288 / +0.307 gold, 2 / 0
+# factual answers lost; coef 3 held the KL lower (1.77 / 1.91) for less gold (+0.257 / +0.177,
+# 4e-4), 1 lost on each; coef 2 (seed 0) +0.197, 2 lost. On seed 0 the Paris answer flips in
+# nearly every run that moves (docs/demo.md).
+DPO_PTX_COEF = 1.0
 # The factual check decodes greedily in float32 and lets answers finish: in bfloat16, SmolLM2's
 # greedy answers changed with the thread count alone (base: "is: 8." vs "is indeed a spider's
 # legs"), and 16 new tokens cut answers off before the fact ("designated by the IAU ...").
@@ -105,9 +112,9 @@ class ChatBudget:
     tokens), 32.2 (run 9, ~31 tokens) and 28.3 (run 10, the same computation at another hour) on
     2 idle CPU cores running at under half their usual speed, and 28.0 with PPO-ptx after the
     LoRA and attention speed-ups (run 11; without PPO-ptx ~23), 25.6 (run 12, seed 1) and 26.9
-    with PPO-ptx's KL term (run 13) (docs/demo.md; budget: 30); 512
-    prompts rather than 256 cost ~75 s of sampling and lifted the reward model's held-out
-    accuracy from 0.68 to 0.77 (docs/demo.md)."""
+    with PPO-ptx's KL term (run 13), 27.1 with GAE's lambda 1 (run 14) (docs/demo.md; budget:
+    30); 512 prompts rather than 256 cost ~75 s of sampling and lifted the reward model's
+    held-out accuracy from 0.68 to 0.77 (docs/demo.md)."""
 
     pair_prompts: int  # prompts whose replies make the preference pairs
     pair_samples: int  # replies per prompt; the pair is the best and worst by gold of them
@@ -202,6 +209,22 @@ def answer_correct(answer: str, accepted: list[str]) -> bool:
         re.search(rf"(?<!\w)(?<!\d[.,]){re.escape(a.lower())}(?!\w)(?![.,]\d)", text)
         for a in accepted
     )
+
+
+def ptx_data(cfg, b: ChatBudget, data: Path) -> Path | None:
+    """``data/ptx.jsonl``, the ptx data of PPO and DPO (:func:`base_chat_replies`), sampled by
+    the first stage that needs it and then reused; None if no reply ended (tiny budgets)."""
+    path = data / "ptx.jsonl"
+    if not path.exists():
+        rows = base_chat_replies(cfg.model, b.ptx_prompts, cfg.seed + 4, b.batch_size)
+        if not rows:
+            return None
+        write_jsonl(path, rows)
+    return path
+
+
+def _rows(path: Path) -> int:
+    return len(path.read_text().splitlines())
 
 
 def base_chat_replies(model_name: str, n: int, seed: int, batch_size: int) -> list[dict]:
@@ -407,13 +430,12 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         clock.start(
             "ppo", f"{b.ppo_steps} PPO steps, {b.ppo_prompts} x {b.ppo_samples} replies each"
         )
-        ptx, ptx_coef, rows = {}, or_default(cfg.ppo_ptx_coef, PPO_PTX_COEF), []
-        if ptx_coef:
-            rows = base_chat_replies(cfg.model, b.ptx_prompts, cfg.seed + 4, b.batch_size)
-        if rows:  # (none that ended: only with tiny budgets)
-            write_jsonl(data / "ptx.jsonl", rows)
+        ptx_coef = or_default(cfg.ppo_ptx_coef, PPO_PTX_COEF)
+        ptx_path = ptx_data(cfg, b, data) if ptx_coef else None
+        ptx = {}
+        if ptx_path:
             ptx = dict(
-                ptx_data=str(data / "ptx.jsonl"),
+                ptx_data=str(ptx_path),
                 ptx_coef=ptx_coef,
                 ptx_loss=or_default(cfg.ppo_ptx_loss, PPO_PTX_LOSS),
                 ptx_batch_size=PTX_BATCH,
@@ -432,11 +454,20 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             **ptx,
             **online,
         )
-        clock.done(f"PPO-ptx {ptx_coef:g} on {len(rows)} of its own chat replies" if rows else "")
+        clock.done(
+            f"PPO-ptx {ptx_coef:g} on {_rows(ptx_path)} of its own chat replies" if ptx else ""
+        )
 
     # 5. DPO on the same pairs
     if not done_already("dpo", out / "dpo" / "final", after=BEFORE_PPO):
         clock.start("dpo", f"{b.dpo_steps} DPO steps (beta {cfg.dpo_beta}) on the same pairs")
+        ptx_coef = or_default(cfg.dpo_ptx_coef, DPO_PTX_COEF)
+        ptx_path = ptx_data(cfg, b, data) if ptx_coef else None
+        ptx = {}
+        if ptx_path:  # the KL from the reference at the model's own chat replies, as PPO's
+            ptx = dict(
+                ptx_data=str(ptx_path), ptx_coef=ptx_coef, ptx_loss="kl", ptx_batch_size=PTX_BATCH
+            )
         _run_recipe(
             dpo,
             model=cfg.model,
@@ -448,9 +479,10 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             learning_rate=DPO_LR,
             beta=cfg.dpo_beta,
             logging_steps=max(1, b.dpo_steps // 10),
+            **ptx,
             **common,
         )
-        clock.done()
+        clock.done(f"ptx {ptx_coef:g} on {_rows(ptx_path)} of its own chat replies" if ptx else "")
 
     # 5b. RLOO against the same reward model (--rloo)
     systems = ["ppo", "dpo"] + (["rloo"] if cfg.rloo else [])

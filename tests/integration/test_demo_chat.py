@@ -10,6 +10,7 @@ import pytest
 
 from posttrain.cli import main
 from posttrain.recipes.demo_chat import load_factual_qa
+from posttrain.training import read_metrics
 
 
 def test_unknown_model_fails_before_writing(tmp_path):
@@ -45,6 +46,11 @@ def test_chat_demo_quick_end_to_end(tmp_path):
     # its term the KL from the reference: >= 0, 0 until the adapters move
     assert "ptx_loss: kl" in ppo_config, ppo_config
     assert ppo_rows and all(r["loss/ptx"] >= 0 for r in ppo_rows)
+    # DPO's ptx term (on by default): the KL from the reference at the same replies
+    dpo_config = (out / "dpo" / "config.yaml").read_text()
+    assert "ptx_loss: kl" in dpo_config and str(out / "data" / "ptx.jsonl") in dpo_config
+    dpo_rows = read_metrics(out / "dpo" / "metrics.jsonl")
+    assert len(dpo_rows) > 1 and all(r["loss/ptx"] >= 0 for r in dpo_rows[1:]), dpo_rows
     for name in ("report.html", "report.md", "facts.json", "eval/eval.json"):
         assert (out / name).is_file(), name
     facts = json.loads((out / "facts.json").read_text())

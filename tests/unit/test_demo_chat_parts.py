@@ -99,6 +99,7 @@ def test_eval_reruns_when_it_lacks_a_system_and_rloo_needs_model(tmp_path):
         ("--ppo_reward_clip", "0"),
         ("--ppo_ptx_coef", "-1"),
         ("--ppo_lam", "1.5"),
+        ("--dpo_ptx_coef", "-1"),
     ],
 )
 def test_ppo_options_need_the_chat_model_and_a_valid_value(tmp_path, capsys, flag, bad):
