@@ -69,7 +69,7 @@ def _dpo(cli, data, out, *extra):
 
 def test_kl_term_holds_the_policy_near_the_reference_on_other_text(cli, data, tmp_path):
     plain = _dpo(cli, data, tmp_path / "plain")
-    ptx = ["--ptx_data", data["ptx"], "--ptx_coef", "1", "--ptx_loss", "kl"]
+    ptx = ["--ptx_data", data["ptx"], "--ptx_coef", "3", "--ptx_loss", "kl"]
     held = _dpo(cli, data, tmp_path / "ptx", *ptx, "--ptx_batch_size", "8")
     # (reference auto: a frozen copy; a precomputed one has no model for the KL term to run)
     # the policy is the reference at the first step's ptx term; after it, it has moved
@@ -79,7 +79,7 @@ def test_kl_term_holds_the_policy_near_the_reference_on_other_text(cli, data, tm
         _held_out_kl(tmp_path / "plain" / "final"),
         _held_out_kl(tmp_path / "ptx" / "final"),
     )
-    # numbers: see the closing assertion's message
+    # (measured: 0.0050 against 0.0142 nats per token; coefficient 1 gave 0.0069)
     assert kl_ptx < 0.5 * kl_plain, {"plain": kl_plain, "ptx": kl_ptx}
     # and DPO still learned the preference
     assert plain[-1]["eval/accuracy"] >= 0.9 and held[-1]["eval/accuracy"] >= 0.9, (plain, held)
