@@ -113,8 +113,9 @@ class ChatBudget:
     2 idle CPU cores running at under half their usual speed, and 28.0 with PPO-ptx after the
     LoRA and attention speed-ups (run 11; without PPO-ptx ~23), 25.6 (run 12, seed 1) and 26.9
     with PPO-ptx's KL term (run 13), 27.1 with GAE's lambda 1 (run 14), 28.6 with DPO's ptx
-    term (run 15, seed 1) (docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s of sampling and lifted the reward model's
-    held-out accuracy from 0.68 to 0.77 (docs/demo.md)."""
+    term (run 15, seed 1) (docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s
+    of sampling and lifted the reward model's held-out accuracy from 0.68 to 0.77
+    (docs/demo.md)."""
 
     pair_prompts: int  # prompts whose replies make the preference pairs
     pair_samples: int  # replies per prompt; the pair is the best and worst by gold of them
@@ -223,8 +224,21 @@ def ptx_data(cfg, b: ChatBudget, data: Path) -> Path | None:
     return path
 
 
-def _rows(path: Path) -> int:
-    return len(path.read_text().splitlines())
+def ptx_args(cfg, b: ChatBudget, data: Path, coef: float, loss: str) -> dict:
+    """The ptx settings of PPO's or DPO's recipe on :func:`ptx_data` (PTX_BATCH replies per
+    step); {} when ``coef`` is 0 or no reply ended."""
+    path = ptx_data(cfg, b, data) if coef else None
+    if path is None:
+        return {}
+    return dict(ptx_data=str(path), ptx_coef=coef, ptx_loss=loss, ptx_batch_size=PTX_BATCH)
+
+
+def _ptx_note(label: str, ptx: dict) -> str:
+    """The stage's closing note on its ptx term ("" without one)."""
+    if not ptx:
+        return ""
+    rows = len(Path(ptx["ptx_data"]).read_text().splitlines())
+    return f"{label} {ptx['ptx_coef']:g} on {rows} of its own chat replies"
 
 
 def base_chat_replies(model_name: str, n: int, seed: int, batch_size: int) -> list[dict]:
@@ -430,16 +444,8 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
         clock.start(
             "ppo", f"{b.ppo_steps} PPO steps, {b.ppo_prompts} x {b.ppo_samples} replies each"
         )
-        ptx_coef = or_default(cfg.ppo_ptx_coef, PPO_PTX_COEF)
-        ptx_path = ptx_data(cfg, b, data) if ptx_coef else None
-        ptx = {}
-        if ptx_path:
-            ptx = dict(
-                ptx_data=str(ptx_path),
-                ptx_coef=ptx_coef,
-                ptx_loss=or_default(cfg.ppo_ptx_loss, PPO_PTX_LOSS),
-                ptx_batch_size=PTX_BATCH,
-            )
+        ptx_loss = or_default(cfg.ppo_ptx_loss, PPO_PTX_LOSS)
+        ptx = ptx_args(cfg, b, data, or_default(cfg.ppo_ptx_coef, PPO_PTX_COEF), ptx_loss)
         _run_recipe(
             ppo,
             output_dir=str(out / "ppo"),
@@ -454,20 +460,13 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             **ptx,
             **online,
         )
-        clock.done(
-            f"PPO-ptx {ptx_coef:g} on {_rows(ptx_path)} of its own chat replies" if ptx else ""
-        )
+        clock.done(_ptx_note("PPO-ptx", ptx))
 
     # 5. DPO on the same pairs
     if not done_already("dpo", out / "dpo" / "final", after=BEFORE_PPO):
         clock.start("dpo", f"{b.dpo_steps} DPO steps (beta {cfg.dpo_beta}) on the same pairs")
-        ptx_coef = or_default(cfg.dpo_ptx_coef, DPO_PTX_COEF)
-        ptx_path = ptx_data(cfg, b, data) if ptx_coef else None
-        ptx = {}
-        if ptx_path:  # the KL from the reference at the model's own chat replies, as PPO's
-            ptx = dict(
-                ptx_data=str(ptx_path), ptx_coef=ptx_coef, ptx_loss="kl", ptx_batch_size=PTX_BATCH
-            )
+        # the KL from the reference at the model's own chat replies, as PPO's
+        ptx = ptx_args(cfg, b, data, or_default(cfg.dpo_ptx_coef, DPO_PTX_COEF), "kl")
         _run_recipe(
             dpo,
             model=cfg.model,
@@ -482,7 +481,7 @@ def run_chat_demo(cfg, flags: dict[str, bool]) -> dict:
             **ptx,
             **common,
         )
-        clock.done(f"ptx {ptx_coef:g} on {_rows(ptx_path)} of its own chat replies" if ptx else "")
+        clock.done(_ptx_note("ptx", ptx))
 
     # 5b. RLOO against the same reward model (--rloo)
     systems = ["ppo", "dpo"] + (["rloo"] if cfg.rloo else [])
