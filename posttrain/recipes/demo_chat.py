@@ -112,8 +112,8 @@ class ChatBudget:
     tokens), 32.2 (run 9, ~31 tokens) and 28.3 (run 10, the same computation at another hour) on
     2 idle CPU cores running at under half their usual speed, and 28.0 with PPO-ptx after the
     LoRA and attention speed-ups (run 11; without PPO-ptx ~23), 25.6 (run 12, seed 1) and 26.9
-    with PPO-ptx's KL term (run 13), 27.1 with GAE's lambda 1 (run 14), 28.6 with DPO's ptx
-    term (run 15, seed 1) (docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s
+    with PPO-ptx's KL term (run 13), 27.1 with GAE's lambda 1 (run 14), 28.6 and 29.4 with
+    DPO's ptx term (runs 15 and 16, seeds 1 and 0) (docs/demo.md; budget: 30); 512 prompts rather than 256 cost ~75 s
     of sampling and lifted the reward model's held-out accuracy from 0.68 to 0.77
     (docs/demo.md)."""
 
